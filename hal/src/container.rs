@@ -1,0 +1,267 @@
+//! The `Container` trait: one IO address space and the DMA mappings in it.
+
+use std::fmt;
+
+use crate::caps::Capability;
+use crate::device::Device;
+use crate::error::{Error, ErrorKind, Result, Target};
+use crate::memory::DmaBuffer;
+
+/// An inclusive IOVA range `[start, end]`, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IovaRange {
+    /// First usable IOVA.
+    pub start: u64,
+    /// Last usable IOVA (inclusive, so `u64::MAX` is expressible).
+    pub end: u64,
+}
+
+impl IovaRange {
+    /// Whether `[iova, iova + len)` lies inside the range (`len > 0`).
+    pub fn contains(&self, iova: u64, len: u64) -> bool {
+        len > 0
+            && iova >= self.start
+            && iova
+                .checked_add(len - 1)
+                .is_some_and(|last| last <= self.end)
+    }
+
+    /// Number of bytes in the range (may be 2^64, hence `u128`).
+    pub fn size(&self) -> u128 {
+        u128::from(self.end) - u128::from(self.start) + 1
+    }
+}
+
+impl fmt::Display for IovaRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{:#x}, {:#x}]", self.start, self.end)
+    }
+}
+
+/// What the device may do with a DMA mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DmaAccess {
+    /// The device may only read (a "read-only mapping": device writes fault).
+    ReadOnly,
+    /// The device may only write.
+    WriteOnly,
+    /// The device may read and write.
+    ReadWrite,
+}
+
+impl DmaAccess {
+    /// Whether the device may read the memory.
+    pub fn device_reads(self) -> bool {
+        matches!(self, Self::ReadOnly | Self::ReadWrite)
+    }
+
+    /// Whether the device may write the memory.
+    pub fn device_writes(self) -> bool {
+        matches!(self, Self::WriteOnly | Self::ReadWrite)
+    }
+}
+
+/// What the IOMMU behind a container reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IommuInfo {
+    /// Bitmap of supported page sizes (bit n set = 2^n bytes). Differs
+    /// between kernels and IOMMU back ends: never assert an exact value.
+    pub page_sizes: u64,
+    /// Usable IOVA ranges, ascending; holes between them are reserved.
+    pub iova_ranges: Vec<IovaRange>,
+    /// How many more mappings the container accepts, where reported.
+    pub dma_avail: Option<u32>,
+    /// The full capability chain as reported.
+    pub caps: Vec<Capability>,
+}
+
+impl IommuInfo {
+    /// The smallest supported page size, or `None` if the bitmap is empty.
+    pub fn min_page_size(&self) -> Option<u64> {
+        (self.page_sizes != 0).then(|| 1u64 << self.page_sizes.trailing_zeros())
+    }
+}
+
+/// One IO address space (a type1 container, an iommufd IOAS, a mock IOMMU).
+///
+/// # Contract
+/// - `iova`, `len` and the host address of a map must be aligned to the
+///   smallest page size; otherwise [`ErrorKind::InvalidArgument`].
+/// - Overlap with an existing mapping is [`ErrorKind::AlreadyMapped`];
+///   `iova + len` wrapping is [`ErrorKind::Overflow`]; a range outside
+///   [`IommuInfo::iova_ranges`] is refused ([`ErrorKind::InvalidArgument`] or
+///   [`ErrorKind::OutOfRange`], as the kernel says).
+/// - [`Container::unmap_dma`] unmaps whole mappings inside the range and
+///   returns the bytes unmapped; a range holding no mapping is
+///   [`ErrorKind::NotMapped`]; a range that would split a mapping is refused.
+pub trait Container {
+    /// The device type this container opens.
+    type Device: Device;
+
+    /// Page sizes, IOVA ranges and capabilities of the IOMMU.
+    fn iommu_info(&self) -> Result<IommuInfo>;
+
+    /// Maps `len` bytes of host memory at `host` to `iova`.
+    ///
+    /// # Safety
+    /// `[host, host + len)` must be memory of this process that stays mapped
+    /// (not freed, not `munmap`ped) until the range is unmapped from this
+    /// container or the container is dropped. The device may read and (unless
+    /// `access` is `ReadOnly`) write it at any time, so the caller must not
+    /// hold Rust references to it that assume exclusive access.
+    unsafe fn map_dma_raw(
+        &self,
+        iova: u64,
+        host: *mut u8,
+        len: u64,
+        access: DmaAccess,
+    ) -> Result<()>;
+
+    /// Unmaps every mapping inside `[iova, iova + len)`; returns the bytes unmapped.
+    fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64>;
+
+    /// Unmaps everything; returns the bytes unmapped (0 when already empty).
+    fn unmap_all(&self) -> Result<u64>;
+
+    /// Opens the device with this name (a PCI address such as `0000:00:01.0`
+    /// for vfio-pci) and attaches it to this address space.
+    fn open_device(&self, name: &str) -> Result<Self::Device>;
+
+    /// Maps an owned buffer; the returned guard unmaps it when dropped.
+    ///
+    /// On failure the buffer comes back inside the error.
+    fn map_buffer(
+        &self,
+        iova: u64,
+        buffer: DmaBuffer,
+        access: DmaAccess,
+    ) -> Result<DmaMapping<'_, Self>, MapBufferError>
+    where
+        Self: Sized,
+    {
+        let len = buffer.len() as u64;
+        // SAFETY: the buffer is moved into the guard, which unmaps before it
+        // frees the memory (and the container outlives the guard by borrow).
+        match unsafe { self.map_dma_raw(iova, buffer.as_ptr(), len, access) } {
+            Ok(()) => Ok(DmaMapping {
+                container: self,
+                iova,
+                access,
+                buffer: Some(buffer),
+            }),
+            Err(error) => Err(MapBufferError { error, buffer }),
+        }
+    }
+}
+
+/// A failed [`Container::map_buffer`]: the error, and the buffer handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct MapBufferError {
+    /// Why the map failed.
+    #[source]
+    pub error: Error,
+    /// The buffer, unharmed.
+    pub buffer: DmaBuffer,
+}
+
+impl From<MapBufferError> for Error {
+    fn from(e: MapBufferError) -> Self {
+        e.error
+    }
+}
+
+impl MapBufferError {
+    /// The kind of the underlying error.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+}
+
+/// A live DMA mapping of a [`DmaBuffer`]; unmapped on drop.
+pub struct DmaMapping<'c, C: Container + ?Sized> {
+    container: &'c C,
+    iova: u64,
+    access: DmaAccess,
+    // Always Some until `unmap` or drop takes it.
+    buffer: Option<DmaBuffer>,
+}
+
+impl<C: Container + ?Sized> fmt::Debug for DmaMapping<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaMapping")
+            .field("iova", &format_args!("{:#x}", self.iova))
+            .field("len", &self.len())
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+impl<C: Container + ?Sized> DmaMapping<'_, C> {
+    /// The IOVA the device uses.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// Mapped length in bytes.
+    pub fn len(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, |b| b.len() as u64)
+    }
+
+    /// Always false: a mapping holds at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// What the device may do with it.
+    pub fn access(&self) -> DmaAccess {
+        self.access
+    }
+
+    /// The mapped buffer (access is by copy; the device may write it concurrently).
+    pub fn buffer(&self) -> &DmaBuffer {
+        // Invariant: Some while the guard is alive.
+        self.buffer
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("buffer taken before drop"))
+    }
+
+    /// Unmaps now and returns the buffer. On failure the buffer is leaked
+    /// on purpose: the IOMMU may still point at it, so freeing it would let
+    /// the device scribble over reused memory.
+    pub fn unmap(mut self) -> Result<DmaBuffer> {
+        let len = self.len();
+        let buffer = self.buffer.take();
+        match self.container.unmap_dma(self.iova, len) {
+            Ok(_) => Ok(buffer.unwrap_or_else(|| unreachable!("buffer taken twice"))),
+            Err(e) => {
+                std::mem::forget(buffer);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<C: Container + ?Sized> Drop for DmaMapping<'_, C> {
+    fn drop(&mut self) {
+        let Some(buffer) = self.buffer.take() else {
+            return;
+        };
+        let len = buffer.len() as u64;
+        match self.container.unmap_dma(self.iova, len) {
+            Ok(_) => drop(buffer),
+            // Already gone (unmap_all, container reset): the memory is free to release.
+            Err(e) if e.kind() == ErrorKind::NotMapped => drop(buffer),
+            Err(e) => {
+                log::error!(
+                    "DMA unmap of {} failed in drop, leaking the buffer: {e}",
+                    Target::Iova {
+                        iova: self.iova,
+                        len
+                    }
+                );
+                std::mem::forget(buffer);
+            }
+        }
+    }
+}

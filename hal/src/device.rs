@@ -1,0 +1,227 @@
+//! The `Device` trait: one VFIO device, its regions, irqs and features.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use crate::caps::Capability;
+use crate::error::{ErrorKind, Result};
+use crate::irq::Irq;
+use crate::region::Region;
+
+/// `VFIO_DEVICE_FLAGS_*` bits of [`DeviceInfo::flags`].
+pub mod flags {
+    /// The device supports `VFIO_DEVICE_RESET`.
+    pub const RESET: u32 = 1 << 0;
+    /// vfio-pci device.
+    pub const PCI: u32 = 1 << 1;
+    /// vfio-platform device.
+    pub const PLATFORM: u32 = 1 << 2;
+    /// vfio-amba device.
+    pub const AMBA: u32 = 1 << 3;
+    /// vfio-ccw device.
+    pub const CCW: u32 = 1 << 4;
+    /// vfio-ap device.
+    pub const AP: u32 = 1 << 5;
+    /// vfio-fsl-mc device.
+    pub const FSL_MC: u32 = 1 << 6;
+    /// Device info has a capability chain.
+    pub const CAPS: u32 = 1 << 7;
+    /// vfio-cdx device.
+    pub const CDX: u32 = 1 << 8;
+}
+
+/// `VFIO_DEVICE_FEATURE_*` numbers.
+pub mod feature {
+    /// Migration support (`struct vfio_device_feature_migration`).
+    pub const MIGRATION: u32 = 1;
+    /// Migration device state.
+    pub const MIG_DEVICE_STATE: u32 = 2;
+    /// Enter low-power state (no payload).
+    pub const LOW_POWER_ENTRY: u32 = 3;
+    /// Enter low-power state, wake on eventfd.
+    pub const LOW_POWER_ENTRY_WITH_WAKEUP: u32 = 4;
+    /// Leave low-power state (no payload).
+    pub const LOW_POWER_EXIT: u32 = 5;
+    /// Start device DMA dirty logging.
+    pub const DMA_LOGGING_START: u32 = 6;
+    /// Stop device DMA dirty logging.
+    pub const DMA_LOGGING_STOP: u32 = 7;
+    /// Read the device DMA dirty log.
+    pub const DMA_LOGGING_REPORT: u32 = 8;
+    /// Migration data size estimate.
+    pub const MIG_DATA_SIZE: u32 = 9;
+    /// Clear the PCI bus-master bit.
+    pub const CLEAR_MASTER: u32 = 10;
+}
+
+/// The bus a device sits on, from its info flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeviceKind {
+    /// PCI (vfio-pci).
+    Pci,
+    /// Platform device.
+    Platform,
+    /// ARM AMBA.
+    Amba,
+    /// s390 channel I/O.
+    Ccw,
+    /// s390 adjunct processor.
+    Ap,
+    /// NXP fsl-mc.
+    FslMc,
+    /// AMD CDX.
+    Cdx,
+    /// No bus flag set.
+    Unknown,
+}
+
+/// What `VFIO_DEVICE_GET_INFO` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceInfo {
+    /// The device's name (PCI address for vfio-pci, model name for the mock).
+    pub name: String,
+    /// `VFIO_DEVICE_FLAGS_*`, see [`flags`].
+    pub flags: u32,
+    /// Number of regions.
+    pub num_regions: u32,
+    /// Number of irq indices.
+    pub num_irqs: u32,
+    /// Device-info capabilities.
+    pub caps: Vec<Capability>,
+}
+
+impl DeviceInfo {
+    /// The bus, from the flags.
+    pub fn kind(&self) -> DeviceKind {
+        const BUSES: [(u32, DeviceKind); 7] = [
+            (flags::PCI, DeviceKind::Pci),
+            (flags::PLATFORM, DeviceKind::Platform),
+            (flags::AMBA, DeviceKind::Amba),
+            (flags::CCW, DeviceKind::Ccw),
+            (flags::AP, DeviceKind::Ap),
+            (flags::FSL_MC, DeviceKind::FslMc),
+            (flags::CDX, DeviceKind::Cdx),
+        ];
+        BUSES
+            .iter()
+            .find(|(bit, _)| self.flags & bit != 0)
+            .map_or(DeviceKind::Unknown, |&(_, k)| k)
+    }
+
+    /// Whether `VFIO_DEVICE_RESET` is supported.
+    pub fn can_reset(&self) -> bool {
+        self.flags & flags::RESET != 0
+    }
+}
+
+/// The operation of a `VFIO_DEVICE_FEATURE` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeatureOp {
+    /// Ask whether GET is supported.
+    ProbeGet,
+    /// Ask whether SET is supported.
+    ProbeSet,
+    /// Read the feature's payload.
+    Get,
+    /// Write the feature's payload.
+    Set,
+}
+
+impl FeatureOp {
+    /// The `VFIO_DEVICE_FEATURE_{PROBE,GET,SET}` flag bits.
+    pub fn flags(self) -> u32 {
+        const GET: u32 = 1 << 16;
+        const SET: u32 = 1 << 17;
+        const PROBE: u32 = 1 << 18;
+        match self {
+            Self::ProbeGet => PROBE | GET,
+            Self::ProbeSet => PROBE | SET,
+            Self::Get => GET,
+            Self::Set => SET,
+        }
+    }
+}
+
+/// Which directions a probed feature supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FeatureSupport {
+    /// GET is supported.
+    pub get: bool,
+    /// SET is supported.
+    pub set: bool,
+}
+
+/// One VFIO device.
+///
+/// Regions and irqs are handed out as owned handles that share the device's
+/// file descriptor, so a VMM can keep one per BAR in its dispatch tables.
+pub trait Device {
+    /// Handle to one region.
+    type Region: Region;
+    /// Handle to one irq index.
+    type Irq: Irq;
+
+    /// Flags, bus, counts and name, as read when the device was opened.
+    fn info(&self) -> &DeviceInfo;
+
+    /// The region with `index`; [`ErrorKind::InvalidArgument`] (with the count)
+    /// for an index the device lacks.
+    fn region(&self, index: u32) -> Result<Self::Region>;
+
+    /// The irq index `index`; [`ErrorKind::InvalidArgument`] for one it lacks.
+    fn irq(&self, index: u32) -> Result<Self::Irq>;
+
+    /// Function-level reset (`VFIO_DEVICE_RESET`).
+    fn reset(&self) -> Result<()>;
+
+    /// One `VFIO_DEVICE_FEATURE` call: `data` is the payload after the
+    /// header (read for `Set`, filled for `Get`, empty for probes).
+    fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()>;
+
+    /// The file descriptors a sandboxed VMM must keep open for this device
+    /// (its own fd, and its group, container or iommufd).
+    fn keep_fds(&self) -> Vec<RawFd>;
+
+    /// Which directions of `feature` are supported; an unknown feature is
+    /// simply unsupported (not an error).
+    fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
+        let probe = |op| match self.feature(op, feature, &mut []) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotSupported | ErrorKind::InvalidArgument
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
+        Ok(FeatureSupport {
+            get: probe(FeatureOp::ProbeGet)?,
+            set: probe(FeatureOp::ProbeSet)?,
+        })
+    }
+
+    /// Puts the device into D3cold-capable low power (`LOW_POWER_ENTRY`).
+    fn low_power_entry(&self) -> Result<()> {
+        self.feature(FeatureOp::Set, feature::LOW_POWER_ENTRY, &mut [])
+    }
+
+    /// Low-power entry; the kernel signals `wakeup` when the device wants to wake.
+    fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> {
+        // struct vfio_device_low_power_entry_with_wakeup { s32 fd; u32 reserved; }
+        let mut payload = [0u8; 8];
+        payload[..4].copy_from_slice(&wakeup.as_raw_fd().to_le_bytes());
+        self.feature(
+            FeatureOp::Set,
+            feature::LOW_POWER_ENTRY_WITH_WAKEUP,
+            &mut payload,
+        )
+    }
+
+    /// Leaves low power (`LOW_POWER_EXIT`).
+    fn low_power_exit(&self) -> Result<()> {
+        self.feature(FeatureOp::Set, feature::LOW_POWER_EXIT, &mut [])
+    }
+}

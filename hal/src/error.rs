@@ -1,0 +1,429 @@
+//! The one error type every backend returns, and the kinds generic code matches on.
+//!
+//! Design (embedded-hal style, adapted): generic VMM code matches on
+//! [`Error::kind`], which is stable and `#[non_exhaustive]`; humans read the
+//! variant, which keeps the errno, the operation (ioctl name) and what it
+//! acted on. Unlike embedded-hal there is a single concrete type rather than
+//! one per backend: every VFIO backend speaks Linux errno, a single type keeps
+//! trait objects free of an extra associated type, and lets decorators such as
+//! a fault injector produce errors for any backend. No variant depends on a
+//! cargo feature, and no constructor drops an errno.
+
+use std::fmt;
+
+use crate::caps::ParseError;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure happened, independent of backend.
+///
+/// Generic code branches on this; it never needs to look at errno values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The backend, kernel or device does not offer this operation.
+    NotSupported,
+    /// An argument is malformed (misaligned, bad flag combination, bad index).
+    InvalidArgument,
+    /// An offset or length lies outside the object it addresses.
+    OutOfRange,
+    /// `start + len` does not fit in 64 bits.
+    Overflow,
+    /// The IOVA range overlaps an existing mapping.
+    AlreadyMapped,
+    /// Nothing is mapped where an unmap asked, or the unmap would split a mapping.
+    NotMapped,
+    /// The object is in use or temporarily unavailable.
+    Busy,
+    /// The caller lacks the permission (file mode, capability, rlimit on pinning).
+    PermissionDenied,
+    /// The named device, group or node does not exist.
+    NotFound,
+    /// The device was removed (hot-unplug) or is otherwise gone.
+    DeviceGone,
+    /// The IOMMU group is not viable: another device in it is bound to a host driver.
+    NotViable,
+    /// A limit was reached (mapping count, IOVA space, memory).
+    Exhausted,
+    /// A buffer returned by the kernel or a caller is malformed.
+    Malformed,
+    /// A plain I/O error.
+    Io,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind a raw errno means when nothing more specific is known.
+    pub fn from_errno(errno: i32) -> Self {
+        match errno {
+            libc::ENOTTY | libc::EOPNOTSUPP | libc::ENOSYS => Self::NotSupported,
+            libc::EINVAL | libc::EFAULT | libc::EBADF => Self::InvalidArgument,
+            libc::ERANGE | libc::E2BIG => Self::OutOfRange,
+            libc::EOVERFLOW => Self::Overflow,
+            libc::EEXIST => Self::AlreadyMapped,
+            libc::EBUSY | libc::EAGAIN => Self::Busy,
+            libc::EPERM | libc::EACCES => Self::PermissionDenied,
+            libc::ENOENT => Self::NotFound,
+            libc::ENODEV | libc::ENXIO => Self::DeviceGone,
+            libc::ENOSPC | libc::ENOMEM | libc::EMFILE | libc::ENFILE => Self::Exhausted,
+            libc::EIO => Self::Io,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// What an operation acted on; carried by every error for context.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Target {
+    /// Nothing more specific than the operation itself.
+    #[default]
+    None,
+    /// A file or device node path.
+    Path(String),
+    /// The IOMMU group with this number.
+    Group(u32),
+    /// The device with this name (a PCI address for vfio-pci).
+    Device(String),
+    /// The region with this index.
+    Region(u32),
+    /// The interrupt index with this number.
+    Irq(u32),
+    /// The IOVA range `[iova, iova + len)`.
+    Iova {
+        /// First IOVA.
+        iova: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// The `VFIO_DEVICE_FEATURE` with this number.
+    Feature(u32),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("-"),
+            Self::Path(p) => write!(f, "path {p}"),
+            Self::Group(g) => write!(f, "group {g}"),
+            Self::Device(d) => write!(f, "device {d}"),
+            Self::Region(i) => write!(f, "region {i}"),
+            Self::Irq(i) => write!(f, "irq index {i}"),
+            Self::Iova { iova, len } => write!(f, "IOVA {iova:#x}+{len:#x}"),
+            Self::Feature(n) => write!(f, "device feature {n}"),
+        }
+    }
+}
+
+/// Which buffer a [`Error::Malformed`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Buffer {
+    /// `VFIO_DEVICE_GET_REGION_INFO` output.
+    RegionInfo,
+    /// `VFIO_DEVICE_GET_INFO` output.
+    DeviceInfo,
+    /// `VFIO_IOMMU_GET_INFO` output.
+    IommuInfo,
+    /// `VFIO_DEVICE_GET_IRQ_INFO` output.
+    IrqInfo,
+    /// A `VFIO_DEVICE_SET_IRQS` payload.
+    IrqSet,
+    /// PCI configuration space.
+    ConfigSpace,
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RegionInfo => "region info",
+            Self::DeviceInfo => "device info",
+            Self::IommuInfo => "IOMMU info",
+            Self::IrqInfo => "irq info",
+            Self::IrqSet => "irq-set payload",
+            Self::ConfigSpace => "PCI config space",
+        })
+    }
+}
+
+/// Every failure of every backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call or ioctl failed with `errno`.
+    #[error("{op} on {target} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Sys {
+        /// The ioctl or syscall name, e.g. `VFIO_IOMMU_MAP_DMA`.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// The errno the kernel (or a kernel-faithful mock) returned.
+        errno: i32,
+    },
+    /// `offset + len` does not fit in a `u64`.
+    #[error("{op} on {target}: offset {offset:#x} + length {len:#x} overflows u64")]
+    Overflow {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// Start of the access.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// An access lies (partly) outside the object.
+    #[error("{op} on {target}: [{offset:#x}, +{len:#x}) exceeds the size {size:#x}")]
+    OutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// Start of the access.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// The object's size: the violated bound.
+        size: u64,
+    },
+    /// An index names no region, irq or area of the device.
+    #[error("{op}: {target} does not exist (there are {count})")]
+    NoSuchIndex {
+        /// The operation.
+        op: &'static str,
+        /// The region or irq that was asked for.
+        target: Target,
+        /// How many the device has: the violated bound.
+        count: u32,
+    },
+    /// An argument violates a documented rule that the HAL checks itself.
+    #[error("{op} on {target}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// The violated rule.
+        reason: &'static str,
+    },
+    /// The backend or device lacks this capability.
+    #[error("{op} on {target}: not supported: {reason}")]
+    NotSupported {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// Why, e.g. "region has no MMAP flag".
+        reason: &'static str,
+    },
+    /// A limit was reached that the HAL itself tracks.
+    #[error("{op} on {target}: exhausted: {reason}")]
+    Exhausted {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// Which limit.
+        reason: &'static str,
+    },
+    /// A lookup found nothing, outside any system call.
+    #[error("{op} on {target}: not found: {reason}")]
+    NotFound {
+        /// The operation.
+        op: &'static str,
+        /// What was looked up.
+        target: Target,
+        /// What was missing.
+        reason: &'static str,
+    },
+    /// The IOMMU group cannot be used: another device in it is bound to a host driver.
+    #[error("group {group} is not viable: bind every device in /sys/kernel/iommu_groups/{group}/devices to vfio-pci (or unbind it)")]
+    NotViable {
+        /// The group number.
+        group: u32,
+    },
+    /// A buffer from the kernel or a caller did not parse.
+    #[error("malformed {buffer}: {source}")]
+    Malformed {
+        /// Which buffer.
+        buffer: Buffer,
+        /// What was wrong, with the byte offset.
+        #[source]
+        source: ParseError,
+    },
+    /// A device model (mock backend) refused an access.
+    #[error("{op} on {target}: device model error ({kind:?}): {reason}")]
+    Model {
+        /// The operation.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// The kind the model chose.
+        kind: ErrorKind,
+        /// The model's explanation.
+        reason: String,
+    },
+    /// A failure injected on purpose by a test decorator.
+    #[error("{op}: injected fault ({kind:?}), call #{call}")]
+    Injected {
+        /// The operation that was failed.
+        op: &'static str,
+        /// The kind chosen by the test.
+        kind: ErrorKind,
+        /// The 1-based number of the failed call.
+        call: u64,
+    },
+}
+
+impl Error {
+    /// Builds [`Error::Sys`] from an errno.
+    pub fn sys(op: &'static str, target: Target, errno: i32) -> Self {
+        Self::Sys { op, target, errno }
+    }
+
+    /// Builds [`Error::Sys`] from `std::io::Error::last_os_error()`.
+    ///
+    /// Falls back to `EIO` only if the OS reported no errno at all, which
+    /// Linux never does after a failed syscall.
+    pub fn last_os_error(op: &'static str, target: Target) -> Self {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        Self::sys(op, target, errno)
+    }
+
+    /// Builds an error from a `std::io::Error`, keeping its errno.
+    pub fn from_io(op: &'static str, target: Target, err: &std::io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(errno) => Self::sys(op, target, errno),
+            None => Self::Model {
+                op,
+                target,
+                kind: ErrorKind::Io,
+                reason: err.to_string(),
+            },
+        }
+    }
+
+    /// The backend-independent kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Sys { target, errno, .. } => match (*errno, target) {
+                // ENOENT about an IOVA range means "nothing mapped there"
+                // (iommufd and type1 both use it that way).
+                (libc::ENOENT, Target::Iova { .. }) => ErrorKind::NotMapped,
+                (errno, _) => ErrorKind::from_errno(errno),
+            },
+            Self::Overflow { .. } => ErrorKind::Overflow,
+            Self::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Self::NoSuchIndex { .. } | Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Self::NotSupported { .. } => ErrorKind::NotSupported,
+            Self::NotViable { .. } => ErrorKind::NotViable,
+            Self::Exhausted { .. } => ErrorKind::Exhausted,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Malformed { .. } => ErrorKind::Malformed,
+            Self::Model { kind, .. } | Self::Injected { kind, .. } => *kind,
+        }
+    }
+
+    /// The errno, where the error came from a system call.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Sys { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `[offset, offset + len)` lies inside an object of `size` bytes.
+///
+/// The arithmetic is checked: a wrap is [`Error::Overflow`], an access past
+/// the end is [`Error::OutOfRange`]. Every backend uses this one function so
+/// their bounds behaviour cannot drift apart.
+pub fn check_bounds(
+    op: &'static str,
+    target: Target,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<()> {
+    match offset.checked_add(len) {
+        None => Err(Error::Overflow {
+            op,
+            target,
+            offset,
+            len,
+        }),
+        Some(end) if end > size => Err(Error::OutOfRange {
+            op,
+            target,
+            offset,
+            len,
+            size,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks that `index` is below `count` (a region or irq index).
+pub fn check_index(op: &'static str, target: Target, index: u32, count: u32) -> Result<()> {
+    if index < count {
+        Ok(())
+    } else {
+        Err(Error::NoSuchIndex { op, target, count })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn enoent_on_an_iova_range_means_not_mapped() {
+        let e = Error::sys(
+            "IOMMU_IOAS_UNMAP",
+            Target::Iova { iova: 0, len: 4096 },
+            libc::ENOENT,
+        );
+        assert_eq!(e.kind(), ErrorKind::NotMapped);
+        let e = Error::sys("open", Target::Path("/dev/vfio/7".into()), libc::ENOENT);
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_errno_and_op_survive_into_the_message() {
+        let e = Error::sys(
+            "VFIO_IOMMU_MAP_DMA",
+            Target::Iova {
+                iova: 0x1000,
+                len: 0x1000,
+            },
+            libc::EEXIST,
+        );
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+        assert_eq!(e.kind(), ErrorKind::AlreadyMapped);
+        let text = e.to_string();
+        assert!(text.contains("VFIO_IOMMU_MAP_DMA"), "{text}");
+        assert!(text.contains("0x1000"), "{text}");
+        assert!(text.contains("File exists"), "{text}");
+    }
+
+    proptest! {
+        #[test]
+        fn check_bounds_agrees_with_wide_arithmetic(offset: u64, len: u64, size: u64) {
+            let wide_end = offset as u128 + len as u128;
+            let r = check_bounds("read", Target::Region(0), offset, len, size);
+            match r {
+                Ok(()) => prop_assert!(wide_end <= size as u128),
+                Err(e) if wide_end > u64::MAX as u128 => prop_assert_eq!(e.kind(), ErrorKind::Overflow),
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), ErrorKind::OutOfRange);
+                    prop_assert!(wide_end > size as u128);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Owned host memory mappings: DMA buffers and mmapped device regions.
+//!
+//! This module is one of the few places with `unsafe`: it owns `mmap`/`munmap`
+//! and the raw-pointer copies in and out of memory that a device may access
+//! concurrently. Nothing here hands out `&[u8]` or `&mut [u8]` views of such
+//! memory, because a device (or the mock's DMA engine) may write it at any
+//! time; all access copies through raw pointers with volatile semantics.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+
+use crate::error::{check_bounds, Error, Result, Target};
+use crate::scalar::Scalar;
+
+/// The host page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let sz = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(sz).unwrap_or(4096)
+}
+
+/// An owned `mmap` of `len` bytes, unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain process memory (or a device window); it has no
+// thread affinity, and all access goes through raw pointer copies.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; concurrent copies race only on the bytes themselves, like
+// a device writing them, never on Rust-visible state.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(
+        op: &'static str,
+        len: usize,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        offset: u64,
+    ) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                target: Target::None,
+                reason: "length must not be zero",
+            });
+        }
+        let off = libc::off_t::try_from(offset).map_err(|_| Error::InvalidArgument {
+            op,
+            target: Target::None,
+            reason: "offset does not fit off_t",
+        })?;
+        // SAFETY: a fresh mapping at a kernel-chosen address (no MAP_FIXED)
+        // cannot alias any existing Rust object; the result is checked.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, off) };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::last_os_error(op, Target::None));
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or(Error::sys(op, Target::None, libc::ENOMEM))?;
+        Ok(Self { ptr, len })
+    }
+
+    fn check(&self, op: &'static str, offset: u64, len: usize) -> Result<usize> {
+        check_bounds(op, Target::None, offset, len as u64, self.len as u64)?;
+        // In bounds of a usize-sized mapping, so it fits usize.
+        Ok(offset as usize)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let at = self.check("memory read", offset, out.len())?;
+        // SAFETY: [at, at+len) is inside the live mapping (checked above) and
+        // `out` is a distinct Rust buffer, so the ranges cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().wrapping_add(at), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let at = self.check("memory write", offset, data.len())?;
+        // SAFETY: as in `read`, with the copy in the other direction.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().wrapping_add(at), data.len())
+        };
+        Ok(())
+    }
+
+    fn load<T: Scalar>(&self, offset: u64) -> Result<T> {
+        let at = self.check("mmio load", offset, T::SIZE)?;
+        if at % T::SIZE != 0 {
+            return Err(Error::InvalidArgument {
+                op: "mmio load",
+                target: Target::None,
+                reason: "offset not naturally aligned",
+            });
+        }
+        // SAFETY: in bounds and naturally aligned (checked above; the mapping
+        // is page aligned); a volatile load emits exactly one access of T's
+        // width, which device registers need.
+        Ok(unsafe { std::ptr::read_volatile(self.ptr.as_ptr().wrapping_add(at).cast::<T>()) })
+    }
+
+    fn store<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+        let at = self.check("mmio store", offset, T::SIZE)?;
+        if at % T::SIZE != 0 {
+            return Err(Error::InvalidArgument {
+                op: "mmio store",
+                target: Target::None,
+                reason: "offset not naturally aligned",
+            });
+        }
+        // SAFETY: as in `load`.
+        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().wrapping_add(at).cast::<T>(), value) };
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from a successful mmap that we own, and no
+        // reference into it outlives `self`.
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            log::error!(
+                "munmap({:p}, {}) failed: {}",
+                self.ptr,
+                self.len,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Page-aligned anonymous memory to hand to a device for DMA.
+///
+/// Owned: [`crate::Container::map_buffer`] takes it by value and gives it back
+/// when the mapping is undone, so the memory cannot be freed while the IOMMU
+/// still points at it. Access is by copy ([`DmaBuffer::read`],
+/// [`DmaBuffer::write`]) because the device may write it concurrently.
+#[derive(Debug)]
+pub struct DmaBuffer {
+    map: Mapping,
+}
+
+impl DmaBuffer {
+    /// Allocates `len` zeroed bytes, rounded up to whole pages.
+    pub fn new(len: usize) -> Result<Self> {
+        let page = page_size() as usize;
+        let rounded = len.checked_next_multiple_of(page).ok_or(Error::Overflow {
+            op: "DmaBuffer::new",
+            target: Target::None,
+            offset: 0,
+            len: len as u64,
+        })?;
+        let map = Mapping::new(
+            "mmap(DmaBuffer)",
+            rounded,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )?;
+        Ok(Self { map })
+    }
+
+    /// Length in bytes (a whole number of pages).
+    pub fn len(&self) -> usize {
+        self.map.len
+    }
+
+    /// Always false: a buffer holds at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Host address of the first byte, for a raw DMA map.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.ptr.as_ptr()
+    }
+
+    /// Copies `out.len()` bytes starting at `offset` out of the buffer.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.map.read(offset, out)
+    }
+
+    /// Copies `data` into the buffer at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.map.write(offset, data)
+    }
+
+    /// Copies the whole buffer out.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0; self.len()];
+        // In bounds by construction.
+        let _ = self.read(0, &mut v);
+        v
+    }
+
+    /// Fills the whole buffer with `byte`.
+    pub fn fill(&self, byte: u8) {
+        let _ = self.write(0, &vec![byte; self.len()]);
+    }
+}
+
+/// A mmapped window of a device region (one sparse-mmap area), unmapped on drop.
+///
+/// Loads and stores are volatile and of exactly the requested width, so they
+/// reach device registers as single accesses.
+#[derive(Debug)]
+pub struct MmapArea {
+    map: Mapping,
+    region_offset: u64,
+    writable: bool,
+}
+
+impl MmapArea {
+    /// Maps `len` bytes of `fd` at `file_offset`; the area covers
+    /// `[region_offset, region_offset + len)` of its region.
+    pub fn map_fd(
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        len: u64,
+        region_offset: u64,
+        writable: bool,
+    ) -> Result<Self> {
+        let len = usize::try_from(len).map_err(|_| Error::Overflow {
+            op: "mmap",
+            target: Target::None,
+            offset: file_offset,
+            len,
+        })?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let map = Mapping::new(
+            "mmap",
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            file_offset,
+        )?;
+        Ok(Self {
+            map,
+            region_offset,
+            writable,
+        })
+    }
+
+    /// Offset of this window from the start of its region.
+    pub fn region_offset(&self) -> u64 {
+        self.region_offset
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len as u64
+    }
+
+    /// Always false: an area has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether stores are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Host address of the window, e.g. for a KVM user memory region.
+    ///
+    /// Dereferencing it is the caller's responsibility (and `unsafe`).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.ptr.as_ptr()
+    }
+
+    /// Whether `[region_offset, +len)` of the region lies inside this window.
+    pub fn covers(&self, region_offset: u64, len: u64) -> bool {
+        region_offset >= self.region_offset
+            && region_offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.region_offset + self.len())
+    }
+
+    /// One volatile load of `T` at `offset` from the window's start.
+    pub fn load<T: Scalar>(&self, offset: u64) -> Result<T> {
+        self.map.load(offset)
+    }
+
+    /// One volatile store of `T` at `offset` from the window's start.
+    pub fn store<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+        if !self.writable {
+            return Err(Error::NotSupported {
+                op: "mmio store",
+                target: Target::None,
+                reason: "area is mapped read-only",
+            });
+        }
+        self.map.store(offset, value)
+    }
+
+    /// Copies bytes out of the window (no width guarantee: use for RAM-like BARs).
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.map.read(offset, out)
+    }
+
+    /// Copies bytes into the window (no width guarantee: use for RAM-like BARs).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::NotSupported {
+                op: "mmio store",
+                target: Target::None,
+                reason: "area is mapped read-only",
+            });
+        }
+        self.map.write(offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn dma_buffer_rounds_to_pages_and_is_zeroed() {
+        let b = DmaBuffer::new(10).expect("alloc");
+        assert_eq!(b.len() as u64, page_size());
+        assert!(b.to_vec().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn dma_buffer_access_is_bounds_checked() {
+        let b = DmaBuffer::new(4096).expect("alloc");
+        b.write(4090, &[1, 2, 3]).expect("in bounds");
+        let mut out = [0u8; 3];
+        b.read(4090, &mut out).expect("in bounds");
+        assert_eq!(out, [1, 2, 3]);
+        let e = b
+            .read(b.len() as u64 - 1, &mut [0u8; 2])
+            .expect_err("past end");
+        assert_eq!(e.kind(), ErrorKind::OutOfRange);
+        let e = b.write(u64::MAX, &[1]).expect_err("wraps");
+        assert_eq!(e.kind(), ErrorKind::Overflow);
+    }
+
+    #[test]
+    fn zero_length_buffer_is_refused_and_huge_one_overflows() {
+        assert_eq!(
+            DmaBuffer::new(0).expect_err("zero").kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            DmaBuffer::new(usize::MAX).expect_err("huge").kind(),
+            ErrorKind::Overflow
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The `Region` trait: one BAR, ROM, config space or device-specific region.
+
+use crate::caps::{Capability, SparseArea};
+use crate::error::{Error, Result, Target};
+use crate::memory::MmapArea;
+use crate::scalar::Scalar;
+
+/// `VFIO_REGION_INFO_FLAG_*` bits of [`RegionInfo::flags`].
+pub mod flags {
+    /// The region may be read.
+    pub const READ: u32 = 1 << 0;
+    /// The region may be written.
+    pub const WRITE: u32 = 1 << 1;
+    /// The region (or its sparse areas) may be mmapped.
+    pub const MMAP: u32 = 1 << 2;
+    /// The region info has a capability chain.
+    pub const CAPS: u32 = 1 << 3;
+}
+
+/// What `VFIO_DEVICE_GET_REGION_INFO` reports, capabilities decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegionInfo {
+    /// The region index.
+    pub index: u32,
+    /// `VFIO_REGION_INFO_FLAG_*`, see [`flags`].
+    pub flags: u32,
+    /// Size in bytes (0 for an unimplemented BAR).
+    pub size: u64,
+    /// Offset of the region in the device file.
+    pub offset: u64,
+    /// The full capability chain.
+    pub caps: Vec<Capability>,
+}
+
+impl RegionInfo {
+    /// Whether reads are allowed.
+    pub fn readable(&self) -> bool {
+        self.flags & flags::READ != 0
+    }
+
+    /// Whether writes are allowed.
+    pub fn writable(&self) -> bool {
+        self.flags & flags::WRITE != 0
+    }
+
+    /// Whether any part may be mmapped.
+    pub fn mmappable(&self) -> bool {
+        self.flags & flags::MMAP != 0
+    }
+
+    /// The sparse-mmap capability's areas, if the region has one.
+    pub fn sparse_areas(&self) -> Option<&[SparseArea]> {
+        self.caps.iter().find_map(|c| match c {
+            Capability::SparseMmap(a) => Some(a.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// The areas that may be mmapped: the sparse areas if present, else the
+    /// whole region if it has the MMAP flag, else none. Zero-sized areas and
+    /// areas that do not fit the region are dropped.
+    pub fn mappable_areas(&self) -> Vec<SparseArea> {
+        if !self.mmappable() || self.size == 0 {
+            return Vec::new();
+        }
+        match self.sparse_areas() {
+            Some(areas) => areas
+                .iter()
+                .copied()
+                .filter(|a| {
+                    a.size > 0 && a.offset.checked_add(a.size).is_some_and(|e| e <= self.size)
+                })
+                .collect(),
+            None => vec![SparseArea {
+                offset: 0,
+                size: self.size,
+            }],
+        }
+    }
+
+    /// The `(type, subtype)` of the region-type capability, if any.
+    pub fn region_type(&self) -> Option<(u32, u32)> {
+        self.caps.iter().find_map(|c| match c {
+            Capability::RegionType { ty, subtype } => Some((*ty, *subtype)),
+            _ => None,
+        })
+    }
+
+    /// Whether the MSI-X table inside this BAR may be mmapped.
+    pub fn msix_mappable(&self) -> bool {
+        self.caps
+            .iter()
+            .any(|c| matches!(c, Capability::MsixMappable))
+    }
+
+    /// Checks an access of `len` bytes at `offset` against the size.
+    pub fn check_access(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        crate::error::check_bounds(op, Target::Region(self.index), offset, len, self.size)
+    }
+}
+
+/// One device region.
+///
+/// # Contract
+/// `read`/`write` check `offset + len` with overflow-checked arithmetic
+/// before touching the device: a wrap is `Overflow`, past the end is
+/// `OutOfRange`, a region without the READ/WRITE flag is `NotSupported`.
+/// Backends may serve an access from an mmapped area when one covers it.
+pub trait Region {
+    /// Index, flags, size, offset and capabilities.
+    fn info(&self) -> &RegionInfo;
+
+    /// Reads `buf.len()` bytes at `offset` from the region's start.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Writes `data` at `offset` from the region's start.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Maps every mappable area ([`RegionInfo::mappable_areas`]).
+    ///
+    /// `NotSupported` if the region has none, or if the backend cannot map
+    /// (the mock's handler-backed BARs).
+    fn mmap(&self) -> Result<Vec<MmapArea>>;
+}
+
+/// Typed access over any [`Region`] (also `dyn Region`).
+pub trait RegionExt: Region {
+    /// Reads one little-endian `T` at `offset`, as a single access.
+    fn read_at<T: Scalar>(&self, offset: u64) -> Result<T> {
+        let mut bytes = [0u8; 8];
+        self.read(offset, &mut bytes[..T::SIZE])?;
+        Ok(T::from_le_slice(&bytes[..T::SIZE]))
+    }
+
+    /// Writes one little-endian `T` at `offset`, as a single access.
+    fn write_at<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+        let mut bytes = [0u8; 8];
+        value.write_le(&mut bytes);
+        self.write(offset, &bytes[..T::SIZE])
+    }
+}
+
+impl<R: Region + ?Sized> RegionExt for R {}
+
+/// The error for an access to a region lacking the READ or WRITE flag.
+pub fn not_permitted(op: &'static str, index: u32, reason: &'static str) -> Error {
+    Error::NotSupported {
+        op,
+        target: Target::Region(index),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(size: u64, f: u32, caps: Vec<Capability>) -> RegionInfo {
+        RegionInfo {
+            index: 0,
+            flags: f,
+            size,
+            offset: 0,
+            caps,
+        }
+    }
+
+    #[test]
+    fn mappable_areas_follow_flags_and_sparse_cap() {
+        assert!(info(4096, flags::READ, vec![]).mappable_areas().is_empty());
+        assert_eq!(
+            info(4096, flags::MMAP, vec![]).mappable_areas(),
+            vec![SparseArea {
+                offset: 0,
+                size: 4096
+            }]
+        );
+        let sparse = vec![Capability::SparseMmap(vec![
+            SparseArea {
+                offset: 0,
+                size: 0x1000,
+            },
+            SparseArea {
+                offset: 0x3000,
+                size: 0x1000,
+            },
+            SparseArea {
+                offset: 0x3000,
+                size: 0,
+            },
+            SparseArea {
+                offset: u64::MAX,
+                size: 2,
+            },
+        ])];
+        assert_eq!(
+            info(0x4000, flags::MMAP | flags::CAPS, sparse).mappable_areas(),
+            vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000
+                },
+                SparseArea {
+                    offset: 0x3000,
+                    size: 0x1000
+                }
+            ]
+        );
+    }
+}
