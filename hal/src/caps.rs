@@ -898,6 +898,38 @@ mod tests {
         }
 
         #[test]
+        fn a_next_pointer_into_an_earlier_capability_is_rejected(
+            caps in proptest::collection::vec(arb_cap(ChainKind::Region), 2..5),
+            into in any::<prop::sample::Index>(),
+        ) {
+            // An unknown capability's size is defined by its `next`, so only
+            // a known one has an "inside" to point into.
+            prop_assume!(!matches!(caps[0], Capability::Unknown { .. }));
+            let (mut buf, first) = encode_chain(ChainKind::Region, &caps);
+            let entries = parse_chain(ChainKind::Region, &buf, first).expect("valid");
+            let (a, b) = (entries[0].offset, entries[1].offset);
+            // Point the first capability's `next` strictly inside itself.
+            let target = a + 1 + into.index(b - a - 1);
+            buf[a + 4..a + 8].copy_from_slice(&(target as u32).to_le_bytes());
+            prop_assert!(parse_chain(ChainKind::Region, &buf, first).is_err());
+        }
+
+        #[test]
+        fn element_counts_beyond_the_buffer_are_rejected(
+            nr in 1u32..=u32::MAX,
+            extra in 0usize..64,
+            kind in prop_oneof![Just(ChainKind::Region), Just(ChainKind::Iommu)],
+        ) {
+            let fixed = kind.fixed_size();
+            let mut buf = vec![0u8; fixed + 16 + extra];
+            buf[fixed..fixed + 2].copy_from_slice(&1u16.to_le_bytes());
+            buf[fixed + 8..fixed + 12].copy_from_slice(&nr.to_le_bytes());
+            let fits = (nr as usize) * 16 <= extra;
+            let r = parse_chain(kind, &buf, fixed as u32);
+            prop_assert_eq!(r.is_ok(), fits);
+        }
+
+        #[test]
         fn pointing_the_last_next_anywhere_earlier_is_rejected(
             caps in proptest::collection::vec(arb_cap(ChainKind::Iommu), 1..5),
             back in any::<prop::sample::Index>(),

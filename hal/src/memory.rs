@@ -76,7 +76,11 @@ impl Mapping {
         // SAFETY: [at, at+len) is inside the live mapping (checked above) and
         // `out` is a distinct Rust buffer, so the ranges cannot overlap.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().wrapping_add(at), out.as_mut_ptr(), out.len())
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().wrapping_add(at),
+                out.as_mut_ptr(),
+                out.len(),
+            )
         };
         Ok(())
     }
@@ -85,7 +89,11 @@ impl Mapping {
         let at = self.check("memory write", offset, data.len())?;
         // SAFETY: as in `read`, with the copy in the other direction.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().wrapping_add(at), data.len())
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().wrapping_add(at),
+                data.len(),
+            )
         };
         Ok(())
     }
