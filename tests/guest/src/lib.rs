@@ -1,0 +1,181 @@
+//! Helpers for tests that run inside the real-kernel lane's QEMU guest.
+//!
+//! `bash tests/vm/lane.sh` (see `docs/VM-LANE.md`) boots a small Linux guest
+//! whose kernel has real VFIO, iommufd and vfio-pci, behind QEMU's emulated
+//! Intel IOMMU. Its `/init` binds the lane's devices to vfio-pci and runs the
+//! test binaries of every crate listed in `GUEST_TEST_PACKAGES` (top of
+//! `tests/vm/lane.py`), one test at a time, with these environment variables:
+//!
+//! | variable | value |
+//! |---|---|
+//! | [`EDU_BDF`] | PCI address of QEMU's `edu` device (1234:11e8), bound to vfio-pci |
+//! | [`MSIX_BDF`] | PCI address of an MSI-X capable device (QEMU NVMe, 1b36:0010), bound to vfio-pci |
+//! | [`SPARE_BDF`] | a second `edu` behind a hotplug root port, bound to vfio-pci, free to unplug |
+//! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] | their QEMU ids, for [`request_unplug`] |
+//! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
+//!
+//! Tests that only make sense in the guest are marked
+//! `#[cfg_attr(not(vfio_hal_guest), ignore = "needs the real-kernel lane: bash tests/vm/lane.sh")]`:
+//! the lane compiles them with `--cfg vfio_hal_guest`, so a plain
+//! `cargo test` on the host lists them as ignored with that reason.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub mod sys;
+
+/// Environment variable: PCI address (`0000:00:01.0`) of the `edu` device.
+pub const EDU_BDF: &str = "VFIO_HAL_EDU_BDF";
+/// Environment variable: PCI address of the MSI-X capable device (QEMU NVMe).
+pub const MSIX_BDF: &str = "VFIO_HAL_MSIX_BDF";
+/// Environment variable: PCI address of the spare `edu`, which tests may unplug.
+pub const SPARE_BDF: &str = "VFIO_HAL_SPARE_BDF";
+/// Environment variable: QEMU id of the `edu` device.
+pub const EDU_ID: &str = "VFIO_HAL_EDU_ID";
+/// Environment variable: QEMU id of the MSI-X capable device.
+pub const MSIX_ID: &str = "VFIO_HAL_MSIX_ID";
+/// Environment variable: QEMU id of the spare `edu`.
+pub const SPARE_ID: &str = "VFIO_HAL_SPARE_ID";
+/// Environment variable: the guest kernel's flavour, `default` or `compat`.
+pub const KERNEL: &str = "VFIO_HAL_KERNEL";
+
+/// The serial port on which the guest talks to the lane's host driver.
+pub const CONTROL_PORT: &str = "/dev/ttyS1";
+
+/// How long [`request_unplug`] waits for the host's answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which guest kernel the lane booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFlavour {
+    /// `VFIO_CONTAINER=y`: the type1 container serves `/dev/vfio/vfio`;
+    /// iommufd and the device cdev are there too.
+    Default,
+    /// `IOMMUFD_VFIO_CONTAINER=y`: iommufd serves `/dev/vfio/vfio`.
+    Compat,
+}
+
+/// Reads one of the lane's environment variables.
+///
+/// # Panics
+/// When it is not set, i.e. outside the lane.
+pub fn lane_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test runs inside the real-kernel lane (bash tests/vm/lane.sh)"
+        )
+    })
+}
+
+/// The booted kernel's flavour, from [`KERNEL`].
+///
+/// # Panics
+/// Outside the lane, or when the variable holds an unknown flavour.
+pub fn kernel_flavour() -> KernelFlavour {
+    match lane_env(KERNEL).as_str() {
+        "default" => KernelFlavour::Default,
+        "compat" => KernelFlavour::Compat,
+        other => panic!("{KERNEL}={other}: expected default or compat"),
+    }
+}
+
+/// The sysfs directory of a PCI device, `/sys/bus/pci/devices/<bdf>`.
+pub fn pci_device_dir(bdf: &str) -> PathBuf {
+    Path::new("/sys/bus/pci/devices").join(bdf)
+}
+
+/// Asks the host to hot-unplug the device whose QEMU id is `id` (QMP
+/// `device_del`).
+///
+/// Returns once QEMU accepted the request; the guest kernel then removes the
+/// device on its own schedule (see [`wait_until_removed`]). Bound to vfio-pci
+/// and opened, the device first gets a request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`)
+/// and is only removed once the user lets go of it.
+///
+/// # Errors
+/// When the control port cannot be used, the host does not answer in time,
+/// or refuses (unknown id, QMP error); the error carries the host's reason.
+pub fn request_unplug(id: &str) -> io::Result<()> {
+    let reply = control_request(&format!("DEVICE_DEL {id}"))?;
+    if reply == "OK" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "host refused DEVICE_DEL {id}: {reply}"
+        )))
+    }
+}
+
+/// Polls sysfs until the PCI device `bdf` is gone; `false` on timeout.
+pub fn wait_until_removed(bdf: &str, timeout: Duration) -> bool {
+    let dir = pci_device_dir(bdf);
+    let deadline = Instant::now() + timeout;
+    while dir.exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+/// Checks that a request fits the line protocol: one line, no control bytes.
+fn check_request(line: &str) -> io::Result<()> {
+    if line.is_empty() || line.chars().any(|c| c.is_control()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad control request {line:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends one request line on [`CONTROL_PORT`] and returns the host's one-line reply.
+fn control_request(line: &str) -> io::Result<String> {
+    static PORT: Mutex<()> = Mutex::new(());
+    check_request(line)?;
+    let _serialised = PORT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut port = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(CONTROL_PORT)?;
+    // Raw mode; reads return after at most 1 s without data.
+    sys::make_raw(port.as_fd(), 10)?;
+    port.write_all(format!("{line}\n").as_bytes())?;
+    let deadline = Instant::now() + CONTROL_TIMEOUT;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if port.read(&mut byte)? == 1 {
+            match byte[0] {
+                b'\n' => break,
+                b'\r' => {}
+                b => reply.push(b),
+            }
+        } else if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from the host to {line:?} on {CONTROL_PORT}"),
+            ));
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_single_lines() {
+        assert!(check_request("DEVICE_DEL edu-spare").is_ok());
+        assert!(check_request("DEVICE_DEL a\nDEVICE_DEL b").is_err());
+        assert!(check_request("").is_err());
+    }
+}
