@@ -93,7 +93,12 @@ impl IommuInfo {
 ///   [`ErrorKind::OutOfRange`], as the kernel says).
 /// - [`Container::unmap_dma`] unmaps whole mappings inside the range and
 ///   returns the bytes unmapped; a range holding no mapping is
-///   [`ErrorKind::NotMapped`]; a range that would split a mapping is refused.
+///   [`ErrorKind::NotMapped`]; a range that would split a mapping is refused
+///   (type1v2 and the mock: [`ErrorKind::InvalidArgument`]; iommufd cannot
+///   tell it from an unmapped range and says [`ErrorKind::NotMapped`]).
+/// - Implementations must never report success or `NotMapped` for an unmap
+///   while a translation for the range remains: [`DmaMapping`] frees its
+///   buffer on that answer.
 pub trait Container {
     /// The device type this container opens.
     type Device: Device;

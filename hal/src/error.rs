@@ -32,7 +32,8 @@ pub enum ErrorKind {
     Overflow,
     /// The IOVA range overlaps an existing mapping.
     AlreadyMapped,
-    /// Nothing is mapped where an unmap asked, or the unmap would split a mapping.
+    /// Nothing is mapped where an unmap asked. (iommufd also reports an unmap
+    /// that would split a mapping this way; type1v2 says `InvalidArgument`.)
     NotMapped,
     /// The object is in use or temporarily unavailable.
     Busy,

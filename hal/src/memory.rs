@@ -65,6 +65,35 @@ impl Mapping {
         Ok(Self { ptr, len })
     }
 
+    /// Keeps the `len` bytes starting at the first `align`-aligned address
+    /// and unmaps the rest of the mapping.
+    fn trim_to_aligned(self, align: usize, len: usize) -> Result<Self> {
+        let start = self.ptr.as_ptr() as usize;
+        let head = start.next_multiple_of(align) - start;
+        let tail = self.len - head - len;
+        let this = std::mem::ManuallyDrop::new(self);
+        let base = this.ptr.as_ptr();
+        for (at, n) in [(0, head), (head + len, tail)] {
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: [base + at, +n) is a page-aligned sub-range of our own
+            // mapping outside the part we keep; nothing references it.
+            if unsafe { libc::munmap(base.wrapping_add(at).cast(), n) } != 0 {
+                log::error!(
+                    "munmap of DmaBuffer padding failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        let ptr = NonNull::new(base.wrapping_add(head)).ok_or(Error::sys(
+            "mmap(DmaBuffer)",
+            Target::None,
+            libc::ENOMEM,
+        ))?;
+        Ok(Self { ptr, len })
+    }
+
     fn check(&self, op: &'static str, offset: u64, len: usize) -> Result<usize> {
         check_bounds(op, Target::None, offset, len as u64, self.len as u64)?;
         // In bounds of a usize-sized mapping, so it fits usize.
@@ -173,6 +202,45 @@ impl DmaBuffer {
             0,
         )?;
         Ok(Self { map })
+    }
+
+    /// Allocates `len` zeroed bytes (rounded up to whole pages) whose host
+    /// address is aligned to `align`, a power of two.
+    ///
+    /// Needed when the IOMMU's smallest page is larger than the host page
+    /// (e.g. 64 KiB): the kernel refuses a map whose host address is not
+    /// aligned to it.
+    pub fn with_alignment(len: usize, align: usize) -> Result<Self> {
+        let page = page_size() as usize;
+        if !align.is_power_of_two() {
+            return Err(Error::InvalidArgument {
+                op: "DmaBuffer::with_alignment",
+                target: Target::None,
+                reason: "alignment must be a power of two",
+            });
+        }
+        if align <= page {
+            return Self::new(len);
+        }
+        let overflow = || Error::Overflow {
+            op: "DmaBuffer::with_alignment",
+            target: Target::None,
+            offset: align as u64,
+            len: len as u64,
+        };
+        let rounded = len.checked_next_multiple_of(page).ok_or_else(overflow)?;
+        let padded = rounded.checked_add(align).ok_or_else(overflow)?;
+        let map = Mapping::new(
+            "mmap(DmaBuffer)",
+            padded,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )?;
+        Ok(Self {
+            map: map.trim_to_aligned(align, rounded)?,
+        })
     }
 
     /// Length in bytes (a whole number of pages).
@@ -352,6 +420,17 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::OutOfRange);
         let e = b.write(u64::MAX, &[1]).expect_err("wraps");
         assert_eq!(e.kind(), ErrorKind::Overflow);
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_usable() {
+        for align in [4096usize, 1 << 16, 1 << 21] {
+            let b = DmaBuffer::with_alignment(8192, align).expect("alloc");
+            assert_eq!(b.as_ptr() as usize % align, 0, "align {align}");
+            assert_eq!(b.len(), 8192);
+            b.write(8191, &[7]).expect("last byte writable");
+        }
+        assert!(DmaBuffer::with_alignment(4096, 3).is_err());
     }
 
     #[test]
