@@ -1,0 +1,548 @@
+//! `MockDevice`, `MockRegion` and `MockIrq`: the hal traits over a plugged model.
+//!
+//! A plugged device is a [`DeviceCore`]: the model and its [`PciFunction`]
+//! behind one mutex. Every hal call on a device, region or irq takes that
+//! one lock, once; the hot path (a register read) allocates nothing.
+//!
+//! Lifetime follows the device file descriptor of vfio: the device is open
+//! while any handle to it — the [`MockDevice`], or a region or irq handle
+//! obtained from it — is alive; dropping the last one closes it (routes are
+//! torn down and their eventfd dups closed, the model is reset).
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use vfio_hal::device::flags as dflags;
+use vfio_hal::error::check_index;
+use vfio_hal::region::not_permitted;
+use vfio_hal::{
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
+    Result, Target,
+};
+
+use crate::container::Shared;
+use crate::model::{DeviceContext, DeviceModel};
+use crate::pci::{Backing, PciFunction, Role};
+
+/// Most rounds of due work one settle runs (guards against a model that
+/// never clears its deadline).
+const MAX_TIMER_ROUNDS: u32 = 10_000;
+
+/// The largest naturally aligned access (8, 4, 2 or 1 bytes) at `offset`
+/// that fits in `remaining` bytes, as vfio-pci splits region I/O.
+fn piece(offset: u64, remaining: usize) -> usize {
+    [8usize, 4, 2]
+        .into_iter()
+        .find(|&n| remaining >= n && offset % n as u64 == 0)
+        .unwrap_or(1)
+}
+
+#[derive(Debug)]
+pub(crate) struct DeviceState {
+    model: Box<dyn DeviceModel>,
+    pci: PciFunction,
+    open: bool,
+    gone: bool,
+}
+
+/// One plugged device.
+#[derive(Debug)]
+pub(crate) struct DeviceCore {
+    name: String,
+    state: Mutex<DeviceState>,
+}
+
+fn gone(op: &'static str, target: Target) -> Error {
+    Error::sys(op, target, libc::ENODEV)
+}
+
+impl DeviceState {
+    fn live(&self, op: &'static str, target: Target) -> Result<()> {
+        if self.gone {
+            Err(gone(op, target))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn with_ctx<R>(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        f: impl FnOnce(&mut dyn DeviceModel, &mut DeviceContext<'_>) -> R,
+    ) -> R {
+        let mut ctx = DeviceContext {
+            name,
+            pci: &mut self.pci,
+            shared,
+        };
+        f(&mut *self.model, &mut ctx)
+    }
+
+    /// Runs due work; in automatic mode first jumps the clock to each deadline.
+    fn settle(&mut self, name: &str, shared: &Shared) {
+        if self.gone {
+            return;
+        }
+        let mut rounds = 0;
+        while let Some(at) = self.model.deadline() {
+            if at > shared.clock.now() {
+                if shared.clock.is_manual() {
+                    return;
+                }
+                shared.clock.jump_to(at);
+            }
+            self.with_ctx(name, shared, |m, ctx| m.on_deadline(ctx));
+            rounds += 1;
+            if rounds == MAX_TIMER_ROUNDS {
+                log::warn!("{name}: model keeps scheduling work; giving up for now");
+                return;
+            }
+        }
+    }
+
+    fn handler_read(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        region: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let n = piece(at, buf.len() - pos);
+            let chunk = &mut buf[pos..pos + n];
+            self.with_ctx(name, shared, |m, ctx| m.read(ctx, region, at, chunk))?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn handler_write(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let at = offset + pos as u64;
+            let n = piece(at, data.len() - pos);
+            let chunk = &data[pos..pos + n];
+            self.with_ctx(name, shared, |m, ctx| m.write(ctx, region, at, chunk))?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn bar_read(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        bar: u8,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let region = u32::from(bar);
+        if !self.pci.decodes(bar) {
+            return Err(Error::sys("pread", Target::Region(region), libc::EIO));
+        }
+        let mut pos = 0;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let (backing, end) = self.pci.classify(bar, at);
+            let n = usize::try_from(end - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - pos);
+            let chunk = &mut buf[pos..pos + n];
+            match backing {
+                Backing::Ram => match self.pci.ram(bar) {
+                    Some(ram) => ram.read(at, chunk)?,
+                    None => chunk.fill(0xff),
+                },
+                Backing::MsixTable => chunk.fill(0xff),
+                Backing::MsixPba { base } => self.pci.pba_read(base, at, chunk),
+                Backing::Handler => self.handler_read(name, shared, region, at, chunk)?,
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn bar_write(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        bar: u8,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let region = u32::from(bar);
+        if !self.pci.decodes(bar) {
+            return Err(Error::sys("pwrite", Target::Region(region), libc::EIO));
+        }
+        let mut pos = 0;
+        while pos < data.len() {
+            let at = offset + pos as u64;
+            let (backing, end) = self.pci.classify(bar, at);
+            let n = usize::try_from(end - at)
+                .unwrap_or(usize::MAX)
+                .min(data.len() - pos);
+            let chunk = &data[pos..pos + n];
+            match backing {
+                Backing::Ram => {
+                    if let Some(ram) = self.pci.ram(bar) {
+                        ram.write(at, chunk)?;
+                    }
+                }
+                // vfio-pci drops writes to the MSI-X table; the PBA is read-only.
+                Backing::MsixTable | Backing::MsixPba { .. } => {}
+                Backing::Handler => self.handler_write(name, shared, region, at, chunk)?,
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+impl DeviceCore {
+    /// Builds the device from `model`'s layout.
+    pub(crate) fn new(name: &str, model: Box<dyn DeviceModel>) -> Result<Self> {
+        let pci = PciFunction::new(name, &model.layout())?;
+        Ok(Self {
+            name: name.to_owned(),
+            state: Mutex::new(DeviceState {
+                model,
+                pci,
+                open: false,
+                gone: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DeviceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `open_device`: fails with `EBUSY` while already open.
+    pub(crate) fn open(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<MockDevice> {
+        let mut st = self.lock();
+        let target = || Target::Device(self.name.clone());
+        st.live("open_device", target())?;
+        if st.open {
+            return Err(Error::sys("open_device", target(), libc::EBUSY));
+        }
+        st.open = true;
+        st.pci.reopen();
+        st.with_ctx(&self.name, shared, |m, ctx| m.reset(ctx));
+        let info = DeviceInfo {
+            name: self.name.clone(),
+            flags: dflags::PCI | dflags::RESET,
+            num_regions: st.pci.region_count(),
+            num_irqs: st.pci.irqs.infos().len() as u32,
+            caps: Vec::new(),
+        };
+        drop(st);
+        Ok(MockDevice {
+            handle: Arc::new(Handle {
+                shared: Arc::clone(shared),
+                core: Arc::clone(self),
+            }),
+            info,
+        })
+    }
+
+    /// The last handle went away: tear down routes and reset, like a
+    /// vfio-pci release.
+    fn close(&self, shared: &Shared) {
+        let mut st = self.lock();
+        if !st.open {
+            return;
+        }
+        st.open = false;
+        st.pci.irqs.teardown();
+        if !st.gone {
+            st.with_ctx(&self.name, shared, |m, ctx| m.reset(ctx));
+        }
+        st.pci.sync_irq_state();
+    }
+
+    /// Surprise removal: every later operation is `ENODEV`; routes are closed.
+    pub(crate) fn unplug(&self) {
+        let mut st = self.lock();
+        st.gone = true;
+        st.pci.irqs.teardown();
+        st.pci.sync_irq_state();
+    }
+
+    /// Signals the REQ eventfd if the device is open and has one.
+    pub(crate) fn request_release(&self) -> bool {
+        let st = self.lock();
+        st.open && !st.gone && st.pci.irqs.request_release()
+    }
+
+    /// Runs the work that is due (manual clock) or pending (automatic clock).
+    pub(crate) fn run_timers(&self, shared: &Shared) {
+        self.lock().settle(&self.name, shared);
+    }
+
+    fn region_read(&self, shared: &Shared, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut st = self.lock();
+        st.live("pread", Target::Region(index))?;
+        st.pci.irqs.poll_resample();
+        let result = match st.pci.role(index) {
+            Role::Config => {
+                st.pci.config_read(offset, buf);
+                return Ok(());
+            }
+            Role::Bar(bar) => st.bar_read(&self.name, shared, bar, offset, buf),
+            Role::Device => st.handler_read(&self.name, shared, index, offset, buf),
+            Role::Absent => Ok(()),
+        };
+        st.settle(&self.name, shared);
+        result
+    }
+
+    fn region_write(&self, shared: &Shared, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let mut st = self.lock();
+        st.live("pwrite", Target::Region(index))?;
+        st.pci.irqs.poll_resample();
+        let result = match st.pci.role(index) {
+            Role::Config => {
+                st.pci.config_write(offset, data);
+                Ok(())
+            }
+            Role::Bar(bar) => st.bar_write(&self.name, shared, bar, offset, data),
+            Role::Device => st.handler_write(&self.name, shared, index, offset, data),
+            Role::Absent => Ok(()),
+        };
+        st.settle(&self.name, shared);
+        result
+    }
+}
+
+/// Keeps a device open; the last one dropped closes it.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    core: Arc<DeviceCore>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.close(&self.shared);
+    }
+}
+
+/// An open mock device (from [`vfio_hal::Container::open_device`] on a [`crate::MockContainer`]).
+///
+/// Nine vfio-pci regions (BAR0–5, ROM, CONFIG, VGA; absent ones have size
+/// 0) plus the model's device-specific ones, and five irq indices (INTx,
+/// MSI, MSI-X, ERR, REQ) with the counts vfio-pci reports.
+pub struct MockDevice {
+    handle: Arc<Handle>,
+    info: DeviceInfo,
+}
+
+impl fmt::Debug for MockDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockDevice")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Device for MockDevice {
+    type Region = MockRegion;
+    type Irq = MockIrq;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn region(&self, index: u32) -> Result<MockRegion> {
+        let op = "VFIO_DEVICE_GET_REGION_INFO";
+        check_index(op, Target::Region(index), index, self.info.num_regions)?;
+        let st = self.handle.core.lock();
+        st.live(op, Target::Region(index))?;
+        let info = st
+            .pci
+            .region(index)
+            .cloned()
+            .ok_or(gone(op, Target::Region(index)))?;
+        Ok(MockRegion {
+            handle: Arc::clone(&self.handle),
+            info,
+        })
+    }
+
+    fn irq(&self, index: u32) -> Result<MockIrq> {
+        let op = "VFIO_DEVICE_GET_IRQ_INFO";
+        check_index(op, Target::Irq(index), index, self.info.num_irqs)?;
+        let st = self.handle.core.lock();
+        st.live(op, Target::Irq(index))?;
+        let info = st
+            .pci
+            .irqs
+            .infos()
+            .get(index as usize)
+            .copied()
+            .ok_or(gone(op, Target::Irq(index)))?;
+        Ok(MockIrq {
+            handle: Arc::clone(&self.handle),
+            info,
+        })
+    }
+
+    /// Function reset: the model returns to power-on state and lowers its
+    /// interrupt line; config space (command register included) and
+    /// interrupt routes survive, as `pci_reset_function` restores them.
+    fn reset(&self) -> Result<()> {
+        let core = &self.handle.core;
+        let mut st = core.lock();
+        st.live("VFIO_DEVICE_RESET", Target::Device(core.name.clone()))?;
+        st.pci.irqs.device_reset();
+        st.with_ctx(&core.name, &self.handle.shared, |m, ctx| m.reset(ctx));
+        st.pci.sync_irq_state();
+        Ok(())
+    }
+
+    /// The mock implements no device features: `ENOTTY`, as vfio-pci
+    /// answers for a feature it lacks.
+    fn feature(&self, _op: FeatureOp, feature: u32, _data: &mut [u8]) -> Result<()> {
+        let core = &self.handle.core;
+        core.lock()
+            .live("VFIO_DEVICE_FEATURE", Target::Feature(feature))?;
+        Err(Error::sys(
+            "VFIO_DEVICE_FEATURE",
+            Target::Feature(feature),
+            libc::ENOTTY,
+        ))
+    }
+
+    /// None: the mock has no device, group or container file descriptors.
+    fn keep_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+}
+
+/// One region of a [`MockDevice`].
+pub struct MockRegion {
+    handle: Arc<Handle>,
+    info: RegionInfo,
+}
+
+impl fmt::Debug for MockRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockRegion")
+            .field("device", &self.handle.core.name)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Region for MockRegion {
+    fn info(&self) -> &RegionInfo {
+        &self.info
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.info.readable() {
+            return Err(not_permitted(
+                "pread",
+                self.info.index,
+                "region is not readable",
+            ));
+        }
+        self.info.check_access("pread", offset, buf.len() as u64)?;
+        self.handle
+            .core
+            .region_read(&self.handle.shared, self.info.index, offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.info.writable() {
+            return Err(not_permitted(
+                "pwrite",
+                self.info.index,
+                "region is not writable",
+            ));
+        }
+        self.info
+            .check_access("pwrite", offset, data.len() as u64)?;
+        self.handle
+            .core
+            .region_write(&self.handle.shared, self.info.index, offset, data)
+    }
+
+    /// Maps the RAM areas (memfd-backed, shared with the model); other
+    /// regions are handler-backed and `NotSupported`.
+    fn mmap(&self) -> Result<Vec<MmapArea>> {
+        let st = self.handle.core.lock();
+        st.live("mmap", Target::Region(self.info.index))?;
+        st.pci.mmap(self.info.index)
+    }
+}
+
+/// One irq index of a [`MockDevice`], with the semantics of
+/// `drivers/vfio/pci/vfio_pci_intrs.c`:
+/// - One interrupt mode at a time: INTx, MSI or MSI-X. Setting up a trigger
+///   on one while another is enabled is `EINVAL`, and so is any other
+///   request on an index that is not enabled (loopback, mask, even disable).
+/// - INTx is level triggered and automasked: an asserted, unmasked line is
+///   masked and its eventfd signalled. Unmasking (an `UNMASK` request or a
+///   write to the resample eventfd) re-signals instead while the line is
+///   still asserted. The command register's INTx-disable bit masks too.
+/// - MSI/MSI-X allocate `start + count` vectors when first enabled and
+///   cannot grow afterwards (`NORESIZE`); a vector routed to `None` stays
+///   allocated and silent. The capability's enable bit follows.
+/// - ERR (PCIe only) and REQ take one eventfd each.
+/// - Every route holds its own dup of the eventfd, closed on disable,
+///   re-route, device close and unplug. Delivery writes a u64 1 to it.
+pub struct MockIrq {
+    handle: Arc<Handle>,
+    info: IrqInfo,
+}
+
+impl fmt::Debug for MockIrq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockIrq")
+            .field("device", &self.handle.core.name)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Irq for MockIrq {
+    fn info(&self) -> IrqInfo {
+        self.info
+    }
+
+    /// Checked with [`IrqSet::validate`], then applied with vfio-pci's state
+    /// rules (see [`MockIrq`]): e.g. enabling MSI while INTx is on is `EINVAL`.
+    fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+        set.validate(&self.info)?;
+        let mut st = self.handle.core.lock();
+        st.live("VFIO_DEVICE_SET_IRQS", Target::Irq(self.info.index))?;
+        st.pci.set_irqs(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::piece;
+
+    #[test]
+    fn accesses_split_like_vfio_pci() {
+        assert_eq!(piece(0x80, 8), 8);
+        assert_eq!(piece(0x84, 8), 4);
+        assert_eq!(piece(0x02, 4), 2);
+        assert_eq!(piece(0x03, 4), 1);
+        assert_eq!(piece(0x00, 3), 2);
+    }
+}

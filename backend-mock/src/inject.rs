@@ -1,0 +1,841 @@
+//! Fault injection: a decorator that makes chosen operations of any backend fail.
+//!
+//! [`FaultInjector<B>`] wraps a container, device, region or irq of *any*
+//! backend — this crate's in-memory one, type1, iommufd, a test fake — and
+//! implements the same hal trait (smoltcp's `FaultInjector<D>` idea). Every
+//! object opened through a wrapped container (its devices, their regions and
+//! irqs) is wrapped too and shares one [`Plan`] and one call counter, so "fail
+//! the 5th operation" counts across the whole tree.
+//!
+//! # What counts as an operation
+//! - Every call of a **fallible** trait method (one returning `Result`) on any
+//!   wrapper of the tree counts once, whether it fails or not. Its name is an
+//!   [`Op`].
+//! - Provided trait methods (`Irq::set_eventfd`, `Device::probe_feature`, …)
+//!   are forwarded to the inner object, not re-derived through the trait
+//!   defaults: the count is the number of calls that reach the backend's API,
+//!   and a backend that overrides a provided method keeps its own behaviour.
+//!   So `irq.set_eventfd(0, fd)` is one [`Op::SetEventfd`], not also an
+//!   [`Op::SetIrqs`].
+//! - The infallible getters (`info()` of every trait, `Device::keep_fds`) do
+//!   not count: nothing can be injected there, and counting them would make a
+//!   step number depend on how often code rereads cached information.
+//! - `Container::map_buffer` is the one exception to forwarding: its guard
+//!   ([`vfio_hal::DmaMapping`]) must hold the *wrapper* so that its unmap
+//!   goes through the injector too, so it runs the trait's default, which
+//!   makes one [`Op::MapDma`] now and one [`Op::UnmapDma`] when the guard is
+//!   dropped or unmapped.
+//!
+//! # What a failure does
+//! The error is [`Error::Injected`], carrying the operation's name, the
+//! plan's [`ErrorKind`] and the 1-based call number. A failed operation never
+//! reaches the inner object: it fails cleanly, with no side effect, as if the
+//! kernel had refused the ioctl up front; when it would have opened something
+//! (a device, region or irq), nothing is opened.
+//!
+//! One exception keeps the lie safe: an injected [`ErrorKind::NotMapped`] on
+//! [`Op::UnmapDma`] first unmaps in the backend, because a
+//! [`vfio_hal::DmaMapping`] guard frees its buffer on NotMapped ("already
+//! gone"), and the backend must not keep pointing at freed memory. Any other
+//! kind leaves the mapping in place and the guard leaks its buffer, as it
+//! does after a real failed unmap.
+//!
+//! # Sweeps
+//! [`sweep`] (and [`Sweep`] for options) runs a multi-step routine once to
+//! learn how many operations it performs, then once per step with that step
+//! failing, handing each outcome to a check — the kernel selftests'
+//! "fail the 1st, 2nd, 3rd… step until none is hit".
+
+use std::fmt;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use vfio_hal::{
+    Container, Device, DeviceInfo, DmaAccess, Error, ErrorKind, FeatureOp, FeatureSupport,
+    IommuInfo, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo, Result,
+};
+
+/// Which hal object an [`Op`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Object {
+    /// [`vfio_hal::Container`].
+    Container,
+    /// [`vfio_hal::Device`].
+    Device,
+    /// [`vfio_hal::Region`].
+    Region,
+    /// [`vfio_hal::Irq`].
+    Irq,
+}
+
+macro_rules! ops {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $object:ident; )*) => {
+        /// One fallible hal trait method: what the fault injector counts and
+        /// the tracer records.
+        ///
+        /// The [`Display`](fmt::Display) name (also [`Op::name`], and the `op`
+        /// of [`Error::Injected`]) is the method's name, prefixed with its
+        /// object where the bare name would be vague (`region.read`,
+        /// `device.irq`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum Op {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Op {
+            /// Every operation, in declaration order.
+            pub const ALL: &'static [Op] = &[$(Op::$variant),*];
+
+            /// The operation's name, e.g. `"map_dma_raw"` or `"region.read"`.
+            pub const fn name(self) -> &'static str {
+                match self { $(Op::$variant => $name,)* }
+            }
+
+            /// The object whose method this is.
+            pub const fn object(self) -> Object {
+                match self { $(Op::$variant => Object::$object,)* }
+            }
+        }
+    };
+}
+
+ops! {
+    /// `Container::iommu_info`.
+    IommuInfo = "iommu_info", Container;
+    /// `Container::map_dma_raw` (also what `map_buffer` calls).
+    MapDma = "map_dma_raw", Container;
+    /// `Container::unmap_dma` (also what a `DmaMapping` guard calls).
+    UnmapDma = "unmap_dma", Container;
+    /// `Container::unmap_all`.
+    UnmapAll = "unmap_all", Container;
+    /// `Container::open_device`.
+    OpenDevice = "open_device", Container;
+    /// `Device::region`.
+    Region = "device.region", Device;
+    /// `Device::irq`.
+    Irq = "device.irq", Device;
+    /// `Device::reset`.
+    Reset = "reset", Device;
+    /// `Device::feature`.
+    Feature = "feature", Device;
+    /// `Device::probe_feature`.
+    ProbeFeature = "probe_feature", Device;
+    /// `Device::low_power_entry`.
+    LowPowerEntry = "low_power_entry", Device;
+    /// `Device::low_power_entry_with_wakeup`.
+    LowPowerEntryWithWakeup = "low_power_entry_with_wakeup", Device;
+    /// `Device::low_power_exit`.
+    LowPowerExit = "low_power_exit", Device;
+    /// `Region::read`.
+    RegionRead = "region.read", Region;
+    /// `Region::write`.
+    RegionWrite = "region.write", Region;
+    /// `Region::mmap`.
+    RegionMmap = "region.mmap", Region;
+    /// `Irq::set_irqs`.
+    SetIrqs = "set_irqs", Irq;
+    /// `Irq::set_eventfds`.
+    SetEventfds = "set_eventfds", Irq;
+    /// `Irq::set_eventfd`.
+    SetEventfd = "set_eventfd", Irq;
+    /// `Irq::disable`.
+    Disable = "irq.disable", Irq;
+    /// `Irq::mask`.
+    Mask = "mask", Irq;
+    /// `Irq::unmask`.
+    Unmask = "unmask", Irq;
+    /// `Irq::trigger`.
+    Trigger = "trigger", Irq;
+    /// `Irq::set_resample`.
+    SetResample = "set_resample", Irq;
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of [`Op`]s: which operations a [`Plan`] applies to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpFilter(u64);
+
+impl OpFilter {
+    /// Every operation.
+    pub const ALL: Self = Self(u64::MAX >> (64 - Op::ALL.len()));
+    /// No operation.
+    pub const NONE: Self = Self(0);
+
+    const fn bit(op: Op) -> u64 {
+        // Fewer than 64 variants (checked by a test).
+        1 << (op as u32)
+    }
+
+    /// Exactly one operation.
+    pub const fn only(op: Op) -> Self {
+        Self(Self::bit(op))
+    }
+
+    /// Every operation of one object, e.g. all irq calls.
+    pub fn object(object: Object) -> Self {
+        Op::ALL
+            .iter()
+            .filter(|op| op.object() == object)
+            .copied()
+            .collect()
+    }
+
+    /// This set plus `op`.
+    pub const fn with(self, op: Op) -> Self {
+        Self(self.0 | Self::bit(op))
+    }
+
+    /// This set minus `op`, e.g. `OpFilter::ALL.without(Op::UnmapDma)` to
+    /// spare the teardown a sweep should not fail.
+    pub const fn without(self, op: Op) -> Self {
+        Self(self.0 & !Self::bit(op))
+    }
+
+    /// Whether `op` is in the set.
+    pub const fn contains(self, op: Op) -> bool {
+        self.0 & Self::bit(op) != 0
+    }
+
+    /// The operations in the set, in declaration order.
+    pub fn ops(self) -> impl Iterator<Item = Op> {
+        Op::ALL.iter().copied().filter(move |&op| self.contains(op))
+    }
+}
+
+impl Default for OpFilter {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+impl fmt::Debug for OpFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::ALL {
+            return f.write_str("OpFilter::ALL");
+        }
+        f.debug_set().entries(self.ops()).finish()
+    }
+}
+
+impl From<Op> for OpFilter {
+    fn from(op: Op) -> Self {
+        Self::only(op)
+    }
+}
+
+impl<const N: usize> From<[Op; N]> for OpFilter {
+    fn from(ops: [Op; N]) -> Self {
+        ops.into_iter().collect()
+    }
+}
+
+impl From<&[Op]> for OpFilter {
+    fn from(ops: &[Op]) -> Self {
+        ops.iter().copied().collect()
+    }
+}
+
+impl FromIterator<Op> for OpFilter {
+    fn from_iter<I: IntoIterator<Item = Op>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::NONE, Self::with)
+    }
+}
+
+/// When a [`Plan`] fails an operation that its filter selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Never: count only.
+    Never,
+    /// The Nth selected operation (1-based; `Nth(0)` never fires).
+    Nth(u64),
+    /// Every selected operation.
+    Every,
+}
+
+/// What a [`FaultInjector`] fails, and with which [`ErrorKind`].
+///
+/// ```
+/// use vfio_hal::ErrorKind;
+/// use vfio_hal_mock::inject::{Op, Plan};
+///
+/// // The 3rd operation of any kind fails with the default kind (Io).
+/// let third = Plan::fail_nth(3);
+/// // The 2nd irq routing fails as a busy device would.
+/// let second_irq = Plan::fail_nth(2)
+///     .only([Op::SetIrqs, Op::SetEventfds, Op::SetEventfd])
+///     .with_kind(ErrorKind::Busy);
+/// // Every unmap fails as after a hot-unplug.
+/// let gone = Plan::fail_every(Op::UnmapDma).with_kind(ErrorKind::DeviceGone);
+/// # let _ = (third, second_irq, gone);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Plan {
+    /// When to fail.
+    pub trigger: Trigger,
+    /// Which operations the trigger looks at; the others always pass.
+    pub ops: OpFilter,
+    /// The kind of the injected errors.
+    pub kind: ErrorKind,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self::count_only()
+    }
+}
+
+impl Plan {
+    /// The kind injected unless [`Plan::with_kind`] says otherwise.
+    pub const DEFAULT_KIND: ErrorKind = ErrorKind::Io;
+
+    /// Fails nothing; the injector only counts.
+    pub const fn count_only() -> Self {
+        Self {
+            trigger: Trigger::Never,
+            ops: OpFilter::ALL,
+            kind: Self::DEFAULT_KIND,
+        }
+    }
+
+    /// Fails the `n`th operation (1-based) that the filter selects — by
+    /// default, the `n`th operation of any kind.
+    pub const fn fail_nth(n: u64) -> Self {
+        Self {
+            trigger: Trigger::Nth(n),
+            ..Self::count_only()
+        }
+    }
+
+    /// Fails every operation in `ops`.
+    pub fn fail_every(ops: impl Into<OpFilter>) -> Self {
+        Self {
+            trigger: Trigger::Every,
+            ops: ops.into(),
+            ..Self::count_only()
+        }
+    }
+
+    /// Restricts the plan to `ops`: only they are numbered for
+    /// [`Trigger::Nth`] and only they can fail.
+    pub fn only(self, ops: impl Into<OpFilter>) -> Self {
+        Self {
+            ops: ops.into(),
+            ..self
+        }
+    }
+
+    /// Sets the kind of the injected errors.
+    pub const fn with_kind(self, kind: ErrorKind) -> Self {
+        Self { kind, ..self }
+    }
+}
+
+/// One injected failure: which operation, and its 1-based call number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Injection {
+    /// The operation that was failed.
+    pub op: Op,
+    /// Its number among all operations that reached the tree (as in [`Error::Injected`]).
+    pub call: u64,
+}
+
+impl fmt::Display for Injection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (call #{})", self.op, self.call)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    plan: Plan,
+    /// Every operation.
+    calls: u64,
+    /// Operations the plan's filter selects.
+    selected: u64,
+    injected: u64,
+    last: Option<Injection>,
+}
+
+/// The plan and counters one injector tree shares.
+#[derive(Debug, Default)]
+struct Shared(Mutex<State>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave the counters half-updated; carry on.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts `op` and decides whether it fails.
+    fn enter(&self, op: Op) -> Result<()> {
+        let mut s = self.lock();
+        s.calls = s.calls.saturating_add(1);
+        let call = s.calls;
+        if !s.plan.ops.contains(op) {
+            return Ok(());
+        }
+        s.selected = s.selected.saturating_add(1);
+        let fire = match s.plan.trigger {
+            Trigger::Never => false,
+            Trigger::Nth(n) => s.selected == n,
+            Trigger::Every => true,
+        };
+        if !fire {
+            return Ok(());
+        }
+        s.injected = s.injected.saturating_add(1);
+        s.last = Some(Injection { op, call });
+        let kind = s.plan.kind;
+        drop(s);
+        log::debug!("fault injector: failing {op} (call #{call}) with {kind:?}");
+        Err(Error::Injected {
+            op: op.name(),
+            kind,
+            call,
+        })
+    }
+}
+
+/// A decorator that fails operations of the wrapped backend object as its
+/// [`Plan`] says; see the [module docs](self) for what counts.
+///
+/// `FaultInjector<C>` is a [`Container`] whose devices are
+/// `FaultInjector<C::Device>`, whose regions and irqs are wrapped in turn;
+/// all of them share the plan and counters of the injector they came from.
+#[derive(Debug, Clone)]
+pub struct FaultInjector<B> {
+    inner: B,
+    shared: Arc<Shared>,
+}
+
+impl<B> FaultInjector<B> {
+    /// Wraps `inner` in counting mode ([`Plan::count_only`]).
+    pub fn new(inner: B) -> Self {
+        Self::with_plan(inner, Plan::count_only())
+    }
+
+    /// Wraps `inner` with `plan` armed.
+    pub fn with_plan(inner: B, plan: Plan) -> Self {
+        let state = State {
+            plan,
+            ..State::default()
+        };
+        Self {
+            inner,
+            shared: Arc::new(Shared(Mutex::new(state))),
+        }
+    }
+
+    /// Wraps another object into this injector's tree (same plan, same
+    /// counters), e.g. a device opened before the injector existed.
+    pub fn wrap<T>(&self, inner: T) -> FaultInjector<T> {
+        FaultInjector {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The wrapped object.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Unwraps; other wrappers of the tree keep the shared plan.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+
+    /// The plan now in force.
+    pub fn plan(&self) -> Plan {
+        self.shared.lock().plan
+    }
+
+    /// Installs `plan` and zeroes every counter (re-arming for a new run).
+    pub fn arm(&self, plan: Plan) {
+        let mut s = self.shared.lock();
+        *s = State {
+            plan,
+            ..State::default()
+        };
+    }
+
+    /// Zeroes every counter and keeps the plan, so a `fail_nth` fires again.
+    ///
+    /// (Not `reset`: that name is [`Device::reset`], which the wrapper implements.)
+    pub fn rearm(&self) {
+        let plan = self.plan();
+        self.arm(plan);
+    }
+
+    /// Switches to counting mode, keeping the counters.
+    pub fn disarm(&self) {
+        self.shared.lock().plan.trigger = Trigger::Never;
+    }
+
+    /// Operations of every kind that reached the tree since the last
+    /// [`arm`](Self::arm) or [`rearm`](Self::rearm), failed ones included.
+    pub fn calls(&self) -> u64 {
+        self.shared.lock().calls
+    }
+
+    /// Operations the plan's filter selected (equals [`calls`](Self::calls)
+    /// when the filter is [`OpFilter::ALL`]).
+    pub fn selected_calls(&self) -> u64 {
+        self.shared.lock().selected
+    }
+
+    /// How many operations were failed.
+    pub fn injected(&self) -> u64 {
+        self.shared.lock().injected
+    }
+
+    /// The most recent injected failure.
+    pub fn last_injection(&self) -> Option<Injection> {
+        self.shared.lock().last
+    }
+
+    fn enter(&self, op: Op) -> Result<()> {
+        self.shared.enter(op)
+    }
+}
+
+impl<C: Container> Container for FaultInjector<C> {
+    type Device = FaultInjector<C::Device>;
+
+    fn iommu_info(&self) -> Result<IommuInfo> {
+        self.enter(Op::IommuInfo)?;
+        self.inner.iommu_info()
+    }
+
+    unsafe fn map_dma_raw(
+        &self,
+        iova: u64,
+        host: *mut u8,
+        len: u64,
+        access: DmaAccess,
+    ) -> Result<()> {
+        self.enter(Op::MapDma)?;
+        // SAFETY: the caller upholds map_dma_raw's contract, which we pass on unchanged.
+        unsafe { self.inner.map_dma_raw(iova, host, len, access) }
+    }
+
+    fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> {
+        match self.enter(Op::UnmapDma) {
+            Ok(()) => self.inner.unmap_dma(iova, len),
+            // `DmaMapping` frees its buffer when an unmap reports NotMapped,
+            // so that answer must be true: undo the mapping first (the one
+            // injected failure that reaches the backend; see the module docs).
+            Err(injected) if injected.kind() == ErrorKind::NotMapped => {
+                self.inner.unmap_dma(iova, len)?;
+                Err(injected)
+            }
+            Err(injected) => Err(injected),
+        }
+    }
+
+    fn unmap_all(&self) -> Result<u64> {
+        self.enter(Op::UnmapAll)?;
+        self.inner.unmap_all()
+    }
+
+    fn open_device(&self, name: &str) -> Result<Self::Device> {
+        self.enter(Op::OpenDevice)?;
+        Ok(self.wrap(self.inner.open_device(name)?))
+    }
+
+    // `map_buffer` keeps the trait default on purpose: see the module docs.
+}
+
+impl<D: Device> Device for FaultInjector<D> {
+    type Region = FaultInjector<D::Region>;
+    type Irq = FaultInjector<D::Irq>;
+
+    fn info(&self) -> &DeviceInfo {
+        self.inner.info()
+    }
+
+    fn region(&self, index: u32) -> Result<Self::Region> {
+        self.enter(Op::Region)?;
+        Ok(self.wrap(self.inner.region(index)?))
+    }
+
+    fn irq(&self, index: u32) -> Result<Self::Irq> {
+        self.enter(Op::Irq)?;
+        Ok(self.wrap(self.inner.irq(index)?))
+    }
+
+    fn reset(&self) -> Result<()> {
+        self.enter(Op::Reset)?;
+        self.inner.reset()
+    }
+
+    fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> {
+        self.enter(Op::Feature)?;
+        self.inner.feature(op, feature, data)
+    }
+
+    fn keep_fds(&self) -> Vec<RawFd> {
+        self.inner.keep_fds()
+    }
+
+    fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
+        self.enter(Op::ProbeFeature)?;
+        self.inner.probe_feature(feature)
+    }
+
+    fn low_power_entry(&self) -> Result<()> {
+        self.enter(Op::LowPowerEntry)?;
+        self.inner.low_power_entry()
+    }
+
+    fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> {
+        self.enter(Op::LowPowerEntryWithWakeup)?;
+        self.inner.low_power_entry_with_wakeup(wakeup)
+    }
+
+    fn low_power_exit(&self) -> Result<()> {
+        self.enter(Op::LowPowerExit)?;
+        self.inner.low_power_exit()
+    }
+}
+
+impl<R: Region> Region for FaultInjector<R> {
+    fn info(&self) -> &RegionInfo {
+        self.inner.info()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.enter(Op::RegionRead)?;
+        self.inner.read(offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.enter(Op::RegionWrite)?;
+        self.inner.write(offset, data)
+    }
+
+    fn mmap(&self) -> Result<Vec<MmapArea>> {
+        self.enter(Op::RegionMmap)?;
+        self.inner.mmap()
+    }
+}
+
+impl<I: Irq> Irq for FaultInjector<I> {
+    fn info(&self) -> IrqInfo {
+        self.inner.info()
+    }
+
+    fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+        self.enter(Op::SetIrqs)?;
+        self.inner.set_irqs(set)
+    }
+
+    fn set_eventfds(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> Result<()> {
+        self.enter(Op::SetEventfds)?;
+        self.inner.set_eventfds(start, fds)
+    }
+
+    fn set_eventfd(&self, vector: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        self.enter(Op::SetEventfd)?;
+        self.inner.set_eventfd(vector, fd)
+    }
+
+    fn disable(&self) -> Result<()> {
+        self.enter(Op::Disable)?;
+        self.inner.disable()
+    }
+
+    fn mask(&self, start: u32, count: u32) -> Result<()> {
+        self.enter(Op::Mask)?;
+        self.inner.mask(start, count)
+    }
+
+    fn unmask(&self, start: u32, count: u32) -> Result<()> {
+        self.enter(Op::Unmask)?;
+        self.inner.unmask(start, count)
+    }
+
+    fn trigger(&self, start: u32, count: u32) -> Result<()> {
+        self.enter(Op::Trigger)?;
+        self.inner.trigger(start, count)
+    }
+
+    fn set_resample(&self, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        self.enter(Op::SetResample)?;
+        self.inner.set_resample(fd)
+    }
+}
+
+/// What a sweep's check receives after one run of the routine.
+///
+/// Everything is owned, so the check decides the teardown order: drop
+/// `result` (devices, mappings the routine returned), inspect
+/// `injector.inner()`, drop `injector`, then look for leaked fds.
+#[derive(Debug)]
+pub struct SweepStep<B, T> {
+    /// The failed step, 1-based; 0 for the clean (counting) run.
+    pub step: u64,
+    /// How many steps the clean run performed.
+    pub steps: u64,
+    /// The fault that actually fired in this run: `None` for step 0, and
+    /// also `None` if the routine did fewer operations this time (it is not
+    /// deterministic).
+    pub injection: Option<Injection>,
+    /// What the routine returned.
+    pub result: Result<T>,
+    /// The injector the routine ran on (its inner backend is still alive).
+    pub injector: FaultInjector<B>,
+}
+
+/// Options of a fail-every-step sweep; [`sweep`] uses the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// The steps to fail (default: every operation).
+    pub ops: OpFilter,
+    /// The kind of the injected errors (default: [`Plan::DEFAULT_KIND`]).
+    pub kind: ErrorKind,
+}
+
+impl Default for Sweep {
+    fn default() -> Self {
+        Self {
+            ops: OpFilter::ALL,
+            kind: Plan::DEFAULT_KIND,
+        }
+    }
+}
+
+impl Sweep {
+    /// Runs `routine` on a fresh `make()` backend in counting mode to learn
+    /// its number of steps N (operations the filter selects), then N more
+    /// times on fresh backends with step 1, 2, … N failing. `check` sees
+    /// every run, the clean one first (step 0).
+    ///
+    /// Returns N, or the error of the clean run (a routine that fails with
+    /// nothing injected cannot be swept).
+    pub fn run<B, T>(
+        &self,
+        mut make: impl FnMut() -> B,
+        mut routine: impl FnMut(&FaultInjector<B>) -> Result<T>,
+        mut check: impl FnMut(SweepStep<B, T>),
+    ) -> Result<u64> {
+        let plan = Plan::count_only().only(self.ops).with_kind(self.kind);
+        let injector = FaultInjector::with_plan(make(), plan);
+        let result = routine(&injector);
+        let steps = injector.selected_calls();
+        let result = Ok(result?);
+        check(SweepStep {
+            step: 0,
+            steps,
+            injection: None,
+            result,
+            injector,
+        });
+        for step in 1..=steps {
+            let plan = Plan {
+                trigger: Trigger::Nth(step),
+                ..plan
+            };
+            let injector = FaultInjector::with_plan(make(), plan);
+            let result = routine(&injector);
+            check(SweepStep {
+                step,
+                steps,
+                injection: injector.last_injection(),
+                result,
+                injector,
+            });
+        }
+        Ok(steps)
+    }
+}
+
+/// Fails every step of `routine` in turn: see [`Sweep::run`], with every
+/// operation a step and the default error kind.
+///
+/// ```
+/// use vfio_hal::{prelude::*, Error, Result};
+/// use vfio_hal_mock::inject::{sweep, FaultInjector};
+///
+/// /// The code under test: open a device and route MSI-X vector 0.
+/// fn bring_up<C: Container>(c: &C, fd: std::os::fd::BorrowedFd<'_>) -> Result<C::Device> {
+///     let dev = c.open_device("0000:00:04.0")?;
+///     dev.irq(vfio_hal::irq::index::MSIX)?.set_eventfd(0, Some(fd))?;
+///     Ok(dev)
+/// }
+///
+/// /// On any backend: every step of `bring_up` fails with the injected error.
+/// fn every_step_fails_cleanly<C: Container>(
+///     make: impl FnMut() -> C,
+///     fd: std::os::fd::BorrowedFd<'_>,
+/// ) -> Result<u64> {
+///     sweep(make, |c| bring_up(c, fd), |step| {
+///         if let Some(fault) = step.injection {
+///             let err = step.result.as_ref().err();
+///             assert!(matches!(err, Some(Error::Injected { .. })), "{fault}: {err:?}");
+///         }
+///         // Here: drop step.result, then look for leftovers in step.injector.inner().
+///     })
+/// }
+/// ```
+pub fn sweep<B, T>(
+    make: impl FnMut() -> B,
+    routine: impl FnMut(&FaultInjector<B>) -> Result<T>,
+    check: impl FnMut(SweepStep<B, T>),
+) -> Result<u64> {
+    Sweep::default().run(make, routine, check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_fits_the_filter_bits_and_has_a_unique_name() {
+        assert!(Op::ALL.len() < 64);
+        assert_eq!(OpFilter::ALL.ops().count(), Op::ALL.len());
+        let mut names: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Op::ALL.len());
+    }
+
+    #[test]
+    fn filters_combine() {
+        let f = OpFilter::from([Op::MapDma, Op::UnmapDma]);
+        assert!(f.contains(Op::MapDma) && f.contains(Op::UnmapDma));
+        assert!(!f.contains(Op::OpenDevice));
+        assert!(!OpFilter::ALL.without(Op::Reset).contains(Op::Reset));
+        let irq = OpFilter::object(Object::Irq);
+        assert!(irq.contains(Op::SetIrqs) && !irq.contains(Op::RegionRead));
+        assert_eq!(format!("{:?}", OpFilter::only(Op::Reset)), "{Reset}");
+    }
+
+    #[test]
+    fn nth_counts_only_selected_ops_but_reports_the_global_call() {
+        let shared = Shared::default();
+        shared.lock().plan = Plan::fail_nth(2).only(Op::Reset);
+        assert!(shared.enter(Op::RegionRead).is_ok()); // call 1, not selected
+        assert!(shared.enter(Op::Reset).is_ok()); // call 2, 1st reset
+        assert!(shared.enter(Op::RegionRead).is_ok()); // call 3
+        let err = shared.enter(Op::Reset).expect_err("2nd reset fails");
+        assert!(
+            matches!(
+                err,
+                Error::Injected {
+                    op: "reset",
+                    kind: ErrorKind::Io,
+                    call: 4
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(shared.enter(Op::Reset).is_ok(), "fires once");
+    }
+}

@@ -1,0 +1,772 @@
+//! The mock IOMMU: one IO address space with the kernel's mapping rules, and
+//! the translation that device models' DMA goes through.
+//!
+//! Mappings live in a `BTreeMap` keyed by IOVA, so map, unmap and the
+//! translation of one DMA access are O(log n) in the number of mappings.
+//!
+//! # Rules, and where they come from
+//! Map and unmap return [`Error::sys`] with the errno the kernel returns, so
+//! that [`Error::kind`] is the same on the mock and on the real backends.
+//! The checks and their order follow `vfio_dma_do_map` /
+//! `vfio_dma_do_unmap` in `drivers/vfio/vfio_iommu_type1.c` (type1v2):
+//!
+//! | request | errno | kind |
+//! |---|---|---|
+//! | `len == 0`, or `iova`, `len` or the host address not page aligned | `EINVAL` | `InvalidArgument` |
+//! | `iova + len - 1` (or the host end) wraps | `EOVERFLOW` | `Overflow` |
+//! | overlaps an existing mapping | `EEXIST` | `AlreadyMapped` |
+//! | [`IommuConfig::max_mappings`] reached (type1's `dma_entry_limit`) | `ENOSPC` | `Exhausted` |
+//! | not inside one of [`IommuConfig::iova_ranges`] (a reserved hole) | `EINVAL` | `InvalidArgument` |
+//! | unmap that would split a mapping (unless [`IommuConfig::allow_split_unmap`]) | `EINVAL` | `InvalidArgument` |
+//! | unmap of a range holding no mapping | `ENOENT` | `NotMapped` |
+//!
+//! Two notes on the sources. Type1 answered an address wrap with `EINVAL`
+//! until the 2025 series "vfio/type1: handle DMA map/unmap up to the
+//! addressable limit" switched it to `EOVERFLOW` (`check_add_overflow`),
+//! which is what iommufd has always returned; the mock follows the current
+//! rule. Type1 reports an unmap of nothing as success with a size of 0,
+//! iommufd as `ENOENT`; the HAL normalises both to `NotMapped`, so the mock
+//! returns `ENOENT` directly.
+//!
+//! # DMA
+//! [`MockIommu::dma_read`] and [`MockIommu::dma_write`] translate a device
+//! access. The whole range is checked first — every byte mapped, no gap
+//! between mappings, the mapping's [`DmaAccess`] allowing the direction —
+//! and only then copied, so a faulting access never touches memory. Faults
+//! are recorded ([`MockIommu::faults`]) and returned to the model. The copy
+//! happens with the mapping table locked, so an unmap waits for a DMA in
+//! flight to finish, as the kernel's unmap waits for the IOTLB flush.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use vfio_hal::{Capability, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
+
+/// The ioctl names the errors carry, as the type1 backend spells them.
+const OP_MAP: &str = "VFIO_IOMMU_MAP_DMA";
+const OP_UNMAP: &str = "VFIO_IOMMU_UNMAP_DMA";
+
+/// How many faults are kept; older ones are dropped (and still counted).
+pub const FAULT_LOG_CAPACITY: usize = 4096;
+
+/// Configuration of a mock IOMMU. Public fields; [`Default`] is an x86
+/// machine with type1's default limits.
+///
+/// ```
+/// use vfio_hal_mock::{IommuConfig, MockContainer};
+/// use vfio_hal::IovaRange;
+///
+/// // A 64 KiB-page IOMMU with a small aperture and room for 8 mappings.
+/// let config = IommuConfig {
+///     page_size: 0x1_0000,
+///     iova_ranges: vec![IovaRange { start: 0, end: 0xffff_ffff }],
+///     max_mappings: 8,
+///     ..IommuConfig::default()
+/// };
+/// let container = MockContainer::with_config(config);
+/// assert_eq!(container.mapping_count(), 0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IommuConfig {
+    /// The one page size the IOMMU maps with (a power of two); map and unmap
+    /// arguments must be aligned to it. Default 4096.
+    pub page_size: u64,
+    /// Usable IOVA ranges; the holes between them are reserved. Default: x86,
+    /// `[0, 0xfedf_ffff]` and `[0xfef0_0000, 2^48 - 1]` (the MSI window
+    /// `0xfee0_0000..=0xfeef_ffff` is a hole, and 48 address bits).
+    pub iova_ranges: Vec<IovaRange>,
+    /// Most mappings at once, like type1's `dma_entry_limit`. Default 65535.
+    pub max_mappings: u32,
+    /// Whether an unmap may cut a mapping in two (type1 v1 and hardware page
+    /// tables allow it; type1v2 and iommufd refuse). Default false.
+    pub allow_split_unmap: bool,
+}
+
+impl IommuConfig {
+    /// x86's usable IOVA ranges with 48 address bits, around the MSI window.
+    pub fn x86_iova_ranges() -> Vec<IovaRange> {
+        vec![
+            IovaRange {
+                start: 0,
+                end: 0xfedf_ffff,
+            },
+            IovaRange {
+                start: 0xfef0_0000,
+                end: (1 << 48) - 1,
+            },
+        ]
+    }
+
+    /// Checks the configuration; used by [`MockIommu::new`].
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason| Error::InvalidArgument {
+            op: "IommuConfig",
+            target: Target::None,
+            reason,
+        };
+        if !self.page_size.is_power_of_two() {
+            return Err(invalid("page_size must be a power of two"));
+        }
+        if self.iova_ranges.is_empty() {
+            return Err(invalid("at least one IOVA range is needed"));
+        }
+        if self.iova_ranges.iter().any(|r| r.end < r.start) {
+            return Err(invalid("an IOVA range ends before it starts"));
+        }
+        if self.iova_ranges.windows(2).any(|w| w[0].end >= w[1].start) {
+            return Err(invalid(
+                "IOVA ranges must be sorted and must not overlap or touch",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A valid configuration close to this one: the page size rounded up to
+    /// a power of two, ranges sorted and merged. Used by
+    /// [`crate::MockContainer::with_config`], which cannot fail.
+    pub fn normalized(mut self) -> Self {
+        if !self.page_size.is_power_of_two() {
+            let fixed = self
+                .page_size
+                .checked_next_power_of_two()
+                .unwrap_or(1 << 63);
+            log::warn!(
+                "mock IOMMU: page size {:#x} is not a power of two, using {fixed:#x}",
+                self.page_size
+            );
+            self.page_size = fixed;
+        }
+        let mut ranges: Vec<IovaRange> = self
+            .iova_ranges
+            .iter()
+            .map(|r| IovaRange {
+                start: r.start.min(r.end),
+                end: r.start.max(r.end),
+            })
+            .collect();
+        ranges.sort();
+        let mut merged: Vec<IovaRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if last.end.checked_add(1).is_none_or(|next| next >= r.start) => {
+                    last.end = last.end.max(r.end);
+                }
+                _ => merged.push(r),
+            }
+        }
+        if merged.is_empty() {
+            merged = Self::x86_iova_ranges();
+        }
+        self.iova_ranges = merged;
+        self
+    }
+
+    /// The inclusive range containing `[iova, last]`, if one does.
+    fn range_containing(&self, iova: u64, last: u64) -> Option<&IovaRange> {
+        // Sorted and disjoint: the candidate is the last range starting at or before `iova`.
+        let i = self.iova_ranges.partition_point(|r| r.start <= iova);
+        let r = self.iova_ranges.get(i.checked_sub(1)?)?;
+        (last <= r.end).then_some(r)
+    }
+}
+
+impl Default for IommuConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 4096,
+            iova_ranges: Self::x86_iova_ranges(),
+            max_mappings: 65535,
+            allow_split_unmap: false,
+        }
+    }
+}
+
+/// Which way a device access moves data, seen from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DmaDirection {
+    /// The device reads host memory.
+    Read,
+    /// The device writes host memory.
+    Write,
+}
+
+impl DmaDirection {
+    /// Whether this is a device write.
+    pub fn is_write(self) -> bool {
+        self == Self::Write
+    }
+}
+
+/// Why the IOMMU refused a device access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultReason {
+    /// Some byte of the access has no mapping (unmapped, or a gap between two mappings).
+    NotMapped,
+    /// A device write hit a mapping without write permission (a read-only mapping).
+    WriteToReadOnly,
+    /// A device read hit a mapping without read permission (a write-only mapping).
+    ReadFromWriteOnly,
+    /// `iova + len` wraps around the address space.
+    AddressOverflow,
+}
+
+/// One recorded IOMMU fault: a device access that was refused whole.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IommuFault {
+    /// The device that made the access (its plug name).
+    pub device: String,
+    /// First IOVA of the access.
+    pub iova: u64,
+    /// Length of the access in bytes.
+    pub len: u64,
+    /// Read or write.
+    pub direction: DmaDirection,
+    /// The first IOVA that failed translation.
+    pub at: u64,
+    /// Why it failed.
+    pub reason: FaultReason,
+}
+
+impl fmt::Display for IommuFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "IOMMU fault: {} {:?} of {:#x}+{:#x} failed at {:#x}: {:?}",
+            self.device, self.direction, self.iova, self.len, self.at, self.reason
+        )
+    }
+}
+
+/// A live mapping, as [`MockIommu::mappings`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MappingInfo {
+    /// First IOVA.
+    pub iova: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What the device may do.
+    pub access: DmaAccess,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    len: u64,
+    /// Host address with exposed provenance (see `host_ptr`).
+    host: usize,
+    access: DmaAccess,
+}
+
+impl Mapping {
+    /// Inclusive last IOVA of a mapping that starts at `iova`.
+    fn last(&self, iova: u64) -> u64 {
+        // Cannot wrap: checked when the mapping was made.
+        iova + (self.len - 1)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    maps: BTreeMap<u64, Mapping>,
+    bytes: u64,
+}
+
+impl Table {
+    /// The mapping that contains `iova`, with its start.
+    fn containing(&self, iova: u64) -> Option<(u64, Mapping)> {
+        let (&start, &m) = self.maps.range(..=iova).next_back()?;
+        (m.last(start) >= iova).then_some((start, m))
+    }
+
+    fn insert(&mut self, iova: u64, m: Mapping) {
+        self.bytes += m.len;
+        self.maps.insert(iova, m);
+    }
+
+    fn remove(&mut self, iova: u64) -> Option<Mapping> {
+        let m = self.maps.remove(&iova)?;
+        self.bytes -= m.len;
+        Some(m)
+    }
+}
+
+#[derive(Debug, Default)]
+struct FaultLog {
+    recent: VecDeque<IommuFault>,
+    total: u64,
+}
+
+/// An in-memory IOMMU: the mapping table and the DMA translation.
+///
+/// [`crate::MockContainer`] owns one; it is public so that tests of custom
+/// device models can use it directly.
+#[derive(Debug)]
+pub struct MockIommu {
+    config: IommuConfig,
+    table: Mutex<Table>,
+    faults: Mutex<FaultLog>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave the table half-updated in a way that
+    // matters more than refusing every later call would.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn iova_err(op: &'static str, iova: u64, len: u64, errno: i32) -> Error {
+    Error::sys(op, Target::Iova { iova, len }, errno)
+}
+
+/// Rebuilds a host pointer from an address stored by `map`.
+fn host_ptr(addr: usize) -> *mut u8 {
+    std::ptr::with_exposed_provenance_mut(addr)
+}
+
+impl MockIommu {
+    /// An empty IOMMU; the configuration must be valid ([`IommuConfig::validate`]).
+    pub fn new(config: IommuConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::from_normalized(config))
+    }
+
+    /// An empty IOMMU from a configuration that is valid by construction
+    /// ([`IommuConfig::normalized`]).
+    pub(crate) fn from_normalized(config: IommuConfig) -> Self {
+        Self {
+            config,
+            table: Mutex::new(Table::default()),
+            faults: Mutex::new(FaultLog::default()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IommuConfig {
+        &self.config
+    }
+
+    /// What `VFIO_IOMMU_GET_INFO` would report: the page size, the ranges,
+    /// the remaining mapping count, and the matching capability chain.
+    pub fn info(&self) -> IommuInfo {
+        let avail = self
+            .config
+            .max_mappings
+            .saturating_sub(u32::try_from(self.mapping_count()).unwrap_or(u32::MAX));
+        IommuInfo {
+            page_sizes: self.config.page_size,
+            iova_ranges: self.config.iova_ranges.clone(),
+            dma_avail: Some(avail),
+            caps: vec![
+                Capability::IovaRanges(self.config.iova_ranges.clone()),
+                Capability::DmaAvail { avail },
+            ],
+        }
+    }
+
+    /// Number of live mappings.
+    pub fn mapping_count(&self) -> usize {
+        lock(&self.table).maps.len()
+    }
+
+    /// Total bytes mapped.
+    pub fn mapped_bytes(&self) -> u64 {
+        lock(&self.table).bytes
+    }
+
+    /// Every live mapping, ascending by IOVA.
+    pub fn mappings(&self) -> Vec<MappingInfo> {
+        lock(&self.table)
+            .maps
+            .iter()
+            .map(|(&iova, m)| MappingInfo {
+                iova,
+                len: m.len,
+                access: m.access,
+            })
+            .collect()
+    }
+
+    /// Maps `[host, host + len)` at `iova`, with the rules in the module docs.
+    ///
+    /// # Safety
+    /// The contract of [`vfio_hal::Container::map_dma_raw`]: the host range
+    /// stays valid process memory until it is unmapped or the IOMMU is
+    /// dropped, and the caller holds no references to it that assume
+    /// exclusive access (device DMA may write it at any time).
+    pub unsafe fn map(&self, iova: u64, host: *mut u8, len: u64, access: DmaAccess) -> Result<()> {
+        let err = |errno| iova_err(OP_MAP, iova, len, errno);
+        let mask = self.config.page_size - 1;
+        let host_addr = host.expose_provenance();
+        if len == 0 || (iova | len | host_addr as u64) & mask != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        if host.is_null() {
+            return Err(err(libc::EFAULT));
+        }
+        let last = iova.checked_add(len - 1).ok_or(err(libc::EOVERFLOW))?;
+        let host_len = usize::try_from(len).map_err(|_| err(libc::EOVERFLOW))?;
+        host_addr
+            .checked_add(host_len - 1)
+            .ok_or(err(libc::EOVERFLOW))?;
+        let mut table = lock(&self.table);
+        // Disjoint mappings: only the last one starting at or before `last` can overlap.
+        if let Some((&start, m)) = table.maps.range(..=last).next_back() {
+            if m.last(start) >= iova {
+                return Err(err(libc::EEXIST));
+            }
+        }
+        if table.maps.len() >= self.config.max_mappings as usize {
+            return Err(err(libc::ENOSPC));
+        }
+        if self.config.range_containing(iova, last).is_none() {
+            return Err(err(libc::EINVAL));
+        }
+        table.insert(
+            iova,
+            Mapping {
+                len,
+                host: host_addr,
+                access,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unmaps every mapping inside `[iova, iova + len)`; returns the bytes unmapped.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
+        let err = |errno| iova_err(OP_UNMAP, iova, len, errno);
+        let mask = self.config.page_size - 1;
+        if len == 0 || (iova | len) & mask != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let last = iova.checked_add(len - 1).ok_or(err(libc::EOVERFLOW))?;
+        let mut table = lock(&self.table);
+        let head = table.containing(iova).filter(|&(start, _)| start < iova);
+        let tail = table
+            .containing(last)
+            .filter(|&(start, m)| m.last(start) > last);
+        if !self.config.allow_split_unmap {
+            if head.is_some() || tail.is_some() {
+                return Err(err(libc::EINVAL));
+            }
+        } else {
+            // Splitting one mapping into two needs a free slot.
+            let one_split = matches!((head, tail), (Some((a, _)), Some((b, _))) if a == b);
+            if one_split && table.maps.len() >= self.config.max_mappings as usize {
+                return Err(err(libc::ENOSPC));
+            }
+        }
+        let mut unmapped = 0u64;
+        // Split mode only: cut the mappings that stick out on either side.
+        let piece = |start: u64, m: Mapping, from: u64, to: u64| {
+            let offset = from - start;
+            (
+                from,
+                Mapping {
+                    len: to - from + 1,
+                    host: m.host + offset as usize,
+                    access: m.access,
+                },
+            )
+        };
+        match (head, tail) {
+            (Some((start, m)), Some((t, _))) if start == t => {
+                table.remove(start);
+                let (a, left) = piece(start, m, start, iova - 1);
+                let (b, right) = piece(start, m, last + 1, m.last(start));
+                table.insert(a, left);
+                table.insert(b, right);
+                unmapped += len;
+            }
+            (head, tail) => {
+                if let Some((start, m)) = head {
+                    table.remove(start);
+                    let (a, left) = piece(start, m, start, iova - 1);
+                    table.insert(a, left);
+                    unmapped += m.last(start) - iova + 1;
+                }
+                if let Some((start, m)) = tail {
+                    table.remove(start);
+                    let (b, right) = piece(start, m, last + 1, m.last(start));
+                    table.insert(b, right);
+                    unmapped += last - start + 1;
+                }
+            }
+        }
+        // Everything that starts inside the range now also ends inside it.
+        while let Some((&start, _)) = table.maps.range(iova..=last).next() {
+            match table.remove(start) {
+                Some(m) => unmapped += m.len,
+                None => break,
+            }
+        }
+        if unmapped == 0 {
+            return Err(err(libc::ENOENT));
+        }
+        Ok(unmapped)
+    }
+
+    /// Unmaps everything; returns the bytes unmapped (0 when already empty).
+    pub fn unmap_all(&self) -> u64 {
+        let mut table = lock(&self.table);
+        let bytes = table.bytes;
+        *table = Table::default();
+        bytes
+    }
+
+    /// Checks a device access of `len` bytes at `iova` without copying.
+    pub fn check(&self, iova: u64, len: u64, direction: DmaDirection) -> Result<(), FaultReason> {
+        Self::check_locked(&lock(&self.table), iova, len, direction).map_err(|(_, r)| r)
+    }
+
+    /// Walks the translation of `[iova, iova + len)`: Ok if every byte is
+    /// mapped with the needed permission, else the first failing IOVA.
+    fn check_locked(
+        table: &Table,
+        iova: u64,
+        len: u64,
+        direction: DmaDirection,
+    ) -> Result<(), (u64, FaultReason)> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = iova
+            .checked_add(len - 1)
+            .ok_or((iova, FaultReason::AddressOverflow))?;
+        let mut pos = iova;
+        loop {
+            let (start, m) = table.containing(pos).ok_or((pos, FaultReason::NotMapped))?;
+            let allowed = match direction {
+                DmaDirection::Read => m.access.device_reads(),
+                DmaDirection::Write => m.access.device_writes(),
+            };
+            if !allowed {
+                let reason = match direction {
+                    DmaDirection::Read => FaultReason::ReadFromWriteOnly,
+                    DmaDirection::Write => FaultReason::WriteToReadOnly,
+                };
+                return Err((pos, reason));
+            }
+            let end = m.last(start);
+            if end >= last {
+                return Ok(());
+            }
+            pos = end + 1;
+        }
+    }
+
+    /// Copies between device-visible memory and `buf`, segment by segment.
+    /// The range must have passed `check_locked` under the same lock.
+    fn copy_locked(table: &Table, iova: u64, mut buf: Copy<'_>) {
+        let total = buf.len();
+        let mut done = 0usize;
+        while done < total {
+            let pos = iova + done as u64;
+            let Some((start, m)) = table.containing(pos) else {
+                return; // unreachable after a successful check
+            };
+            let in_map = (pos - start) as usize;
+            let seg = (m.len as usize - in_map).min(total - done);
+            let host = host_ptr(m.host + in_map);
+            let (src, dst) = match &mut buf {
+                Copy::In(out) => (host.cast_const(), out[done..done + seg].as_mut_ptr()),
+                Copy::Out(data) => (data[done..done + seg].as_ptr(), host),
+            };
+            // SAFETY: `map` accepted `[m.host, m.host + m.len)` under the
+            // contract of `Container::map_dma_raw`: live process memory until
+            // it is unmapped, and unmapping needs the table lock we hold. The
+            // host segment lies inside that mapping (in_map + seg <= m.len);
+            // the Rust side is a `seg`-byte subslice of `buf` (bounds checked
+            // above). `buf` is a Rust borrow, and the contract forbids holding
+            // references into mapped memory, so the two cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst, seg) };
+            done += seg;
+        }
+    }
+
+    fn record(&self, fault: IommuFault) {
+        log::debug!("{fault}");
+        let mut log = lock(&self.faults);
+        if log.recent.len() == FAULT_LOG_CAPACITY {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(fault);
+        log.total += 1;
+    }
+
+    fn access(
+        &self,
+        device: &str,
+        iova: u64,
+        buf: Copy<'_>,
+        direction: DmaDirection,
+    ) -> Result<(), IommuFault> {
+        let len = buf.len() as u64;
+        let table = lock(&self.table);
+        match Self::check_locked(&table, iova, len, direction) {
+            Ok(()) => {
+                Self::copy_locked(&table, iova, buf);
+                Ok(())
+            }
+            Err((at, reason)) => {
+                drop(table);
+                let fault = IommuFault {
+                    device: device.to_owned(),
+                    iova,
+                    len,
+                    direction,
+                    at,
+                    reason,
+                };
+                self.record(fault.clone());
+                Err(fault)
+            }
+        }
+    }
+
+    /// A device read of `buf.len()` bytes at `iova` into `buf`.
+    ///
+    /// On a fault nothing is copied, the fault is recorded and returned.
+    pub fn dma_read(&self, device: &str, iova: u64, buf: &mut [u8]) -> Result<(), IommuFault> {
+        self.access(device, iova, Copy::In(buf), DmaDirection::Read)
+    }
+
+    /// A device write of `data` at `iova`.
+    ///
+    /// On a fault nothing is written, the fault is recorded and returned.
+    pub fn dma_write(&self, device: &str, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        self.access(device, iova, Copy::Out(data), DmaDirection::Write)
+    }
+
+    /// The recorded faults, oldest first (at most [`FAULT_LOG_CAPACITY`]).
+    pub fn faults(&self) -> Vec<IommuFault> {
+        lock(&self.faults).recent.iter().cloned().collect()
+    }
+
+    /// How many faults were recorded in total, including dropped ones.
+    pub fn fault_count(&self) -> u64 {
+        lock(&self.faults).total
+    }
+
+    /// Returns and forgets the recorded faults.
+    pub fn take_faults(&self) -> Vec<IommuFault> {
+        std::mem::take(&mut lock(&self.faults).recent).into()
+    }
+}
+
+/// The Rust side of a DMA copy.
+enum Copy<'a> {
+    /// Device read: memory → this buffer.
+    In(&'a mut [u8]),
+    /// Device write: this data → memory.
+    Out(&'a [u8]),
+}
+
+impl Copy<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::In(b) => b.len(),
+            Self::Out(b) => b.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_hal::ErrorKind;
+
+    fn iommu() -> MockIommu {
+        MockIommu::new(IommuConfig::default()).expect("default config is valid")
+    }
+
+    /// Page-aligned host memory for unit tests.
+    fn pages(n: usize) -> vfio_hal::DmaBuffer {
+        vfio_hal::DmaBuffer::new(n * 4096).expect("alloc")
+    }
+
+    #[test]
+    fn split_mode_trims_both_sides_and_keeps_the_right_host_bytes() {
+        let config = IommuConfig {
+            allow_split_unmap: true,
+            ..IommuConfig::default()
+        };
+        let io = MockIommu::new(config).expect("valid");
+        let buf = pages(4);
+        for i in 0..4u8 {
+            buf.write(u64::from(i) * 4096, &[i + 1]).expect("in bounds");
+        }
+        // SAFETY: `buf` stays alive until after `unmap_all` below.
+        unsafe { io.map(0x10000, buf.as_ptr(), 0x4000, DmaAccess::ReadWrite) }.expect("map");
+        assert_eq!(io.unmap(0x11000, 0x2000).expect("split"), 0x2000);
+        assert_eq!(
+            io.mappings(),
+            vec![
+                MappingInfo {
+                    iova: 0x10000,
+                    len: 0x1000,
+                    access: DmaAccess::ReadWrite
+                },
+                MappingInfo {
+                    iova: 0x13000,
+                    len: 0x1000,
+                    access: DmaAccess::ReadWrite
+                },
+            ]
+        );
+        let mut b = [0u8];
+        io.dma_read("t", 0x13000, &mut b)
+            .expect("tail still mapped");
+        assert_eq!(b, [4]);
+        assert_eq!(
+            io.dma_read("t", 0x11000, &mut b).expect_err("hole").reason,
+            FaultReason::NotMapped
+        );
+        assert_eq!(io.unmap_all(), 0x2000);
+    }
+
+    #[test]
+    fn config_validation_and_normalisation() {
+        let bad = IommuConfig {
+            page_size: 3000,
+            ..IommuConfig::default()
+        };
+        assert_eq!(
+            MockIommu::new(bad.clone())
+                .expect_err("not a power of two")
+                .kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(bad.normalized().page_size, 4096);
+        let overlapping = IommuConfig {
+            iova_ranges: vec![
+                IovaRange {
+                    start: 0x1000,
+                    end: 0x2fff,
+                },
+                IovaRange {
+                    start: 0,
+                    end: 0x1fff,
+                },
+            ],
+            ..IommuConfig::default()
+        };
+        assert!(overlapping.validate().is_err());
+        assert_eq!(
+            overlapping.normalized().iova_ranges,
+            vec![IovaRange {
+                start: 0,
+                end: 0x2fff
+            }]
+        );
+    }
+
+    #[test]
+    fn info_reports_ranges_and_remaining_slots() {
+        let io = iommu();
+        let info = io.info();
+        assert_eq!(info.min_page_size(), Some(4096));
+        assert_eq!(info.iova_ranges, IommuConfig::x86_iova_ranges());
+        assert_eq!(info.dma_avail, Some(65535));
+    }
+}

@@ -1,0 +1,352 @@
+//! The device-model API: what a model implements, and the context it acts through.
+//!
+//! The shape follows rust-vmm vfio-user's `ServerBackend` and openvmm's
+//! `EmulatedDevice`: the model answers region reads and writes (fallibly),
+//! resets, and declares its PCI resources once ([`DeviceModel::layout`]).
+//! Everything PCI-generic — config space, BAR sizing, capabilities, MSI and
+//! MSI-X capabilities with table and PBA, INTx masking, region info and
+//! capability chains, eventfd delivery — is done by the plumbing, so a model
+//! contains only its registers. Through [`DeviceContext`] it raises
+//! interrupts, performs DMA through the container's IOMMU, reads virtual
+//! time and reports refused requests.
+//!
+//! A minimal model, a 4 KiB scratch register file:
+//!
+//! ```
+//! use vfio_hal::prelude::*;
+//! use vfio_hal_mock::{BarLayout, DeviceContext, DeviceModel, MockContainer, PciLayout};
+//!
+//! #[derive(Debug)]
+//! struct Scratch([u8; 4096]);
+//!
+//! impl DeviceModel for Scratch {
+//!     fn layout(&self) -> PciLayout {
+//!         let mut l = PciLayout::new(0x1234, 0x5678);
+//!         l.bars[0] = Some(BarLayout::memory32(4096));
+//!         l
+//!     }
+//!     fn read(&mut self, _: &mut DeviceContext<'_>, _region: u32, offset: u64, data: &mut [u8]) -> vfio_hal::Result<()> {
+//!         let at = offset as usize; // the plumbing checked the bounds
+//!         data.copy_from_slice(&self.0[at..at + data.len()]);
+//!         Ok(())
+//!     }
+//!     fn write(&mut self, _: &mut DeviceContext<'_>, _region: u32, offset: u64, data: &[u8]) -> vfio_hal::Result<()> {
+//!         let at = offset as usize;
+//!         self.0[at..at + data.len()].copy_from_slice(data);
+//!         Ok(())
+//!     }
+//!     fn reset(&mut self, _: &mut DeviceContext<'_>) {
+//!         self.0 = [0; 4096];
+//!     }
+//! }
+//!
+//! let container = MockContainer::new();
+//! container.plug("scratch", Scratch([0; 4096]))?;
+//! let dev = container.open_device("scratch")?;
+//! let bar = dev.region(0)?;
+//! bar.write_at::<u64>(8, 0x1122_3344_5566_7788)?;
+//! assert_eq!(bar.read_at::<u32>(12)?, 0x1122_3344);
+//! assert_eq!(dev.vendor_id()?, 0x1234);
+//! # Ok::<(), vfio_hal::Error>(())
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use vfio_hal::pci::cfg;
+use vfio_hal::{Error, ErrorKind, Result, Target};
+
+use crate::container::Shared;
+use crate::iommu::{DmaDirection, IommuFault};
+use crate::layout::PciLayout;
+use crate::pci::interrupts::IrqMode;
+use crate::pci::PciFunction;
+
+/// A device model: its registers and behaviour, behind the PCI plumbing.
+///
+/// Region callbacks get one naturally aligned access of 1, 2, 4 or 8 bytes
+/// (a longer or unaligned user access is split the way vfio-pci splits it),
+/// always inside the region and outside its RAM areas and MSI-X structures.
+/// `region` is the vfio region index: 0–5 for BARs, 9 and up for
+/// device-specific regions.
+pub trait DeviceModel: Send + fmt::Debug + 'static {
+    /// The PCI identity and resources. Read once, when the model is plugged.
+    fn layout(&self) -> PciLayout;
+
+    /// A read of `data.len()` bytes at `offset` of `region`.
+    fn read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()>;
+
+    /// A write of `data` at `offset` of `region`.
+    fn write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()>;
+
+    /// Function-level reset: back to power-on register state. Called on
+    /// `VFIO_DEVICE_RESET` and whenever the device is closed.
+    fn reset(&mut self, ctx: &mut DeviceContext<'_>);
+
+    /// The virtual instant of the model's next scheduled work, if any.
+    fn deadline(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs the work due at [`DeviceModel::deadline`]; the clock has reached it.
+    fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
+        let _ = ctx;
+    }
+}
+
+impl<M: DeviceModel + ?Sized> DeviceModel for Box<M> {
+    fn layout(&self) -> PciLayout {
+        (**self).layout()
+    }
+    fn read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        (**self).read(ctx, region, offset, data)
+    }
+    fn write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        (**self).write(ctx, region, offset, data)
+    }
+    fn reset(&mut self, ctx: &mut DeviceContext<'_>) {
+        (**self).reset(ctx)
+    }
+    fn deadline(&self) -> Option<Duration> {
+        (**self).deadline()
+    }
+    fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
+        (**self).on_deadline(ctx)
+    }
+}
+
+/// Why a model's DMA did not happen. Nothing was transferred in any case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DmaError {
+    /// The command register's bus-master bit is clear (recorded as an [`Incident`]).
+    BusMasterDisabled,
+    /// The IOMMU refused the access (recorded as a fault).
+    Fault(IommuFault),
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BusMasterDisabled => f.write_str("DMA with bus mastering disabled"),
+            Self::Fault(fault) => fault.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DmaError {}
+
+/// Something a device did that a test may want to assert on, other than
+/// IOMMU faults ([`crate::MockContainer::faults`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Incident {
+    /// The device tried DMA with bus mastering disabled; nothing moved.
+    DmaWithoutBusMaster {
+        /// The device's plug name.
+        device: String,
+        /// First IOVA of the attempted access.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// Read or write.
+        direction: DmaDirection,
+    },
+    /// The model refused a request it cannot carry out safely.
+    Refused {
+        /// The device's plug name.
+        device: String,
+        /// What was refused and why.
+        reason: String,
+    },
+}
+
+/// The model's handle on its device and container, valid during one callback.
+pub struct DeviceContext<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) pci: &'a mut PciFunction,
+    pub(crate) shared: &'a Shared,
+}
+
+impl fmt::Debug for DeviceContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceContext")
+            .field("device", &self.name)
+            .field("command", &format_args!("{:#06x}", self.pci.command()))
+            .field("irq_mode", &self.pci.irqs.mode())
+            .finish()
+    }
+}
+
+impl DeviceContext<'_> {
+    /// The device's plug name.
+    pub fn device_name(&self) -> &str {
+        self.name
+    }
+
+    /// Current virtual time ([`crate::MockClock`]).
+    pub fn now(&self) -> Duration {
+        self.shared.clock.now()
+    }
+
+    /// The PCI command register.
+    pub fn command(&self) -> u16 {
+        self.pci.command()
+    }
+
+    /// Whether the command register allows DMA.
+    pub fn bus_master(&self) -> bool {
+        self.command() & cfg::CMD_BUS_MASTER != 0
+    }
+
+    /// Whether MSI is enabled in config space (QEMU's `msi_enabled`).
+    pub fn msi_enabled(&self) -> bool {
+        self.pci.msi_enabled()
+    }
+
+    /// Whether MSI-X is enabled in config space.
+    pub fn msix_enabled(&self) -> bool {
+        self.pci.msix_enabled()
+    }
+
+    /// The interrupt mode the user set up with `SET_IRQS`.
+    pub fn irq_mode(&self) -> IrqMode {
+        self.pci.irqs.mode()
+    }
+
+    /// Sends MSI vector `vector`; true if it reached an eventfd.
+    pub fn signal_msi(&mut self, vector: u32) -> bool {
+        self.pci.irqs.signal_msi(vector)
+    }
+
+    /// Sends MSI-X vector `vector`; true if it reached an eventfd (a masked
+    /// or unrouted vector sets its PBA bit instead).
+    pub fn signal_msix(&mut self, vector: u32) -> bool {
+        self.pci.irqs.signal_msix(vector)
+    }
+
+    /// Drives the INTx line (level triggered).
+    pub fn set_intx(&mut self, asserted: bool) {
+        self.pci.set_intx(asserted);
+    }
+
+    fn dma_allowed(&self, iova: u64, len: u64, direction: DmaDirection) -> Result<(), DmaError> {
+        if self.bus_master() {
+            return Ok(());
+        }
+        log::debug!(
+            "{}: DMA {direction:?} {iova:#x}+{len:#x} with bus mastering off",
+            self.name
+        );
+        self.shared.record(Incident::DmaWithoutBusMaster {
+            device: self.name.to_owned(),
+            iova,
+            len,
+            direction,
+        });
+        Err(DmaError::BusMasterDisabled)
+    }
+
+    /// Device reads `buf.len()` bytes of host memory at `iova`, through the IOMMU.
+    /// On failure `buf` is untouched.
+    pub fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.dma_allowed(iova, buf.len() as u64, DmaDirection::Read)?;
+        self.shared
+            .iommu
+            .dma_read(self.name, iova, buf)
+            .map_err(DmaError::Fault)
+    }
+
+    /// Device writes `data` to host memory at `iova`, through the IOMMU.
+    /// On failure no byte is written.
+    pub fn dma_write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.dma_allowed(iova, data.len() as u64, DmaDirection::Write)?;
+        self.shared
+            .iommu
+            .dma_write(self.name, iova, data)
+            .map_err(DmaError::Fault)
+    }
+
+    /// Reads the RAM area of `bar` at `offset` (BAR-relative; must lie in
+    /// one RAM area, else `OutOfRange`).
+    pub fn ram_read(&self, bar: u8, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.check_ram(bar, offset, out.len())?;
+        self.ram_of(bar)?.read(offset, out)
+    }
+
+    /// Writes the RAM area of `bar` at `offset` (BAR-relative; must lie in one RAM area).
+    pub fn ram_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_ram(bar, offset, data.len())?;
+        self.ram_of(bar)?.write(offset, data)
+    }
+
+    fn check_ram(&self, bar: u8, offset: u64, len: usize) -> Result<()> {
+        if self.pci.in_ram(bar, offset, len as u64) {
+            Ok(())
+        } else {
+            Err(Error::OutOfRange {
+                op: "ram access",
+                target: Target::Region(u32::from(bar)),
+                offset,
+                len: len as u64,
+                size: self.pci.bar_size(bar),
+            })
+        }
+    }
+
+    fn ram_of(&self, bar: u8) -> Result<&crate::sys::SharedRam> {
+        self.pci.ram(bar).ok_or(Error::NotFound {
+            op: "ram access",
+            target: Target::Region(u32::from(bar)),
+            reason: "BAR has no RAM area",
+        })
+    }
+
+    /// Records that the model refused a request ([`Incident::Refused`]).
+    pub fn refuse(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        log::info!("{}: refused: {reason}", self.name);
+        self.shared.record(Incident::Refused {
+            device: self.name.to_owned(),
+            reason,
+        });
+    }
+}
+
+/// An [`Error::Model`] for a model callback to return.
+pub fn model_error(
+    op: &'static str,
+    region: u32,
+    kind: ErrorKind,
+    reason: impl Into<String>,
+) -> Error {
+    Error::Model {
+        op,
+        target: Target::Region(region),
+        kind,
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,412 @@
+//! QEMU's `edu` teaching device (`hw/misc/edu.c`), register for register.
+//!
+//! PCI `1234:11e8`, revision `0x10`, class `0x00ff00` ("other"), interrupt
+//! pin A, an MSI capability (one vector, 64-bit, no per-vector masking) and
+//! no MSI-X. BAR0 is 1 MiB of registers:
+//!
+//! | offset | access | register |
+//! |---|---|---|
+//! | `0x00` | RO | identification, `0x010000ed` |
+//! | `0x04` | RW | liveness: reads the bitwise NOT of the last write |
+//! | `0x08` | RW | factorial: a write (ignored while computing) starts `n!` (u32 wrap-around); reads the result |
+//! | `0x20` | RW | status: bit 0 computing (RO), bit 7 raise interrupt `0x1` when the factorial is done |
+//! | `0x24` | RO | interrupt status |
+//! | `0x60` | WO | raise: interrupt status \|= value, and interrupt |
+//! | `0x64` | WO | acknowledge: clear these interrupt status bits; INTx drops when it reaches 0 (MSI off) |
+//! | `0x80` | RW | DMA source address |
+//! | `0x88` | RW | DMA destination address |
+//! | `0x90` | RW | DMA count |
+//! | `0x98` | RW | DMA command: bit 0 start/running, bit 1 direction (0: RAM → buffer, 1: buffer → RAM), bit 2 interrupt `0x100` when done |
+//!
+//! Accesses below `0x80` must be 4 bytes wide, at `0x80` and above 4 or 8;
+//! other widths are ignored and read all ones, as do unlisted offsets. The
+//! DMA registers ignore writes while a transfer runs, and only a command
+//! write with bit 0 set starts one. The device buffer is 4096 bytes at
+//! device address `0x40000`; RAM addresses are masked to 28 bits (QEMU's
+//! default `dma_mask`), so use IOVAs below 256 MiB. A transfer runs 100 ms
+//! of virtual time after the command ([`crate::clock`]). Interrupts go out
+//! as MSI when MSI is enabled in config space, else on INTx.
+//!
+//! Deviations from QEMU, all on paths where QEMU misbehaves:
+//! - QEMU logs a DMA range outside the device buffer and then either aborts
+//!   (`hw_error`, older versions) or copies out of bounds. The mock refuses
+//!   the copy, records an [`crate::Incident::Refused`], and completes the
+//!   command as QEMU would otherwise (bit 0 cleared, interrupt if asked).
+//! - DMA with bus mastering disabled moves nothing (QEMU's DMA fails the
+//!   same way) and is recorded as [`crate::Incident::DmaWithoutBusMaster`].
+//! - QEMU registers no reset handler for edu; the mock's reset returns the
+//!   registers to their power-on values, which is what a driver must assume.
+//! - vfio-pci would mmap BAR0; here it is handler-backed and not `MMAP`.
+//!
+//! ```
+//! use vfio_hal::prelude::*;
+//! use vfio_hal_mock::{models::edu::{self, Edu}, MockContainer};
+//!
+//! let container = MockContainer::new();
+//! container.plug("edu", Edu::new())?;
+//! let dev = container.open_device("edu")?;
+//! let bar0 = dev.region(0)?;
+//! bar0.write_at::<u32>(edu::reg::LIVENESS, 0x1234_5678)?;
+//! assert_eq!(bar0.read_at::<u32>(edu::reg::LIVENESS)?, !0x1234_5678);
+//! bar0.write_at::<u32>(edu::reg::FACTORIAL, 10)?;
+//! assert_eq!(bar0.read_at::<u32>(edu::reg::FACTORIAL)?, 3_628_800);
+//! # Ok::<(), vfio_hal::Error>(())
+//! ```
+
+use std::time::Duration;
+
+use crate::layout::{BarLayout, MsiLayout, PciLayout};
+use crate::model::{DeviceContext, DeviceModel};
+
+/// PCI vendor id (QEMU).
+pub const VENDOR_ID: u16 = 0x1234;
+/// PCI device id.
+pub const DEVICE_ID: u16 = 0x11e8;
+/// Revision id.
+pub const REVISION: u8 = 0x10;
+/// Class code: base 0x00, subclass 0xff ("other").
+pub const CLASS_CODE: u32 = 0x00ff00;
+/// Size of BAR0.
+pub const BAR0_SIZE: u64 = 1 << 20;
+/// QEMU's DMA timer: a transfer completes this long after its command.
+pub const DMA_DELAY: Duration = Duration::from_millis(100);
+/// Virtual time the factorial worker takes (QEMU's runs on a real thread).
+pub const FACTORIAL_DELAY: Duration = Duration::from_micros(1);
+/// QEMU's default DMA mask: 28 address bits.
+pub const DEFAULT_DMA_MASK: u64 = (1 << 28) - 1;
+
+/// Register offsets and bits.
+pub mod reg {
+    /// Identification (RO).
+    pub const ID: u64 = 0x00;
+    /// Liveness check: reads the bitwise NOT of the last write.
+    pub const LIVENESS: u64 = 0x04;
+    /// Factorial input/result.
+    pub const FACTORIAL: u64 = 0x08;
+    /// Status.
+    pub const STATUS: u64 = 0x20;
+    /// Interrupt status (RO).
+    pub const IRQ_STATUS: u64 = 0x24;
+    /// Raise interrupt (WO).
+    pub const IRQ_RAISE: u64 = 0x60;
+    /// Acknowledge interrupt (WO).
+    pub const IRQ_ACK: u64 = 0x64;
+    /// DMA source address.
+    pub const DMA_SRC: u64 = 0x80;
+    /// DMA destination address.
+    pub const DMA_DST: u64 = 0x88;
+    /// DMA byte count.
+    pub const DMA_COUNT: u64 = 0x90;
+    /// DMA command.
+    pub const DMA_CMD: u64 = 0x98;
+
+    /// The identification value.
+    pub const ID_VALUE: u32 = 0x0100_00ed;
+    /// Status bit 0: computing the factorial.
+    pub const STATUS_COMPUTING: u32 = 0x01;
+    /// Status bit 7: raise [`IRQ_FACTORIAL`] when the factorial is done.
+    pub const STATUS_IRQ_FACTORIAL: u32 = 0x80;
+    /// Interrupt status bit of a finished factorial.
+    pub const IRQ_FACTORIAL: u32 = 0x001;
+    /// Interrupt status bit of a finished DMA transfer.
+    pub const IRQ_DMA: u32 = 0x100;
+    /// DMA command bit 0: start (reads 1 while running).
+    pub const DMA_START: u64 = 1 << 0;
+    /// DMA command bit 1: direction; set = device buffer to RAM.
+    pub const DMA_TO_RAM: u64 = 1 << 1;
+    /// DMA command bit 2: raise [`IRQ_DMA`] when done.
+    pub const DMA_IRQ: u64 = 1 << 2;
+    /// Device address of the DMA buffer.
+    pub const DMA_BUFFER: u64 = 0x40000;
+    /// Size of the DMA buffer.
+    pub const DMA_BUFFER_SIZE: u64 = 4096;
+}
+
+/// The edu device model. See the module docs for the register map.
+#[derive(Debug, Clone)]
+pub struct Edu {
+    dma_mask: u64,
+    liveness: u32,
+    factorial: u32,
+    status: u32,
+    irq_status: u32,
+    dma_src: u64,
+    dma_dst: u64,
+    dma_count: u64,
+    dma_cmd: u64,
+    buffer: Box<[u8]>,
+    factorial_due: Option<Duration>,
+    dma_due: Option<Duration>,
+}
+
+impl Default for Edu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `n!` modulo 2^32, as QEMU's worker loop computes it.
+fn factorial(n: u32) -> u32 {
+    let mut acc: u32 = 1;
+    let mut n = n;
+    // From 34! on the product has 32 factors of two and stays 0.
+    while n > 0 && acc != 0 {
+        acc = acc.wrapping_mul(n);
+        n -= 1;
+    }
+    acc
+}
+
+impl Edu {
+    /// A freshly powered-on edu with QEMU's default 28-bit DMA mask.
+    pub fn new() -> Self {
+        Self::with_dma_mask(DEFAULT_DMA_MASK)
+    }
+
+    /// An edu with another DMA mask (QEMU's `dma_mask` property).
+    pub fn with_dma_mask(dma_mask: u64) -> Self {
+        Self {
+            dma_mask,
+            liveness: 0,
+            factorial: 0,
+            status: 0,
+            irq_status: 0,
+            dma_src: 0,
+            dma_dst: 0,
+            dma_count: 0,
+            dma_cmd: 0,
+            buffer: vec![0; reg::DMA_BUFFER_SIZE as usize].into_boxed_slice(),
+            factorial_due: None,
+            dma_due: None,
+        }
+    }
+
+    fn raise_irq(&mut self, ctx: &mut DeviceContext<'_>, bits: u32) {
+        self.irq_status |= bits;
+        if self.irq_status != 0 {
+            if ctx.msi_enabled() {
+                ctx.signal_msi(0);
+            } else {
+                ctx.set_intx(true);
+            }
+        }
+    }
+
+    fn lower_irq(&mut self, ctx: &mut DeviceContext<'_>, bits: u32) {
+        self.irq_status &= !bits;
+        if self.irq_status == 0 && !ctx.msi_enabled() {
+            ctx.set_intx(false);
+        }
+    }
+
+    fn dma_running(&self) -> bool {
+        self.dma_cmd & reg::DMA_START != 0
+    }
+
+    fn mmio_read(&self, addr: u64, size: usize) -> u64 {
+        let wide_ok = size == 4 || (size == 8 && addr >= 0x80);
+        if !wide_ok {
+            return u64::MAX;
+        }
+        match addr {
+            reg::ID => u64::from(reg::ID_VALUE),
+            reg::LIVENESS => u64::from(self.liveness),
+            reg::FACTORIAL => u64::from(self.factorial),
+            reg::STATUS => u64::from(self.status),
+            reg::IRQ_STATUS => u64::from(self.irq_status),
+            reg::DMA_SRC => self.dma_src,
+            reg::DMA_DST => self.dma_dst,
+            reg::DMA_COUNT => self.dma_count,
+            reg::DMA_CMD => self.dma_cmd,
+            _ => u64::MAX,
+        }
+    }
+
+    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, addr: u64, val: u64, size: usize) {
+        let wide_ok = size == 4 || (size == 8 && addr >= 0x80);
+        if !wide_ok {
+            return;
+        }
+        match addr {
+            reg::LIVENESS => self.liveness = !(val as u32),
+            reg::FACTORIAL if self.status & reg::STATUS_COMPUTING == 0 => {
+                self.factorial = val as u32;
+                self.status |= reg::STATUS_COMPUTING;
+                self.factorial_due = Some(ctx.now() + FACTORIAL_DELAY);
+            }
+            reg::STATUS => {
+                if val as u32 & reg::STATUS_IRQ_FACTORIAL != 0 {
+                    self.status |= reg::STATUS_IRQ_FACTORIAL;
+                } else {
+                    self.status &= !reg::STATUS_IRQ_FACTORIAL;
+                }
+            }
+            reg::IRQ_RAISE => self.raise_irq(ctx, val as u32),
+            reg::IRQ_ACK => self.lower_irq(ctx, val as u32),
+            reg::DMA_SRC if !self.dma_running() => self.dma_src = val,
+            reg::DMA_DST if !self.dma_running() => self.dma_dst = val,
+            reg::DMA_COUNT if !self.dma_running() => self.dma_count = val,
+            reg::DMA_CMD if val & reg::DMA_START != 0 && !self.dma_running() => {
+                self.dma_cmd = val;
+                self.dma_due = Some(ctx.now() + DMA_DELAY);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_factorial(&mut self, ctx: &mut DeviceContext<'_>) {
+        self.factorial_due = None;
+        self.factorial = factorial(self.factorial);
+        self.status &= !reg::STATUS_COMPUTING;
+        if self.status & reg::STATUS_IRQ_FACTORIAL != 0 {
+            self.raise_irq(ctx, reg::IRQ_FACTORIAL);
+        }
+    }
+
+    /// The buffer indices of a transfer, if it lies inside the buffer.
+    fn buffer_range(addr: u64, count: u64) -> Option<std::ops::Range<usize>> {
+        let end = addr.checked_add(count)?;
+        let limit = reg::DMA_BUFFER + reg::DMA_BUFFER_SIZE;
+        (addr >= reg::DMA_BUFFER && end <= limit)
+            .then(|| (addr - reg::DMA_BUFFER) as usize..(end - reg::DMA_BUFFER) as usize)
+    }
+
+    fn clamp(&self, addr: u64) -> u64 {
+        let masked = addr & self.dma_mask;
+        if masked != addr {
+            log::debug!("edu: clamping DMA {addr:#018x} to {masked:#018x}");
+        }
+        masked
+    }
+
+    /// QEMU's `edu_dma_timer`.
+    fn finish_dma(&mut self, ctx: &mut DeviceContext<'_>) {
+        self.dma_due = None;
+        if !self.dma_running() {
+            return;
+        }
+        let to_ram = self.dma_cmd & reg::DMA_TO_RAM != 0;
+        let (buffer_addr, ram_addr) = if to_ram {
+            (self.dma_src, self.dma_dst)
+        } else {
+            (self.dma_dst, self.dma_src)
+        };
+        match Self::buffer_range(buffer_addr, self.dma_count) {
+            None => ctx.refuse(format!(
+                "edu: DMA range {buffer_addr:#x}+{:#x} is outside the device buffer [{:#x}, {:#x})",
+                self.dma_count,
+                reg::DMA_BUFFER,
+                reg::DMA_BUFFER + reg::DMA_BUFFER_SIZE
+            )),
+            Some(range) => {
+                let ram = self.clamp(ram_addr);
+                let buffer = &mut self.buffer[range];
+                let result = if to_ram {
+                    ctx.dma_write(ram, buffer)
+                } else {
+                    ctx.dma_read(ram, buffer)
+                };
+                if let Err(e) = result {
+                    // Already recorded by the context (fault or incident).
+                    log::debug!("edu: DMA failed: {e}");
+                }
+            }
+        }
+        self.dma_cmd &= !reg::DMA_START;
+        if self.dma_cmd & reg::DMA_IRQ != 0 {
+            self.raise_irq(ctx, reg::IRQ_DMA);
+        }
+    }
+}
+
+impl DeviceModel for Edu {
+    fn layout(&self) -> PciLayout {
+        let mut l = PciLayout::new(VENDOR_ID, DEVICE_ID);
+        l.revision = REVISION;
+        l.class_code = CLASS_CODE;
+        l.interrupt_pin = 1;
+        l.bars[0] = Some(BarLayout::memory32(BAR0_SIZE));
+        l.msi = Some(MsiLayout {
+            vectors: 1,
+            addr64: true,
+        });
+        l
+    }
+
+    fn read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> vfio_hal::Result<()> {
+        let val = self.mmio_read(offset, data.len());
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&val.to_le_bytes()[..n]);
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        _region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> vfio_hal::Result<()> {
+        let mut bytes = [0u8; 8];
+        let n = data.len().min(8);
+        bytes[..n].copy_from_slice(&data[..n]);
+        self.mmio_write(ctx, offset, u64::from_le_bytes(bytes), data.len());
+        Ok(())
+    }
+
+    fn reset(&mut self, ctx: &mut DeviceContext<'_>) {
+        *self = Self::with_dma_mask(self.dma_mask);
+        ctx.set_intx(false);
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        match (self.factorial_due, self.dma_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
+        let now = ctx.now();
+        if self.factorial_due.is_some_and(|t| t <= now) {
+            self.finish_factorial(ctx);
+        }
+        if self.dma_due.is_some_and(|t| t <= now) {
+            self.finish_dma(ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factorial_wraps_like_u32_arithmetic() {
+        assert_eq!(factorial(0), 1);
+        assert_eq!(factorial(1), 1);
+        assert_eq!(factorial(12), 479_001_600);
+        // 13! = 6227020800 = 0x1_7328_cc00
+        assert_eq!(factorial(13), 0x7328_cc00);
+        let slow = (1..=20u32).fold(1u32, |a, n| a.wrapping_mul(n));
+        assert_eq!(factorial(20), slow);
+        assert_eq!(factorial(34), 0);
+        assert_eq!(factorial(u32::MAX), 0);
+    }
+
+    #[test]
+    fn buffer_range_checks_overflow_and_bounds() {
+        assert_eq!(Edu::buffer_range(0x40000, 4096), Some(0..4096));
+        assert_eq!(Edu::buffer_range(0x40ff0, 16), Some(0xff0..0x1000));
+        assert_eq!(Edu::buffer_range(0x40ff0, 17), None);
+        assert_eq!(Edu::buffer_range(0x3ffff, 1), None);
+        assert_eq!(Edu::buffer_range(u64::MAX, 2), None);
+        assert_eq!(Edu::buffer_range(0x40000, 0), Some(0..0));
+    }
+}

@@ -1,0 +1,116 @@
+//! The few system calls the mock needs: eventfd routes and memfd-backed RAM.
+//!
+//! Together with the DMA copy in [`crate::iommu`], this is where the crate's
+//! `unsafe` lives.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use vfio_hal::{Error, MmapArea, Result, Target};
+
+/// The kernel's name for an eventfd's anonymous inode, as `/proc/self/fd` shows it.
+const EVENTFD_LINK: &str = "anon_inode:[eventfd]";
+
+/// An interrupt route: our own dup of an eventfd the user handed to `SET_IRQS`.
+///
+/// Holding a dup keeps the route valid when the caller closes its copy, as
+/// the kernel's `eventfd_ctx` reference does; dropping it closes the dup.
+#[derive(Debug)]
+pub(crate) struct EventFd {
+    file: File,
+}
+
+impl EventFd {
+    /// Duplicates `fd`. Like `eventfd_ctx_fdget`, a bad fd is `EBADF` and a
+    /// file that is not an eventfd is `EINVAL`.
+    pub(crate) fn dup(op: &'static str, target: &Target, fd: BorrowedFd<'_>) -> Result<Self> {
+        let owned = fd
+            .try_clone_to_owned()
+            .map_err(|e| Error::from_io(op, target.clone(), &e))?;
+        // Where /proc is missing the check is skipped rather than failing.
+        if let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd())) {
+            if link.as_os_str() != EVENTFD_LINK {
+                return Err(Error::sys(op, target.clone(), libc::EINVAL));
+            }
+        }
+        Ok(Self {
+            file: File::from(owned),
+        })
+    }
+
+    /// Adds 1 to the counter, as `eventfd_signal` does.
+    pub(crate) fn signal(&self) {
+        if let Err(e) = (&self.file).write_all(&1u64.to_ne_bytes()) {
+            // Only a counter at its maximum with O_NONBLOCK can fail.
+            log::warn!("mock: eventfd signal failed: {e}");
+        }
+    }
+
+    /// Consumes the counter if it is non-zero; true if it was. Never blocks.
+    ///
+    /// Used for the INTx resample (unmask) eventfd, which the kernel watches
+    /// with a wait-queue callback; the mock checks it instead whenever the
+    /// device is touched.
+    pub(crate) fn consume(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, initialised pollfd for the duration of
+        // the call, matching nfds = 1; a zero timeout makes the call non-blocking.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ready != 1 || pfd.revents & libc::POLLIN == 0 {
+            return false;
+        }
+        let mut count = [0u8; 8];
+        (&self.file).read_exact(&mut count).is_ok()
+    }
+}
+
+/// Device memory that a model and the user's mmaps share: a sealed-size memfd.
+#[derive(Debug)]
+pub(crate) struct SharedRam {
+    fd: OwnedFd,
+    /// The device's own view of the whole file.
+    view: MmapArea,
+}
+
+impl SharedRam {
+    /// A zeroed memfd of `len` bytes (a whole number of host pages), mapped once for the device.
+    pub(crate) fn new(name: &CStr, len: u64) -> Result<Self> {
+        let op = "memfd_create";
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the
+        // call; memfd_create has no other memory-safety preconditions.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(Error::last_os_error(op, Target::None));
+        }
+        // SAFETY: memfd_create just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let file = File::from(fd);
+        file.set_len(len)
+            .map_err(|e| Error::from_io("ftruncate", Target::None, &e))?;
+        let fd = OwnedFd::from(file);
+        let view = MmapArea::map_fd(fd.as_fd(), 0, len, 0, true)?;
+        Ok(Self { fd, view })
+    }
+
+    /// Copies out of the RAM at `offset`.
+    pub(crate) fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.view.read(offset, out)
+    }
+
+    /// Copies into the RAM at `offset`.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.view.write(offset, data)
+    }
+
+    /// A new shared mapping of `[offset, offset + len)` for the user; it
+    /// reports `offset` as its region offset.
+    pub(crate) fn map(&self, offset: u64, len: u64, writable: bool) -> Result<MmapArea> {
+        MmapArea::map_fd(self.fd.as_fd(), offset, len, offset, writable)
+    }
+}
