@@ -1,0 +1,120 @@
+//! The fixture for the in-memory backend: `vfio-hal-mock` with QEMU's edu
+//! model and the MSI-X copy engine plugged into every container.
+//!
+//! Everything mock-specific lives here; the cases only see [`Fixture`].
+
+use std::time::Duration;
+
+use vfio_hal::{ErrorKind, Result};
+use vfio_hal_mock::models::{CopyEngine, Edu};
+use vfio_hal_mock::{IommuConfig, MockContainer};
+
+use crate::fixture::{Capabilities, Fixture, SplitUnmap, Unplug};
+
+/// The mock backend as a conformance fixture.
+///
+/// ```
+/// use vfio_hal_conformance::{mock::MockFixture, run_suite};
+///
+/// let summary = run_suite(&MockFixture::new());
+/// assert_eq!(summary.failed(), 0, "{summary}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct MockFixture {
+    mode: String,
+    config: IommuConfig,
+}
+
+impl Default for MockFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MockFixture {
+    /// The name edu is plugged under.
+    pub const EDU: &'static str = "edu";
+    /// The name the copy engine is plugged under.
+    pub const COPY_ENGINE: &'static str = "copy-engine";
+    /// Where the cases' IOVA window starts: 1 MiB, clear of page 0.
+    pub const IOVA_BASE: u64 = 0x10_0000;
+
+    /// Mode `mock`: the default IOMMU (x86 ranges, 4 KiB pages, type1v2 rules).
+    pub fn new() -> Self {
+        Self::with_config("mock", IommuConfig::default())
+    }
+
+    /// Mode `name` with this IOMMU configuration (for example
+    /// `allow_split_unmap`, or another page size: the declared capabilities
+    /// follow the configuration).
+    pub fn with_config(name: &str, config: IommuConfig) -> Self {
+        Self {
+            mode: name.to_owned(),
+            config,
+        }
+    }
+}
+
+impl Fixture for MockFixture {
+    type Container = MockContainer;
+
+    fn mode(&self) -> &str {
+        &self.mode
+    }
+
+    fn container(&self) -> Result<MockContainer> {
+        let c = MockContainer::try_with_config(self.config.clone())?;
+        c.plug(Self::EDU, Edu::new())?;
+        c.plug(Self::COPY_ENGINE, CopyEngine::new())?;
+        Ok(c)
+    }
+
+    fn edu(&self) -> &str {
+        Self::EDU
+    }
+
+    fn msix_device(&self) -> Option<&str> {
+        Some(Self::COPY_ENGINE)
+    }
+
+    fn copy_engine(&self) -> Option<&str> {
+        Some(Self::COPY_ENGINE)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            split_unmap: if self.config.allow_split_unmap {
+                SplitUnmap::Allowed
+            } else {
+                // The mock follows type1v2: EINVAL.
+                SplitUnmap::Refused(ErrorKind::InvalidArgument)
+            },
+            unmap_all: true,
+            dirty_tracking: false,
+            region_mmap: true,
+            iommu_faults_observable: true,
+            reset_restores_registers: true,
+            // No thread watches the resample eventfd; the next access does.
+            resample_lazy: true,
+            iova_base: Self::IOVA_BASE.next_multiple_of(self.config.page_size.max(1)),
+            // Virtual time: completions are immediate, nothing is late.
+            timeout: Duration::from_secs(5),
+            quiet: Duration::from_millis(20),
+        }
+    }
+
+    fn iommu_faults(&self, container: &MockContainer) -> Option<u64> {
+        Some(container.iommu().fault_count())
+    }
+
+    fn live_mappings(&self, container: &MockContainer) -> Option<usize> {
+        Some(container.mapping_count())
+    }
+
+    fn unplug(&self, container: &MockContainer, device: &str, how: Unplug) -> Option<Result<()>> {
+        Some(match how {
+            Unplug::Request => container.request_unplug(device).map(drop),
+            Unplug::Surprise => container.unplug(device),
+        })
+    }
+}
