@@ -82,3 +82,8 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
