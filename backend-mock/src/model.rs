@@ -175,6 +175,14 @@ pub enum Incident {
         /// Read or write.
         direction: DmaDirection,
     },
+    /// The device raised MSI or MSI-X with bus mastering disabled: an MSI
+    /// is a memory write by the device, so it was dropped (as on QEMU).
+    MsiWithoutBusMaster {
+        /// The device's plug name.
+        device: String,
+        /// The vector.
+        vector: u32,
+    },
     /// The model refused a request it cannot carry out safely.
     Refused {
         /// The device's plug name.
@@ -237,15 +245,32 @@ impl DeviceContext<'_> {
         self.pci.irqs.mode()
     }
 
-    /// Sends MSI vector `vector`; true if it reached an eventfd.
+    /// Sends MSI vector `vector`; true if it reached an eventfd. Dropped
+    /// (and recorded) with bus mastering off: an MSI is a DMA write.
     pub fn signal_msi(&mut self, vector: u32) -> bool {
-        self.pci.irqs.signal_msi(vector)
+        self.msi_allowed(vector) && self.pci.irqs.signal_msi(vector)
     }
 
     /// Sends MSI-X vector `vector`; true if it reached an eventfd (a masked
-    /// or unrouted vector sets its PBA bit instead).
+    /// or unrouted vector sets its PBA bit instead). Dropped (and recorded)
+    /// with bus mastering off.
     pub fn signal_msix(&mut self, vector: u32) -> bool {
-        self.pci.irqs.signal_msix(vector)
+        self.msi_allowed(vector) && self.pci.irqs.signal_msix(vector)
+    }
+
+    fn msi_allowed(&self, vector: u32) -> bool {
+        if self.bus_master() {
+            return true;
+        }
+        log::debug!(
+            "{}: MSI vector {vector} with bus mastering off, dropped",
+            self.name
+        );
+        self.shared.record(Incident::MsiWithoutBusMaster {
+            device: self.name.to_owned(),
+            vector,
+        });
+        false
     }
 
     /// Drives the INTx line (level triggered).

@@ -18,8 +18,11 @@
 //! | `0x90` | RW | DMA count |
 //! | `0x98` | RW | DMA command: bit 0 start/running, bit 1 direction (0: RAM → buffer, 1: buffer → RAM), bit 2 interrupt `0x100` when done |
 //!
-//! Accesses below `0x80` must be 4 bytes wide, at `0x80` and above 4 or 8;
-//! other widths are ignored and read all ones, as do unlisted offsets. The
+//! Accesses narrower than 4 bytes never reach edu: QEMU's memory core
+//! refuses them (edu declares a minimum access size of 4), so they read 0
+//! and writes are dropped — measured in the real-kernel lane. 8-byte
+//! accesses below `0x80` reach edu, which ignores them (reads give all
+//! ones), as do unlisted offsets. The
 //! DMA registers ignore writes while a transfer runs, and only a command
 //! write with bit 0 set starts one. The device buffer is 4096 bytes at
 //! device address `0x40000`; RAM addresses are masked to 28 bits (QEMU's
@@ -204,8 +207,11 @@ impl Edu {
     }
 
     fn mmio_read(&self, addr: u64, size: usize) -> u64 {
-        let wide_ok = size == 4 || (size == 8 && addr >= 0x80);
-        if !wide_ok {
+        if size < 4 {
+            // Refused by QEMU's memory core before edu sees it.
+            return 0;
+        }
+        if size == 8 && addr < 0x80 {
             return u64::MAX;
         }
         match addr {

@@ -6,7 +6,7 @@ use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
 use vfio_hal::{Device, ErrorKind, Irq, RegionExt};
 
-use super::{edu, edu_device, fresh, iova, quiet, settled_snapshot};
+use super::{edu, edu_device, edu_device_for_msi, fresh, iova, quiet, settled_snapshot};
 use crate::edu::{expected_factorial, reg};
 use crate::eventfd::EventFd;
 use crate::fixture::{Fixture, Unplug};
@@ -85,7 +85,7 @@ pub fn device_dropped_with_irqs_routed<F: Fixture>(f: &F) -> CaseResult {
         let c = fresh(f)?;
         let old = EventFd::new().context("eventfd")?;
         {
-            let dev = edu_device(f, &c)?;
+            let dev = edu_device_for_msi(f, &c)?;
             let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
             let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
             msi.set_eventfd(0, Some(old.as_fd()))

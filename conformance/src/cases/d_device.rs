@@ -303,9 +303,11 @@ pub fn edu_registers<F: Fixture>(f: &F) -> CaseResult {
     }
     let bar = e.bar();
     expect_eq("unlisted offset 0x10", u32::MAX, bar.read_at::<u32>(0x10)?)?;
+    // QEMU's memory core refuses accesses narrower than edu's minimum of 4
+    // bytes before edu sees them: they read 0 (measured in the lane).
     expect_eq(
-        "2-byte read of the liveness register (must be 4 bytes wide)",
-        u16::MAX,
+        "2-byte read of the liveness register (refused below 4 bytes)",
+        0,
         bar.read_at::<u16>(reg::LIVENESS)?,
     )?;
     e.bar().write_at(reg::DMA_SRC, 0x1234_5678u32)?;

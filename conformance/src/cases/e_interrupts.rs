@@ -10,7 +10,7 @@ use vfio_hal::irq::{flags as irq_flags, index as irq_index};
 use vfio_hal::pci::region as pci_region;
 use vfio_hal::{Container, Device, ErrorKind, Irq, IrqAction, IrqData, IrqSet, Region, RegionExt};
 
-use super::{count_signals, edu, edu_device, fresh, quiet, Dev};
+use super::{count_signals, edu, edu_device, edu_device_for_msi, fresh, quiet, Dev};
 use crate::edu::reg;
 use crate::ensure;
 use crate::eventfd::EventFd;
@@ -98,7 +98,7 @@ pub fn msi_once_per_raise<F: Fixture>(f: &F) -> CaseResult {
 /// more, and a new one can be routed.
 pub fn msi_deassign_with_none<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
-    let dev = edu_device(f, &c)?;
+    let dev = edu_device_for_msi(f, &c)?;
     let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
     let old = EventFd::new()?;
@@ -122,7 +122,7 @@ pub fn msi_deassign_with_none<F: Fixture>(f: &F) -> CaseResult {
 /// Disabling the index stops signalling; routing again works.
 pub fn msi_disable<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
-    let dev = edu_device(f, &c)?;
+    let dev = edu_device_for_msi(f, &c)?;
     let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
     let fd = EventFd::new()?;

@@ -21,7 +21,7 @@ use vfio_hal::pci::region as pci_region;
 use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, Error, ErrorKind, Irq, RegionExt};
 use vfio_hal_mock::inject::{FaultInjector, Op, OpFilter, Plan};
 
-use super::{dma_page, edu_device, filled, fresh, iova};
+use super::{dma_page, edu_device, edu_device_for_msi, filled, fresh, iova};
 use crate::edu::{reg, DriverError, EduDriver};
 use crate::ensure;
 use crate::eventfd::EventFd;
@@ -209,7 +209,7 @@ pub fn sweep_route_msi<F: Fixture>(f: &F) -> CaseResult {
             n => Plan::fail_nth(n).only(setup_ops()),
         };
         let fd = EventFd::new()?;
-        let dev = FaultInjector::with_plan(edu_device(f, &c)?, plan);
+        let dev = FaultInjector::with_plan(edu_device_for_msi(f, &c)?, plan);
         let result = route_msi(&dev, &fd);
         let at = format!("routing MSI with step {step} failing");
         match (step, result, dev.last_injection()) {

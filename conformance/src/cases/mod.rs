@@ -151,6 +151,15 @@ pub(crate) fn edu_device<F: Fixture>(f: &F, c: &F::Container) -> Result<Dev<F>, 
         .context(format_args!("open_device({})", f.edu()))
 }
 
+/// The edu device, opened raw, with bus mastering on: an MSI is a memory
+/// write by the device, and QEMU drops it while bus mastering is off
+/// (vfio-pci leaves it off).
+pub(crate) fn edu_device_for_msi<F: Fixture>(f: &F, c: &F::Container) -> Result<Dev<F>, CaseError> {
+    let dev = edu_device(f, c)?;
+    vfio_hal::PciConfig::set_bus_master(&dev, true).context("enable bus mastering for MSI")?;
+    Ok(dev)
+}
+
 /// The edu device behind its driver, with the fixture's timeout.
 pub(crate) fn edu<F: Fixture>(f: &F, c: &F::Container) -> Result<EduDriver<Dev<F>>, CaseError> {
     EduDriver::open(edu_device(f, c)?)
