@@ -22,6 +22,9 @@ pub struct IovaAllocator<T: Ord + Clone> {
     by_size: BTreeSet<(u128, u64)>,
     /// Live allocations.
     allocs: BTreeMap<T, IovaRange>,
+    /// Starts of the seed ranges: free space never merges across one, so an
+    /// allocation never spans two ranges (the kernel would refuse to map it).
+    range_starts: BTreeSet<u64>,
     max_addr: u64,
 }
 
@@ -51,6 +54,7 @@ impl<T: Ord + Clone> IovaAllocator<T> {
             by_start: BTreeMap::new(),
             by_size: BTreeSet::new(),
             allocs: BTreeMap::new(),
+            range_starts: sorted.iter().map(|r| r.start).collect(),
             max_addr: sorted.last().map_or(0, |r| r.end),
         };
         for r in sorted {
@@ -150,12 +154,15 @@ impl<T: Ord + Clone> IovaAllocator<T> {
         let (mut start, mut end) = (r.start, r.end);
         // Coalesce with the free extent just below and just above.
         if let Some((&s, &e)) = self.by_start.range(..start).next_back() {
-            if e.checked_add(1) == Some(start) {
+            if e.checked_add(1) == Some(start) && !self.range_starts.contains(&start) {
                 self.remove_free(s);
                 start = s;
             }
         }
-        if let Some(next) = end.checked_add(1) {
+        if let Some(next) = end
+            .checked_add(1)
+            .filter(|n| !self.range_starts.contains(n))
+        {
             if let Some(e) = self.remove_free(next) {
                 end = e;
             }
@@ -260,6 +267,30 @@ mod tests {
         a.release(&1).expect("release");
         assert_eq!(a.free_bytes(), 1u128 << 64);
         assert_eq!(a.free_extents(), 1);
+    }
+
+    #[test]
+    fn touching_ranges_never_merge_into_one_allocation() {
+        let ranges = [
+            IovaRange {
+                start: 0,
+                end: 0xfff,
+            },
+            IovaRange {
+                start: 0x1000,
+                end: 0x1fff,
+            },
+        ];
+        let mut a = IovaAllocator::new(&ranges).expect("new");
+        a.alloc(0x1000, 0x1000, 0).expect("first");
+        a.alloc(0x1000, 0x1000, 1).expect("second");
+        a.release(&0).expect("release");
+        a.release(&1).expect("release");
+        assert_eq!(a.free_extents(), 2, "the seam stays");
+        assert_eq!(
+            a.alloc(0x2000, 0x1000, 2).expect_err("spans both").kind(),
+            ErrorKind::Exhausted
+        );
     }
 
     #[test]
