@@ -1,0 +1,956 @@
+//! The VFIO device fd: [`Device`], [`Region`] and [`Irq`] over an open
+//! device file descriptor, shared by every backend.
+//!
+//! A device fd speaks the same ioctls whether it came from a type1 group
+//! (`VFIO_GROUP_GET_DEVICE_FD`) or from the cdev (`/dev/vfio/devices/vfioN`
+//! after `VFIO_DEVICE_BIND_IOMMUFD` and `VFIO_DEVICE_ATTACH_IOMMUFD_PT`).
+//! What differs is what must stay open behind it: the group and container,
+//! or the iommufd binding. A backend hands that in as a [`Backing`], which
+//! the device keeps alive (and lists in [`Device::keep_fds`]) for as long as
+//! the device or any region or irq handle of it lives.
+//!
+//! ```no_run
+//! # use std::os::fd::{OwnedFd, RawFd};
+//! # use std::sync::Arc;
+//! use vfio_hal::prelude::*;
+//! use vfio_hal_legacy::devfd::{Backing, VfioDevice};
+//!
+//! /// What keeps the cdev binding alive (for illustration: an iommufd).
+//! #[derive(Debug)]
+//! struct Binding { iommufd: OwnedFd }
+//! impl Backing for Binding {
+//!     fn keep_fds(&self) -> Vec<RawFd> {
+//!         use std::os::fd::AsRawFd;
+//!         vec![self.iommufd.as_raw_fd()]
+//!     }
+//! }
+//!
+//! # fn bound_fd() -> (OwnedFd, OwnedFd) { unimplemented!() }
+//! let (device_fd, iommufd) = bound_fd(); // after BIND_IOMMUFD + ATTACH_IOMMUFD_PT
+//! let device = VfioDevice::new(device_fd, "0000:00:01.0", Arc::new(Binding { iommufd }))?;
+//! let bar0 = device.region(0)?;
+//! let id: u32 = bar0.read_at(0)?; // served from the mmapped BAR when it is mappable
+//! # Ok::<(), vfio_hal::Error>(())
+//! ```
+//!
+//! # Region access
+//! Reads and writes are bounds-checked ([`vfio_hal::error::check_bounds`])
+//! before any system call and go through `pread`/`pwrite` at
+//! `region.offset + offset`; a short transfer is an error (`EIO`), never
+//! silently split. A 1-, 2-, 4- or 8-byte, naturally aligned access inside
+//! a mappable area of a PCI BAR is instead served by one volatile load or
+//! store on a lazily created, cached mmap of that region (the fast path,
+//! several times cheaper than the trapped `pread`). The fast path is only
+//! taken while the device's memory decode is known to be on and the device
+//! is not in low power: vfio-pci answers an access to a BAR mmap with
+//! `SIGBUS` in those states, while `pread` returns an error. The decode
+//! state is read from the command register on first use and forgotten after
+//! every config write touching the command register and after a reset.
+//! Turning decode off must not race with BAR access on another thread (an
+//! access already past the check would fault), and other code writing the
+//! command register behind this device's back (through a raw fd) is not seen.
+//!
+//! # Interrupts
+//! Every `VFIO_DEVICE_SET_IRQS` request is checked with
+//! [`IrqSet::validate`] against the index's info before it is sent, so bad
+//! combinations are typed errors without a system call. ERR (index 3) and
+//! REQ (index 4) are ordinary indices: route them with
+//! [`Irq::set_eventfd`].
+//!
+//! # Drop
+//! Dropping never panics: the fd is closed (the kernel tears down interrupt
+//! routes) and mmaps are unmapped, with failures logged — also after the
+//! device was hot-unplugged.
+
+use std::ffi::c_int;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use vfio_hal::caps::ChainKind;
+use vfio_hal::device::{feature, flags as device_flags};
+use vfio_hal::error::{check_bounds, check_index, Buffer};
+use vfio_hal::pci::{cfg, region as pci_region};
+use vfio_hal::region::not_permitted;
+use vfio_hal::{
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
+    Result, Target,
+};
+
+use crate::info::{self, put_u32, u32_at, u64_at};
+use crate::sys::{self, ArgszRequest, Errno};
+
+/// What must stay open behind a device fd: a type1 group (and through it the
+/// container), or an iommufd binding.
+///
+/// The device holds it in an `Arc` for as long as the device or any of its
+/// region and irq handles is alive, so the backend's objects are never
+/// closed under a live device fd.
+pub trait Backing: fmt::Debug + Send + Sync {
+    /// The fds a sandboxed process must keep open besides the device fd
+    /// (group and container, or the iommufd).
+    fn keep_fds(&self) -> Vec<RawFd>;
+}
+
+/// What the device knows about its memory decode (PCI command bit 1): the
+/// low two bits of `Shared::decode`; the bits above count how often the
+/// knowledge was dropped, so that a reading taken before a drop is never
+/// stored after it.
+const DECODE_UNKNOWN: u64 = 0;
+const DECODE_ON: u64 = 1;
+const DECODE_OFF: u64 = 2;
+const DECODE_STATE: u64 = 3;
+const DECODE_GENERATION: u64 = 4;
+
+/// State shared by a device and every region and irq handle of it.
+struct Shared {
+    // Field order is drop order: the cached mmaps go before the fd closes.
+    /// Lazily created mmaps of each region's mappable areas (fast path).
+    fast: Vec<OnceLock<Vec<MmapArea>>>,
+    fd: OwnedFd,
+    name: String,
+    pci: bool,
+    /// File offset of the config region (vfio-pci), read on first use.
+    config_offset: OnceLock<Option<u64>>,
+    decode: AtomicU64,
+    low_power: AtomicBool,
+    /// The caller's switch for the fast path (on by default).
+    fast_enabled: AtomicBool,
+    backing: Arc<dyn Backing>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("fd", &self.fd.as_raw_fd())
+            .field("backing", &self.backing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn target(&self) -> Target {
+        Target::Device(self.name.clone())
+    }
+
+    /// `VFIO_DEVICE_GET_REGION_INFO` for an index below `num_regions`.
+    ///
+    /// vfio-pci answers `EINVAL` for an index it does not implement on this
+    /// device (the VGA region of a device that is not VGA), although the
+    /// uAPI says unimplemented regions report size 0; such a region is
+    /// reported as empty (no flags, size 0), so that generic code can walk
+    /// every index below `num_regions`.
+    fn region_info(&self, index: u32) -> Result<RegionInfo> {
+        const OP: &str = "VFIO_DEVICE_GET_REGION_INFO";
+        let queried = info::query(
+            ArgszRequest::GetRegionInfo.fixed_size(),
+            |b| put_u32(b, 8, index),
+            |b| sys::argsz_ioctl(self.fd.as_fd(), ArgszRequest::GetRegionInfo, b),
+        );
+        let buf = match queried {
+            Ok(buf) => buf,
+            Err(info::QueryError::Sys(Errno(libc::EINVAL))) => {
+                log::debug!("{}: region {index} not implemented (EINVAL)", self.name);
+                return Ok(RegionInfo {
+                    index,
+                    ..RegionInfo::default()
+                });
+            }
+            Err(e) => return Err(e.into_error(OP, Target::Region(index), Buffer::RegionInfo)),
+        };
+        let flags = u32_at(&buf, 4);
+        let caps = if flags & vfio_hal::region::flags::CAPS != 0 {
+            info::caps(
+                ChainKind::Region,
+                &buf,
+                u32_at(&buf, 12),
+                Buffer::RegionInfo,
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok(RegionInfo {
+            index,
+            flags,
+            size: u64_at(&buf, 16),
+            offset: u64_at(&buf, 24),
+            caps,
+        })
+    }
+
+    /// Whether a BAR mmap may be touched now (see the module docs).
+    fn fast_path_allowed(&self, index: u32) -> bool {
+        if !self.pci {
+            return true;
+        }
+        if index > pci_region::BAR5 || self.low_power.load(Ordering::Acquire) {
+            return false;
+        }
+        let seen = self.decode.load(Ordering::Acquire);
+        match seen & DECODE_STATE {
+            DECODE_ON => true,
+            DECODE_OFF => false,
+            _ => {
+                let on = self.read_memory_decode().unwrap_or(false);
+                let known = (seen & !DECODE_STATE) | if on { DECODE_ON } else { DECODE_OFF };
+                // A config write since `seen` makes this reading stale: use
+                // pread for this access and read again next time.
+                self.decode
+                    .compare_exchange(seen, known, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                    && on
+            }
+        }
+    }
+
+    fn read_memory_decode(&self) -> Option<bool> {
+        let offset = (*self
+            .config_offset
+            .get_or_init(|| self.region_info(pci_region::CONFIG).ok().map(|i| i.offset)))?;
+        let mut cmd = [0u8; 2];
+        let n = sys::pread(self.fd.as_fd(), &mut cmd, offset.checked_add(cfg::COMMAND)?).ok()?;
+        (n == 2).then(|| u16::from_le_bytes(cmd) & cfg::CMD_MEMORY != 0)
+    }
+
+    fn forget_decode(&self) {
+        // Next generation, state unknown (the generation wraps harmlessly).
+        let _ = self
+            .decode
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v & !DECODE_STATE).wrapping_add(DECODE_GENERATION))
+            });
+    }
+
+    /// The cached mmaps of region `info` (created on first use; empty when
+    /// the region has no mappable area or mapping failed).
+    fn fast_maps(&self, info: &RegionInfo) -> &[MmapArea] {
+        let Some(slot) = self.fast.get(info.index as usize) else {
+            return &[];
+        };
+        slot.get_or_init(|| {
+            map_areas(self.fd.as_fd(), info).unwrap_or_else(|e| {
+                log::debug!(
+                    "{}: no mmap fast path for region {}: {e}",
+                    self.name,
+                    info.index
+                );
+                Vec::new()
+            })
+        })
+    }
+}
+
+/// Maps every mappable area of a region.
+fn map_areas(fd: BorrowedFd<'_>, info: &RegionInfo) -> Result<Vec<MmapArea>> {
+    let areas = info.mappable_areas();
+    if areas.is_empty() {
+        return Err(Error::NotSupported {
+            op: "mmap",
+            target: Target::Region(info.index),
+            reason: "region has no mappable area (no MMAP flag, or size 0)",
+        });
+    }
+    areas
+        .iter()
+        .map(|a| {
+            let file_offset = info.offset.checked_add(a.offset).ok_or(Error::Overflow {
+                op: "mmap",
+                target: Target::Region(info.index),
+                offset: info.offset,
+                len: a.offset,
+            })?;
+            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable()).map_err(|e| {
+                match e {
+                    // Give the bare mmap error its region.
+                    Error::Sys { op, errno, .. } => {
+                        Error::sys(op, Target::Region(info.index), errno)
+                    }
+                    e => e,
+                }
+            })
+        })
+        .collect()
+}
+
+/// A VFIO device: an open device fd, its info, and what keeps it usable.
+///
+/// Cheap handles ([`VfioRegion`], [`VfioIrq`]) share the fd.
+#[derive(Debug)]
+pub struct VfioDevice {
+    shared: Arc<Shared>,
+    info: DeviceInfo,
+}
+
+impl VfioDevice {
+    /// Wraps an open, usable device fd (`VFIO_DEVICE_GET_INFO` must work on
+    /// it: for a cdev, bind and attach first). Reads the device info,
+    /// capability chain included.
+    pub fn new(fd: OwnedFd, name: impl Into<String>, backing: Arc<dyn Backing>) -> Result<Self> {
+        let name = name.into();
+        let buf = info::query(
+            ArgszRequest::DeviceGetInfo.fixed_size(),
+            |_| {},
+            |b| sys::argsz_ioctl(fd.as_fd(), ArgszRequest::DeviceGetInfo, b),
+        )
+        .map_err(|e| {
+            e.into_error(
+                "VFIO_DEVICE_GET_INFO",
+                Target::Device(name.clone()),
+                Buffer::DeviceInfo,
+            )
+        })?;
+        let flags = u32_at(&buf, 4);
+        let caps = if flags & device_flags::CAPS != 0 {
+            info::caps(
+                ChainKind::Device,
+                &buf,
+                u32_at(&buf, 16),
+                Buffer::DeviceInfo,
+            )?
+        } else {
+            Vec::new()
+        };
+        let info = DeviceInfo {
+            name: name.clone(),
+            flags,
+            num_regions: u32_at(&buf, 8),
+            num_irqs: u32_at(&buf, 12),
+            caps,
+        };
+        // One lazily filled slot per region; bounded so that a bogus count
+        // cannot make us allocate without limit.
+        let slots = info.num_regions.min(1024) as usize;
+        log::debug!(
+            "opened device {name}: flags {flags:#x}, {} regions, {} irqs",
+            info.num_regions,
+            info.num_irqs
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                fast: (0..slots).map(|_| OnceLock::new()).collect(),
+                fd,
+                pci: flags & device_flags::PCI != 0,
+                name,
+                config_offset: OnceLock::new(),
+                decode: AtomicU64::new(DECODE_UNKNOWN),
+                low_power: AtomicBool::new(false),
+                fast_enabled: AtomicBool::new(true),
+                backing,
+            }),
+            info,
+        })
+    }
+
+    /// The device fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.shared.fd.as_fd()
+    }
+
+    /// The device's name (its PCI address for vfio-pci).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// What keeps the device usable (group and container, or iommufd binding).
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.shared.backing
+    }
+
+    /// Turns the mmap fast path of region access on (the default) or off
+    /// for this device and all its handles; off, every access is a
+    /// `pread`/`pwrite` (for comparisons, or for registers with side
+    /// effects on the access width that the caller wants the kernel to do).
+    pub fn set_fast_path(&self, enabled: bool) {
+        self.shared.fast_enabled.store(enabled, Ordering::Release);
+    }
+
+    /// The devices a PCI hot reset of this device would also reset
+    /// (`VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`). `NotSupported` when the
+    /// device can be reset neither by slot nor by bus (the kernel's ENODEV).
+    pub fn pci_hot_reset_info(&self) -> Result<HotResetInfo> {
+        const OP: &str = "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO";
+        let fixed = ArgszRequest::GetPciHotResetInfo.fixed_size();
+        let mut len = fixed;
+        // The kernel answers ENOSPC with the needed count when the buffer is
+        // too small; the set of affected devices may change between calls.
+        for _ in 0..4 {
+            let mut buf = vec![0u8; len];
+            match sys::argsz_ioctl(self.fd(), ArgszRequest::GetPciHotResetInfo, &mut buf) {
+                Ok(_) => return Ok(HotResetInfo::parse(&buf)),
+                Err(Errno(libc::ENOSPC)) => {
+                    let count = u32_at(&buf, 8) as usize;
+                    len = count
+                        .checked_mul(HotResetDevice::SIZE)
+                        .and_then(|n| n.checked_add(fixed))
+                        .filter(|&n| n <= vfio_hal::caps::MAX_INFO_SIZE && n > len)
+                        .ok_or(Error::Malformed {
+                            buffer: Buffer::DeviceInfo,
+                            source: vfio_hal::caps::ParseError::InvalidField {
+                                field: "vfio_pci_hot_reset_info.count",
+                                offset: 8,
+                                value: count as u64,
+                            },
+                        })?;
+                }
+                Err(Errno(libc::ENODEV)) => {
+                    return Err(Error::NotSupported {
+                        op: OP,
+                        target: self.shared.target(),
+                        reason: "no slot or bus reset can reach this device (ENODEV)",
+                    })
+                }
+                Err(e) => return Err(e.into_error(OP, self.shared.target())),
+            }
+        }
+        Err(Error::sys(OP, self.shared.target(), libc::ENOSPC))
+    }
+
+    /// PCI hot reset (`VFIO_DEVICE_PCI_HOT_RESET`) of this device's slot or
+    /// bus. For a group-opened device, `group_fds` must prove ownership of
+    /// every group [`pci_hot_reset_info`](Self::pci_hot_reset_info) lists;
+    /// for a cdev bound to iommufd it is empty.
+    pub fn pci_hot_reset(&self, group_fds: &[BorrowedFd<'_>]) -> Result<()> {
+        const OP: &str = "VFIO_DEVICE_PCI_HOT_RESET";
+        let count = u32::try_from(group_fds.len()).map_err(|_| Error::InvalidArgument {
+            op: OP,
+            target: self.shared.target(),
+            reason: "too many group fds",
+        })?;
+        let mut buf = vec![0u8; 12];
+        put_u32(&mut buf, 8, count);
+        for fd in group_fds {
+            buf.extend_from_slice(&(fd.as_raw_fd() as c_int).to_ne_bytes());
+        }
+        sys::argsz_ioctl(self.fd(), ArgszRequest::PciHotReset, &mut buf)
+            .map_err(|e| e.into_error(OP, self.shared.target()))?;
+        self.shared.forget_decode();
+        Ok(())
+    }
+
+    /// The migration flags (`VFIO_MIGRATION_*`) when the device supports
+    /// migration, `None` when it does not (the `MIGRATION` feature GET).
+    pub fn migration_flags(&self) -> Result<Option<u64>> {
+        if !self.probe_feature(feature::MIGRATION)?.get {
+            return Ok(None);
+        }
+        let mut payload = [0u8; 8];
+        self.feature(FeatureOp::Get, feature::MIGRATION, &mut payload)?;
+        Ok(Some(u64::from_ne_bytes(payload)))
+    }
+}
+
+impl Device for VfioDevice {
+    type Region = VfioRegion;
+    type Irq = VfioIrq;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn region(&self, index: u32) -> Result<VfioRegion> {
+        check_index(
+            "VFIO_DEVICE_GET_REGION_INFO",
+            Target::Region(index),
+            index,
+            self.info.num_regions,
+        )?;
+        Ok(VfioRegion {
+            info: self.shared.region_info(index)?,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// The irq index `index` (below `num_irqs`). vfio-pci answers `EINVAL`
+    /// for an index it does not implement on this device (ERR on a device
+    /// that is not PCI Express), although the uAPI says unimplemented irq
+    /// types report count 0; such an index is reported with count 0 and no
+    /// flags, so every request on it is refused by [`IrqSet::validate`].
+    fn irq(&self, index: u32) -> Result<VfioIrq> {
+        const OP: &str = "VFIO_DEVICE_GET_IRQ_INFO";
+        check_index(OP, Target::Irq(index), index, self.info.num_irqs)?;
+        let mut buf = [0u8; 16];
+        put_u32(&mut buf, 8, index);
+        let info = match sys::argsz_ioctl(self.fd(), ArgszRequest::GetIrqInfo, &mut buf) {
+            Ok(_) => IrqInfo {
+                index,
+                flags: u32_at(&buf, 4),
+                count: u32_at(&buf, 12),
+            },
+            Err(Errno(libc::EINVAL)) => {
+                log::debug!(
+                    "{}: irq index {index} not implemented (EINVAL)",
+                    self.shared.name
+                );
+                IrqInfo {
+                    index,
+                    flags: 0,
+                    count: 0,
+                }
+            }
+            Err(e) => return Err(e.into_error(OP, Target::Irq(index))),
+        };
+        Ok(VfioIrq {
+            info,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    fn reset(&self) -> Result<()> {
+        let result = sys::device_reset(self.fd())
+            .map_err(|e| e.into_error("VFIO_DEVICE_RESET", self.shared.target()));
+        // A reset restores config space; re-read the decode state either way.
+        self.shared.forget_decode();
+        result
+    }
+
+    fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> {
+        const OP: &str = "VFIO_DEVICE_FEATURE";
+        let target = Target::Feature(feature);
+        if feature > 0xffff {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                target,
+                reason: "feature numbers are 16 bits",
+            });
+        }
+        let probe = matches!(op, FeatureOp::ProbeGet | FeatureOp::ProbeSet);
+        if !probe && !sys::feature_payload_is_plain(feature) {
+            return Err(Error::NotSupported {
+                op: OP,
+                target,
+                reason: "this feature's payload holds addresses the kernel follows \
+                         (or is unknown to this crate); it is only probed",
+            });
+        }
+        // Entering low power zaps BAR mmaps: stop the fast path first.
+        let entering = op == FeatureOp::Set
+            && matches!(
+                feature,
+                feature::LOW_POWER_ENTRY | feature::LOW_POWER_ENTRY_WITH_WAKEUP
+            );
+        if entering {
+            self.shared.low_power.store(true, Ordering::Release);
+        }
+        let result = sys::device_feature(self.fd(), op.flags() | feature, data)
+            .map(drop)
+            .map_err(|e| e.into_error(OP, target));
+        if op == FeatureOp::Set {
+            if entering && result.is_err() {
+                self.shared.low_power.store(false, Ordering::Release);
+            }
+            if feature == feature::LOW_POWER_EXIT && result.is_ok() {
+                self.shared.low_power.store(false, Ordering::Release);
+                self.shared.forget_decode();
+            }
+        }
+        result
+    }
+
+    fn keep_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.shared.fd.as_raw_fd()];
+        fds.extend(self.shared.backing.keep_fds());
+        fds
+    }
+}
+
+/// One region of a [`VfioDevice`]; shares the device fd.
+#[derive(Debug, Clone)]
+pub struct VfioRegion {
+    shared: Arc<Shared>,
+    info: RegionInfo,
+}
+
+impl VfioRegion {
+    /// The file offset of `offset` within this region, overflow-checked.
+    fn file_offset(&self, op: &'static str, offset: u64, len: u64) -> Result<u64> {
+        self.info.offset.checked_add(offset).ok_or(Error::Overflow {
+            op,
+            target: Target::Region(self.info.index),
+            offset,
+            len,
+        })
+    }
+
+    /// Whether an access of `len` bytes at `offset` would be served by the
+    /// mmap fast path now (see the module docs); mapping the region on
+    /// first use. For tests and benchmarks that must know which path ran.
+    pub fn fast_path_covers(&self, offset: u64, len: usize) -> bool {
+        self.fast_area(offset, len).is_some()
+    }
+
+    /// The cached mmap covering `[offset, offset + len)`, if the fast path
+    /// may serve this access.
+    fn fast_area(&self, offset: u64, len: usize) -> Option<&MmapArea> {
+        if !matches!(len, 1 | 2 | 4 | 8) || offset % len as u64 != 0 {
+            return None;
+        }
+        if !self.info.mmappable()
+            || !self.shared.fast_enabled.load(Ordering::Acquire)
+            || !self.shared.fast_path_allowed(self.info.index)
+        {
+            return None;
+        }
+        self.shared
+            .fast_maps(&self.info)
+            .iter()
+            .find(|a| a.covers(offset, len as u64))
+    }
+
+    fn fast_read(area: &MmapArea, at: u64, buf: &mut [u8]) -> Result<()> {
+        match buf.len() {
+            1 => buf.copy_from_slice(&area.load::<u8>(at)?.to_ne_bytes()),
+            2 => buf.copy_from_slice(&area.load::<u16>(at)?.to_ne_bytes()),
+            4 => buf.copy_from_slice(&area.load::<u32>(at)?.to_ne_bytes()),
+            _ => buf.copy_from_slice(&area.load::<u64>(at)?.to_ne_bytes()),
+        }
+        Ok(())
+    }
+
+    fn fast_write(area: &MmapArea, at: u64, data: &[u8]) -> Result<()> {
+        fn arr<const N: usize>(d: &[u8]) -> [u8; N] {
+            let mut a = [0u8; N];
+            a.copy_from_slice(d);
+            a
+        }
+        match data.len() {
+            1 => area.store(at, data[0]),
+            2 => area.store(at, u16::from_ne_bytes(arr(data))),
+            4 => area.store(at, u32::from_ne_bytes(arr(data))),
+            _ => area.store(at, u64::from_ne_bytes(arr(data))),
+        }
+    }
+
+    /// Whether a write at `[offset, offset + len)` of this region may change
+    /// the PCI command register.
+    fn touches_command(&self, offset: u64, len: u64) -> bool {
+        self.shared.pci
+            && self.info.index == pci_region::CONFIG
+            && offset < cfg::COMMAND + 2
+            && offset + len > cfg::COMMAND
+    }
+}
+
+impl Region for VfioRegion {
+    fn info(&self) -> &RegionInfo {
+        &self.info
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        const OP: &str = "region read";
+        let index = self.info.index;
+        if !self.info.readable() {
+            return Err(not_permitted(OP, index, "region has no READ flag"));
+        }
+        let len = buf.len() as u64;
+        check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
+        if let Some(area) = self.fast_area(offset, buf.len()) {
+            return Self::fast_read(area, offset - area.region_offset(), buf);
+        }
+        let at = self.file_offset("pread", offset, len)?;
+        match sys::pread(self.shared.fd.as_fd(), buf, at) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(n) => {
+                log::debug!(
+                    "{}: short read of region {index}: {n} of {len} bytes",
+                    self.shared.name
+                );
+                Err(Error::sys("pread", Target::Region(index), libc::EIO))
+            }
+            Err(e) => Err(e.into_error("pread", Target::Region(index))),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        const OP: &str = "region write";
+        let index = self.info.index;
+        if !self.info.writable() {
+            return Err(not_permitted(OP, index, "region has no WRITE flag"));
+        }
+        let len = data.len() as u64;
+        check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
+        if let Some(area) = self.fast_area(offset, data.len()) {
+            return Self::fast_write(area, offset - area.region_offset(), data);
+        }
+        let at = self.file_offset("pwrite", offset, len)?;
+        let result = match sys::pwrite(self.shared.fd.as_fd(), data, at) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(n) => {
+                log::debug!(
+                    "{}: short write of region {index}: {n} of {len} bytes",
+                    self.shared.name
+                );
+                Err(Error::sys("pwrite", Target::Region(index), libc::EIO))
+            }
+            Err(e) => Err(e.into_error("pwrite", Target::Region(index))),
+        };
+        if self.touches_command(offset, len) {
+            self.shared.forget_decode();
+        }
+        result
+    }
+
+    fn mmap(&self) -> Result<Vec<MmapArea>> {
+        map_areas(self.shared.fd.as_fd(), &self.info)
+    }
+}
+
+/// One irq index of a [`VfioDevice`]; shares the device fd.
+#[derive(Debug, Clone)]
+pub struct VfioIrq {
+    shared: Arc<Shared>,
+    info: IrqInfo,
+}
+
+impl Irq for VfioIrq {
+    fn info(&self) -> IrqInfo {
+        self.info
+    }
+
+    fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+        set.validate(&self.info)?;
+        let mut bytes = set.to_bytes();
+        sys::argsz_ioctl(self.shared.fd.as_fd(), ArgszRequest::SetIrqs, &mut bytes)
+            .map(drop)
+            .map_err(|e| e.into_error("VFIO_DEVICE_SET_IRQS", Target::Irq(self.info.index)))
+    }
+}
+
+/// One device a PCI hot reset would affect (`struct vfio_pci_dependent_device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HotResetDevice {
+    /// The IOMMU group (group-opened device) or the iommufd device id (cdev,
+    /// with [`HotResetInfo::DEV_ID`] set; `u32::MAX` is "not owned").
+    pub id: u32,
+    /// PCI segment.
+    pub segment: u16,
+    /// PCI bus.
+    pub bus: u8,
+    /// PCI device and function (`slot << 3 | function`).
+    pub devfn: u8,
+}
+
+impl HotResetDevice {
+    const SIZE: usize = 8;
+
+    /// The PCI address, `ssss:bb:dd.f`.
+    pub fn address(&self) -> String {
+        format!(
+            "{:04x}:{:02x}:{:02x}.{}",
+            self.segment,
+            self.bus,
+            self.devfn >> 3,
+            self.devfn & 7
+        )
+    }
+}
+
+/// What `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HotResetInfo {
+    /// `VFIO_PCI_HOT_RESET_FLAG_*`.
+    pub flags: u32,
+    /// Every device the reset affects, this one included.
+    pub devices: Vec<HotResetDevice>,
+}
+
+impl HotResetInfo {
+    /// Flag: [`HotResetDevice::id`] holds iommufd device ids (cdev).
+    pub const DEV_ID: u32 = 1 << 0;
+    /// Flag: every affected device is owned by the caller's iommufd context.
+    pub const DEV_ID_OWNED: u32 = 1 << 1;
+
+    fn parse(buf: &[u8]) -> Self {
+        let count = u32_at(buf, 8) as usize;
+        let devices = buf
+            .get(12..)
+            .unwrap_or_default()
+            .chunks_exact(HotResetDevice::SIZE)
+            .take(count)
+            .map(|d| HotResetDevice {
+                id: u32_at(d, 0),
+                segment: u16::from_ne_bytes([d[4], d[5]]),
+                bus: d[6],
+                devfn: d[7],
+            })
+            .collect();
+        Self {
+            flags: u32_at(buf, 4),
+            devices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use vfio_hal::ErrorKind;
+
+    #[derive(Debug)]
+    struct Nothing;
+    impl Backing for Nothing {
+        fn keep_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+    }
+
+    /// A region handle over a plain file, to test the checks that run
+    /// before any system call.
+    fn region_over(file: File, info: RegionInfo) -> VfioRegion {
+        VfioRegion {
+            shared: Arc::new(Shared {
+                fast: Vec::new(),
+                fd: file.into(),
+                name: "test".into(),
+                pci: true,
+                config_offset: OnceLock::new(),
+                decode: AtomicU64::new(DECODE_UNKNOWN),
+                low_power: AtomicBool::new(false),
+                fast_enabled: AtomicBool::new(true),
+                backing: Arc::new(Nothing),
+            }),
+            info,
+        }
+    }
+
+    fn temp_file(bytes: &[u8]) -> (File, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "vfio-hal-legacy-devfd-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, bytes).expect("write temp file");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open temp file");
+        (f, path)
+    }
+
+    fn info(index: u32, flags: u32, size: u64, offset: u64) -> RegionInfo {
+        RegionInfo {
+            index,
+            flags,
+            size,
+            offset,
+            caps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bounds_are_checked_before_the_syscall() {
+        // /dev/null would "succeed" with 0 bytes: the errors below come from
+        // the checks, not from the kernel.
+        let r = region_over(
+            File::open("/dev/null").expect("open"),
+            info(0, vfio_hal::region::flags::READ, 0x100, 0),
+        );
+        let e = r.read(0xff, &mut [0u8; 2]).expect_err("past the end");
+        assert_eq!(e.kind(), ErrorKind::OutOfRange);
+        let e = r.read(u64::MAX, &mut [0u8; 2]).expect_err("wraps");
+        assert_eq!(e.kind(), ErrorKind::Overflow);
+        let e = r.write(0, &[0u8; 1]).expect_err("no WRITE flag");
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+    }
+
+    #[test]
+    fn region_io_goes_to_region_offset_plus_offset() {
+        let mut content = vec![0u8; 64];
+        content[40..44].copy_from_slice(&[1, 2, 3, 4]);
+        let (f, path) = temp_file(&content);
+        let flags = vfio_hal::region::flags::READ | vfio_hal::region::flags::WRITE;
+        let r = region_over(f, info(2, flags, 16, 32));
+        let mut buf = [0u8; 4];
+        r.read(8, &mut buf).expect("read");
+        assert_eq!(buf, [1, 2, 3, 4]);
+        r.write(12, &[9, 9]).expect("write");
+        let back = std::fs::read(&path).expect("read back");
+        assert_eq!(&back[44..46], &[9, 9]);
+        std::fs::remove_file(&path).expect("cleanup");
+    }
+
+    #[test]
+    fn a_short_read_is_an_error_with_eio() {
+        // The file ends inside the region: pread returns fewer bytes.
+        let (f, path) = temp_file(&[0u8; 10]);
+        let r = region_over(f, info(0, vfio_hal::region::flags::READ, 0x100, 0));
+        let e = r.read(8, &mut [0u8; 4]).expect_err("short");
+        assert_eq!(e.errno(), Some(libc::EIO));
+        std::fs::remove_file(&path).expect("cleanup");
+    }
+
+    #[test]
+    fn region_offset_plus_offset_overflow_is_typed() {
+        let r = region_over(
+            File::open("/dev/null").expect("open"),
+            info(0, vfio_hal::region::flags::READ, u64::MAX, u64::MAX - 2),
+        );
+        let e = r.read(8, &mut [0u8; 4]).expect_err("file offset wraps");
+        assert_eq!(e.kind(), ErrorKind::Overflow);
+    }
+
+    #[test]
+    fn only_writes_to_the_command_register_forget_the_decode_state() {
+        let r = region_over(
+            File::open("/dev/null").expect("open"),
+            info(pci_region::CONFIG, 3, 256, 0),
+        );
+        assert!(r.touches_command(4, 2));
+        assert!(r.touches_command(0, 8));
+        assert!(r.touches_command(5, 1));
+        assert!(!r.touches_command(6, 2));
+        assert!(!r.touches_command(0, 4));
+    }
+
+    #[test]
+    fn a_decode_reading_never_outlives_a_config_write() {
+        let r = region_over(
+            File::open("/dev/null").expect("open"),
+            info(0, vfio_hal::region::flags::READ, 0x100, 0),
+        );
+        let shared = &r.shared;
+        // No config region behind /dev/null: decode reads as off, stored.
+        assert!(!shared.fast_path_allowed(0));
+        assert_eq!(shared.decode.load(Ordering::Acquire), DECODE_OFF);
+        shared.forget_decode();
+        let v = shared.decode.load(Ordering::Acquire);
+        assert_eq!(v & DECODE_STATE, DECODE_UNKNOWN);
+        assert_eq!(v >> 2, 1, "one generation later");
+        // A reading taken in generation 1 cannot be stored in generation 2.
+        shared.forget_decode();
+        let stale = v | DECODE_ON;
+        assert!(shared
+            .decode
+            .compare_exchange(v, stale, Ordering::AcqRel, Ordering::Acquire)
+            .is_err());
+        // Only BARs of a PCI device take the fast path, and not in low power.
+        assert!(!shared.fast_path_allowed(pci_region::CONFIG));
+        shared.low_power.store(true, Ordering::Release);
+        assert!(!shared.fast_path_allowed(0));
+    }
+
+    #[test]
+    fn hot_reset_info_parses_devices() {
+        let mut buf = vec![0u8; 12 + 16];
+        put_u32(&mut buf, 4, HotResetInfo::DEV_ID);
+        put_u32(&mut buf, 8, 2);
+        buf[12..16].copy_from_slice(&7u32.to_ne_bytes());
+        buf[16..18].copy_from_slice(&0u16.to_ne_bytes());
+        buf[18] = 0;
+        buf[19] = (1 << 3) | 2;
+        buf[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+        buf[26] = 3;
+        let info = HotResetInfo::parse(&buf);
+        assert_eq!(info.flags, HotResetInfo::DEV_ID);
+        assert_eq!(info.devices.len(), 2);
+        assert_eq!(info.devices[0].id, 7);
+        assert_eq!(info.devices[0].address(), "0000:00:01.2");
+        assert_eq!(info.devices[1].bus, 3);
+        // A count larger than the buffer is clipped, not trusted.
+        put_u32(&mut buf, 8, 1000);
+        assert_eq!(HotResetInfo::parse(&buf).devices.len(), 2);
+    }
+}

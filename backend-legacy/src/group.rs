@@ -1,0 +1,186 @@
+//! IOMMU groups (`/dev/vfio/N`): viability, attaching to a container, and
+//! the device fds they hand out.
+//!
+//! A [`Group`] exists only attached to a container
+//! ([`LegacyContainer::group`](crate::LegacyContainer::group)); it is
+//! detached (`VFIO_GROUP_UNSET_CONTAINER`) and closed when the last handle
+//! to it goes, and every device opened from it holds such a handle, so a
+//! group never leaves its container under a live device fd.
+
+use std::ffi::CString;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use vfio_bindings::bindings::vfio::{VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE};
+use vfio_hal::{Error, Result, Target};
+
+use crate::container::{lock, ContainerInner};
+use crate::devfd::{Backing, VfioDevice};
+use crate::sys::{self, Errno};
+use crate::sysfs::check_name;
+
+/// What `VFIO_GROUP_GET_STATUS` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupStatus {
+    /// Every device in the group is bound to a VFIO driver (or none).
+    pub viable: bool,
+    /// The group is attached to a container.
+    pub container_set: bool,
+}
+
+impl GroupStatus {
+    fn from_flags(flags: u32) -> Self {
+        Self {
+            viable: flags & VFIO_GROUP_FLAGS_VIABLE != 0,
+            container_set: flags & VFIO_GROUP_FLAGS_CONTAINER_SET != 0,
+        }
+    }
+}
+
+/// An attached group: its fd and the container it is attached to.
+pub(crate) struct GroupInner {
+    id: u32,
+    fd: OwnedFd,
+    container: Arc<ContainerInner>,
+}
+
+impl fmt::Debug for GroupInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .field("fd", &self.fd.as_raw_fd())
+            .field("container_fd", &self.container.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl GroupInner {
+    /// Opens group `id`, checks viability, attaches it to `container` and,
+    /// when it is the container's first group, sets the IOMMU type. On any
+    /// failure the group is detached again and closed.
+    ///
+    /// Called with the container's group map locked.
+    pub(crate) fn attach(
+        container: &Arc<ContainerInner>,
+        id: u32,
+        first: bool,
+    ) -> Result<Arc<Self>> {
+        let path = container.config.dev_dir.join(id.to_string());
+        let fd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::from_io("open", Target::Path(path.display().to_string()), &e))?
+            .into();
+        let flags = sys::group_get_status(fd.as_fd())
+            .map_err(|e| e.into_error("VFIO_GROUP_GET_STATUS", Target::Group(id)))?;
+        if !GroupStatus::from_flags(flags).viable {
+            return Err(Error::NotViable { group: id });
+        }
+        sys::group_set_container(fd.as_fd(), container.fd.as_fd())
+            .map_err(|e| e.into_error("VFIO_GROUP_SET_CONTAINER", Target::Group(id)))?;
+        if first {
+            let ty = container.config.iommu_type;
+            if let Err(e) = sys::set_iommu(container.fd.as_fd(), ty.value()) {
+                if let Err(undo) = sys::group_unset_container(fd.as_fd()) {
+                    log::warn!("group {id}: unset container after a failed SET_IOMMU: {undo:?}");
+                }
+                return Err(e.into_error("VFIO_SET_IOMMU", Target::Group(id)));
+            }
+            log::debug!("group {id}: IOMMU set to {ty:?}");
+        }
+        log::debug!("group {id} attached ({})", path.display());
+        Ok(Arc::new(Self {
+            id,
+            fd,
+            container: Arc::clone(container),
+        }))
+    }
+}
+
+impl Backing for GroupInner {
+    fn keep_fds(&self) -> Vec<RawFd> {
+        vec![self.fd.as_raw_fd(), self.container.fd.as_raw_fd()]
+    }
+}
+
+impl Drop for GroupInner {
+    fn drop(&mut self) {
+        // Detach under the container's lock, so that an attach running at
+        // the same time sees either this group or an empty container.
+        let mut groups = lock(&self.container.groups);
+        match sys::group_unset_container(self.fd.as_fd()) {
+            Ok(()) => log::debug!("group {} detached", self.id),
+            // Gone (hot-unplug) or still in use by an mmap that outlives its
+            // device: closing the fd below lets the kernel clean up.
+            Err(Errno(e @ (libc::ENODEV | libc::EBUSY))) => log::debug!(
+                "group {}: unset container: {}",
+                self.id,
+                std::io::Error::from_raw_os_error(e)
+            ),
+            Err(Errno(e)) => log::warn!(
+                "group {}: unset container failed: {}",
+                self.id,
+                std::io::Error::from_raw_os_error(e)
+            ),
+        }
+        let me: *const Self = self;
+        if groups
+            .get(&self.id)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), me))
+        {
+            groups.remove(&self.id);
+        }
+    }
+}
+
+/// An IOMMU group attached to a [`LegacyContainer`](crate::LegacyContainer).
+///
+/// Clones share the group; it is detached when the last clone and the last
+/// device opened from it are gone.
+#[derive(Debug, Clone)]
+pub struct Group {
+    inner: Arc<GroupInner>,
+}
+
+impl Group {
+    pub(crate) fn from_inner(inner: Arc<GroupInner>) -> Self {
+        Self { inner }
+    }
+
+    /// The group number.
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// The group fd (e.g. for [`KvmVfioDevice`](crate::kvm::KvmVfioDevice)
+    /// or as proof of ownership for a PCI hot reset).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+
+    /// `VFIO_GROUP_GET_STATUS`.
+    pub fn status(&self) -> Result<GroupStatus> {
+        sys::group_get_status(self.fd())
+            .map(GroupStatus::from_flags)
+            .map_err(|e| e.into_error("VFIO_GROUP_GET_STATUS", Target::Group(self.id())))
+    }
+
+    /// `VFIO_GROUP_GET_DEVICE_FD` for the device named `name` (as listed in
+    /// `/sys/kernel/iommu_groups/<id>/devices/`), wrapped as a device that
+    /// keeps this group and its container alive.
+    pub fn open_device(&self, name: &str) -> Result<VfioDevice> {
+        const OP: &str = "VFIO_GROUP_GET_DEVICE_FD";
+        check_name(OP, name)?;
+        let cname = CString::new(name).map_err(|_| Error::InvalidArgument {
+            op: OP,
+            target: Target::Device(name.into()),
+            reason: "device name contains NUL",
+        })?;
+        let fd = sys::group_get_device_fd(self.fd(), &cname)
+            .map_err(|e| e.into_error(OP, Target::Device(name.into())))?;
+        let backing: Arc<dyn Backing> = self.inner.clone();
+        VfioDevice::new(fd, name, backing)
+    }
+}

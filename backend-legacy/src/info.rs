@@ -1,0 +1,256 @@
+//! `argsz` info queries: run an info ioctl, and run it again with the larger
+//! buffer the kernel asks for, so that the capability chain fits.
+//!
+//! VFIO info ioctls (`GET_INFO`, `GET_REGION_INFO`, `IOMMU_GET_INFO`) report
+//! a chain that does not fit by setting the `CAPS` flag, a zero cap offset
+//! and the needed size in `argsz`. The whole struct is then queried again
+//! with that size — not only the chain: like crosvm we re-read every field,
+//! because some drivers do not fully fill the info on a short `argsz`.
+//!
+//! The loop is written over a closure that performs the ioctl, so that its
+//! logic is tested without a device (see the tests and `devfd`).
+
+use vfio_hal::caps::{parse_chain, ChainKind, ParseError, MAX_INFO_SIZE};
+use vfio_hal::error::Buffer;
+use vfio_hal::{Capability, Error, Target};
+
+use crate::sys::{Errno, SysResult};
+
+/// How many times a query may be repeated because the kernel asked for
+/// more room: once is the norm; more means the chain keeps growing.
+const MAX_ROUNDS: usize = 4;
+
+/// Reads a native-endian `u32` at `at` (callers pass offsets inside the fixed struct).
+pub(crate) fn u32_at(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = buf.get(at..at + 4) {
+        b.copy_from_slice(s);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// Reads a native-endian `u64` at `at` (callers pass offsets inside the fixed struct).
+pub(crate) fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = buf.get(at..at + 8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// Writes a native-endian `u32` at `at`.
+pub(crate) fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    if let Some(s) = buf.get_mut(at..at + 4) {
+        s.copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// Why a query failed, before it is given an op name and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueryError {
+    /// The ioctl failed.
+    Sys(Errno),
+    /// The kernel asked for more than [`MAX_INFO_SIZE`] bytes, or kept
+    /// asking for more after [`MAX_ROUNDS`] attempts.
+    Malformed(ParseError),
+}
+
+impl QueryError {
+    pub(crate) fn into_error(self, op: &'static str, target: Target, buffer: Buffer) -> Error {
+        match self {
+            Self::Sys(e) => e.into_error(op, target),
+            Self::Malformed(source) => Error::Malformed { buffer, source },
+        }
+    }
+}
+
+/// Runs an `argsz` query: a `fixed`-byte buffer, `init` writes the input
+/// fields (e.g. the region index), `call` performs the ioctl (setting
+/// `argsz` to the buffer length). Returns the buffer of the last call.
+pub(crate) fn query(
+    fixed: usize,
+    init: impl Fn(&mut [u8]),
+    mut call: impl FnMut(&mut [u8]) -> SysResult<i32>,
+) -> Result<Vec<u8>, QueryError> {
+    let mut len = fixed;
+    for _ in 0..MAX_ROUNDS {
+        let mut buf = vec![0u8; len];
+        init(&mut buf);
+        call(&mut buf).map_err(QueryError::Sys)?;
+        let asked = u32_at(&buf, 0) as usize;
+        if asked <= len {
+            return Ok(buf);
+        }
+        if asked > MAX_INFO_SIZE {
+            return Err(QueryError::Malformed(ParseError::TooLarge {
+                len: asked,
+                max: MAX_INFO_SIZE,
+            }));
+        }
+        len = asked;
+    }
+    Err(QueryError::Malformed(ParseError::InvalidField {
+        field: "argsz (still growing after repeated queries)",
+        offset: 0,
+        value: len as u64,
+    }))
+}
+
+/// Parses the chain at `cap_offset` of a queried buffer (0: none).
+pub(crate) fn caps(
+    kind: ChainKind,
+    buf: &[u8],
+    cap_offset: u32,
+    buffer: Buffer,
+) -> Result<Vec<Capability>, Error> {
+    parse_chain(kind, buf, cap_offset)
+        .map(|entries| entries.into_iter().map(|e| e.cap).collect())
+        .map_err(|source| Error::Malformed { buffer, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_hal::caps::encode_chain;
+    use vfio_hal::SparseArea;
+
+    /// A kernel-faithful `GET_REGION_INFO` for one region with a sparse-mmap
+    /// capability: short `argsz` gets the needed size and no chain.
+    fn fake_region_info(buf: &mut [u8], calls: &mut Vec<usize>) -> SysResult<i32> {
+        calls.push(buf.len());
+        let argsz = u32_at(buf, 0) as usize;
+        if argsz < 32 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let caps = [Capability::SparseMmap(vec![
+            SparseArea {
+                offset: 0,
+                size: 0x1000,
+            },
+            SparseArea {
+                offset: 0x3000,
+                size: 0x1000,
+            },
+        ])];
+        let (chain, first) = encode_chain(ChainKind::Region, &caps);
+        put_u32(buf, 4, 0xf); // READ | WRITE | MMAP | CAPS
+        if argsz < chain.len() {
+            put_u32(buf, 0, chain.len() as u32);
+            put_u32(buf, 12, 0);
+        } else {
+            buf[32..chain.len()].copy_from_slice(&chain[32..]);
+            put_u32(buf, 12, first);
+        }
+        buf[16..24].copy_from_slice(&0x4000u64.to_ne_bytes());
+        Ok(0)
+    }
+
+    #[test]
+    fn a_chain_that_does_not_fit_is_queried_again_with_the_asked_size() {
+        let mut calls = Vec::new();
+        let buf = query(
+            32,
+            |b| put_u32(b, 8, 0),
+            |b| {
+                put_u32(b, 0, b.len() as u32);
+                fake_region_info(b, &mut calls)
+            },
+        )
+        .expect("query");
+        assert_eq!(calls.len(), 2, "one short call, one full call");
+        assert_eq!(calls[0], 32);
+        assert!(calls[1] > 32);
+        let caps = caps(
+            ChainKind::Region,
+            &buf,
+            u32_at(&buf, 12),
+            Buffer::RegionInfo,
+        )
+        .expect("chain parses");
+        assert!(matches!(&caps[..], [Capability::SparseMmap(a)] if a.len() == 2));
+    }
+
+    #[test]
+    fn no_chain_means_one_call() {
+        let mut n = 0;
+        let buf = query(
+            24,
+            |_| {},
+            |b| {
+                n += 1;
+                put_u32(b, 8, 9);
+                Ok(0)
+            },
+        )
+        .expect("query");
+        assert_eq!(n, 1);
+        assert_eq!(u32_at(&buf, 8), 9);
+    }
+
+    #[test]
+    fn the_input_fields_are_written_again_for_every_round() {
+        let mut seen = Vec::new();
+        query(
+            32,
+            |b| put_u32(b, 8, 7),
+            |b| {
+                seen.push(u32_at(b, 8));
+                if b.len() == 32 {
+                    put_u32(b, 0, 64);
+                }
+                // A driver that clobbers input fields on a short call.
+                put_u32(b, 8, 0xdead);
+                Ok(0)
+            },
+        )
+        .expect("query");
+        assert_eq!(seen, vec![7, 7]);
+    }
+
+    #[test]
+    fn an_absurd_size_request_is_malformed_not_an_allocation() {
+        let e = query(
+            24,
+            |_| {},
+            |b| {
+                put_u32(b, 0, u32::MAX);
+                Ok(0)
+            },
+        )
+        .expect_err("refused");
+        assert!(matches!(
+            e,
+            QueryError::Malformed(ParseError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_size_that_keeps_growing_is_malformed() {
+        let e = query(
+            24,
+            |_| {},
+            |b| {
+                let grow = b.len() as u32 + 8;
+                put_u32(b, 0, grow);
+                Ok(0)
+            },
+        )
+        .expect_err("refused");
+        assert!(matches!(
+            e,
+            QueryError::Malformed(ParseError::InvalidField { .. })
+        ));
+    }
+
+    #[test]
+    fn errno_is_kept() {
+        let e = query(24, |_| {}, |_| Err(Errno(libc::ENOTTY))).expect_err("fails");
+        let e = e.into_error(
+            "VFIO_DEVICE_GET_INFO",
+            Target::Device("x".into()),
+            Buffer::DeviceInfo,
+        );
+        assert_eq!(e.errno(), Some(libc::ENOTTY));
+        assert!(e.to_string().contains("VFIO_DEVICE_GET_INFO"));
+    }
+}

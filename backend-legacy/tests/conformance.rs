@@ -1,0 +1,152 @@
+//! The whole conformance suite against the legacy backend in the lane's
+//! guest (`bash tests/vm/lane.sh`), on edu and the MSI-X device; ignored on
+//! the host. The mode follows the booted kernel: `legacy-type1v2` on the
+//! default kernel (the type1 container serves `/dev/vfio/vfio`),
+//! `legacy-iommufd-compat` on the compat kernel (iommufd serves it). The
+//! report, one line per case and the summary
+//! `conformance: N passed, M failed, K skipped`, goes to stdout.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use vfio_hal::{Error, ErrorKind, Result, Target};
+use vfio_hal_conformance::{run_suite, Capabilities, Fixture, SplitUnmap, StepFaults};
+use vfio_hal_guest_tests::{self as lane, KernelFlavour};
+use vfio_hal_legacy::LegacyContainer;
+
+/// The kernel's per-thread fault injection (`CONFIG_FAULT_INJECTION`): the
+/// Nth `should_fail()` point this thread reaches fails. In compat mode those
+/// include iommufd's own points (`CONFIG_IOMMUFD_TEST`); type1 has none of
+/// its own, so there the sweep ends at its first step.
+#[derive(Debug)]
+struct FailNth;
+
+const FAIL_NTH: &str = "/proc/thread-self/fail-nth";
+
+fn proc_error(e: &std::io::Error) -> Error {
+    Error::from_io("fail-nth", Target::Path(FAIL_NTH.into()), e)
+}
+
+impl StepFaults for FailNth {
+    fn arm(&self, nth: u64) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(FAIL_NTH)
+            .map_err(|e| proc_error(&e))?;
+        file.write_all(nth.to_string().as_bytes())
+            .map_err(|e| proc_error(&e))
+    }
+
+    fn disarm(&self) -> Result<bool> {
+        let mut text = String::new();
+        OpenOptions::new()
+            .read(true)
+            .open(FAIL_NTH)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|e| proc_error(&e))?;
+        // 0: the armed point was reached and failed; N > 0: N more to go.
+        let left: u64 = text.trim().parse().map_err(|_| Error::InvalidArgument {
+            op: "fail-nth",
+            target: Target::Path(FAIL_NTH.into()),
+            reason: "not a number",
+        })?;
+        // The file cannot seek: a second open writes the disarming 0.
+        OpenOptions::new()
+            .write(true)
+            .open(FAIL_NTH)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|e| proc_error(&e))?;
+        Ok(left == 0)
+    }
+}
+
+/// The legacy container in the mode the booted kernel provides.
+#[derive(Debug)]
+struct LegacyFixture {
+    flavour: KernelFlavour,
+    edu: String,
+    msix: String,
+}
+
+impl LegacyFixture {
+    fn from_lane() -> Self {
+        Self {
+            flavour: lane::kernel_flavour(),
+            edu: lane::lane_env(lane::EDU_BDF),
+            msix: lane::lane_env(lane::MSIX_BDF),
+        }
+    }
+}
+
+impl Fixture for LegacyFixture {
+    type Container = LegacyContainer;
+
+    fn mode(&self) -> &str {
+        match self.flavour {
+            KernelFlavour::Default => "legacy-type1v2",
+            KernelFlavour::Compat => "legacy-iommufd-compat",
+        }
+    }
+
+    /// A type1 container has no IOMMU (no info, no maps) until a group is
+    /// attached: attach both devices' groups up front, for the container's
+    /// lifetime.
+    fn container(&self) -> Result<LegacyContainer> {
+        let container = LegacyContainer::open()?;
+        container.attach(&self.edu)?;
+        container.attach(&self.msix)?;
+        Ok(container)
+    }
+
+    fn edu(&self) -> &str {
+        &self.edu
+    }
+
+    fn msix_device(&self) -> Option<&str> {
+        Some(&self.msix)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let compat = self.flavour == KernelFlavour::Compat;
+        Capabilities {
+            // type1v2 refuses to cut a mapping with EINVAL, iommufd with ENOENT.
+            split_unmap: SplitUnmap::Refused(if compat {
+                ErrorKind::NotMapped
+            } else {
+                ErrorKind::InvalidArgument
+            }),
+            unmap_all: true,
+            // type1 reports its migration (dirty page) capability in
+            // VFIO_IOMMU_GET_INFO; iommufd's compat info does not.
+            dirty_tracking: !compat,
+            region_mmap: true,
+            // The kernel logs DMAR faults; it does not count them for us.
+            iommu_faults_observable: false,
+            // QEMU's edu has no reset handler.
+            reset_restores_registers: false,
+            // The kernel's virqfd reacts to a resample write at once.
+            resample_lazy: false,
+            // 16 MiB: inside VT-d's first range [0, 0xfedfffff], and the
+            // 64 MiB window stays below edu's 28-bit DMA mask.
+            iova_base: 0x100_0000,
+            // TCG is slow; edu's DMA timer alone is 100 ms of virtual time.
+            timeout: Duration::from_secs(20),
+            quiet: Duration::from_millis(200),
+        }
+    }
+
+    fn step_faults(&self) -> Option<&dyn StepFaults> {
+        Some(&FailNth)
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn conformance_suite_legacy() {
+    let summary = run_suite(&LegacyFixture::from_lane());
+    assert!(summary.success(), "{summary}");
+}

@@ -1,0 +1,599 @@
+//! The legacy backend against the real kernel, in the QEMU lane
+//! (`bash tests/vm/lane.sh`): QEMU's `edu` (and an MSI-X capable NVMe)
+//! bound to vfio-pci behind the emulated Intel IOMMU, through the type1
+//! container on the default kernel and through iommufd's compat container
+//! on the compat kernel. On the host every test here is ignored.
+//!
+//! The lane runs tests one at a time in name order; the test that unplugs
+//! the spare edu is named to run last.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use vfio_hal::device::feature;
+use vfio_hal::irq::index::{ERR, MSI, MSIX, REQ};
+use vfio_hal::pci::{cfg, region::CONFIG};
+use vfio_hal::prelude::*;
+use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange};
+use vfio_hal_guest_tests as lane;
+use vfio_hal_legacy::{sys, LegacyContainer, VfioDevice};
+
+/// edu's identification register (BAR0 + 0).
+const EDU_IDENT: u32 = 0x0100_00ed;
+/// An IOVA window edu can reach (it masks DMA addresses to 28 bits).
+const IOVA: u64 = 0x10_0000;
+/// How long a device completion or an interrupt may take under TCG.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn edu_bdf() -> String {
+    lane::lane_env(lane::EDU_BDF)
+}
+
+fn open_edu() -> (LegacyContainer, VfioDevice) {
+    let container = LegacyContainer::open().expect("open /dev/vfio/vfio");
+    let edu = container.open_device(&edu_bdf()).expect("open edu");
+    (container, edu)
+}
+
+fn eventfd() -> OwnedFd {
+    sys::eventfd().expect("eventfd")
+}
+
+/// Waits for an eventfd to fire and returns its counter (cleared).
+fn wait_event(fd: BorrowedFd<'_>, timeout: Duration) -> Option<u64> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    if sys::poll_readable(fd, ms).expect("poll") {
+        sys::eventfd_read(fd).expect("read eventfd")
+    } else {
+        None
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn container_reports_iommu_info_without_assuming_page_sizes() {
+    let (container, _edu) = open_edu();
+    assert!(container.has_unmap_all(), "6.12 offers VFIO_UNMAP_ALL");
+    let info = container.iommu_info().expect("VFIO_IOMMU_GET_INFO");
+    let page = info.min_page_size().expect("a page size bitmap");
+    assert!(page <= 4096, "smallest IOMMU page {page:#x} above 4 KiB");
+    assert!(
+        info.iova_ranges
+            .iter()
+            .any(|r: &IovaRange| r.contains(IOVA, 64 << 20)),
+        "edu's DMA window is not inside {:?}",
+        info.iova_ranges
+    );
+    eprintln!(
+        "kernel {}: page sizes {:#x}, ranges {:?}, dma_avail {:?}",
+        lane::lane_env(lane::KERNEL),
+        info.page_sizes,
+        info.iova_ranges,
+        info.dma_avail
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn the_address_space_needs_an_attached_group() {
+    let container = LegacyContainer::open().expect("open /dev/vfio/vfio");
+    let e = container.iommu_info().expect_err("no group, no IOMMU");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+    let buf = DmaBuffer::new(4096).expect("buffer");
+    let e = container
+        .map_buffer(IOVA, buf, DmaAccess::ReadWrite)
+        .expect_err("no group, no map");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+    assert_eq!(container.unmap_all().expect("nothing to unmap"), 0);
+
+    let group = container.attach(&edu_bdf()).expect("attach edu's group");
+    drop(group); // the container keeps it
+    assert_eq!(container.group_ids().len(), 1);
+    container.iommu_info().expect("info with a group attached");
+    let m = container
+        .map_buffer(IOVA, DmaBuffer::new(4096).expect("b"), DmaAccess::ReadWrite)
+        .expect("map before any device is open");
+    let edu = container.open_device(&edu_bdf()).expect("open edu");
+    drop(edu);
+    assert_eq!(
+        container.group_ids().len(),
+        1,
+        "still held by the container"
+    );
+    assert_eq!(m.unmap().expect("unmap").len(), 4096);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn edu_info_config_ids_and_msi_capability() {
+    let (_c, edu) = open_edu();
+    let info = edu.info();
+    assert_eq!(info.kind(), vfio_hal::DeviceKind::Pci);
+    assert!(info.num_regions >= 9, "{info:?}");
+    assert!(info.num_irqs >= 5, "{info:?}");
+    assert_eq!(info.name, edu_bdf());
+    assert_eq!(edu.vendor_id().expect("vendor"), 0x1234);
+    assert_eq!(edu.device_id().expect("device"), 0x11e8);
+    assert_eq!(edu.revision().expect("revision"), 0x10);
+    let msi = edu.find_capability(cfg::CAP_ID_MSI).expect("walk");
+    assert!(msi.is_some(), "edu has an MSI capability");
+    let e = edu.region(info.num_regions).expect_err("no such region");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = edu.irq(info.num_irqs).expect_err("no such irq");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn bar0_liveness_by_pread_and_by_mmap() {
+    let (_c, edu) = open_edu();
+    edu.update_command(cfg::CMD_MEMORY, 0)
+        .expect("memory decode on");
+    let bar0 = edu.region(0).expect("BAR0");
+    assert_eq!(bar0.info().size, 1 << 20);
+    assert!(bar0.info().mmappable(), "edu's BAR0 is mmappable");
+
+    // The fast path serves aligned register access...
+    assert!(bar0.fast_path_covers(0x04, 4));
+    assert_eq!(bar0.read_at::<u32>(0x00).expect("ident"), EDU_IDENT);
+    bar0.write_at(0x04, 0x1234_5678u32).expect("liveness write");
+    assert_eq!(bar0.read_at::<u32>(0x04).expect("liveness"), !0x1234_5678);
+
+    // ...and pread/pwrite give the same answers.
+    edu.set_fast_path(false);
+    assert!(!bar0.fast_path_covers(0x04, 4));
+    assert_eq!(
+        bar0.read_at::<u32>(0x00).expect("ident by pread"),
+        EDU_IDENT
+    );
+    bar0.write_at(0x04, 0xa5a5_0f0fu32).expect("pwrite");
+    assert_eq!(bar0.read_at::<u32>(0x04).expect("pread"), !0xa5a5_0f0f);
+    // An access width edu refuses (2 bytes below 0x80) reads the same on
+    // both paths: whatever QEMU answers for an invalid access.
+    let narrow_pread: u16 = bar0.read_at(0x04).expect("2-byte read by pread");
+    edu.set_fast_path(true);
+    assert!(bar0.fast_path_covers(0x04, 2));
+    let narrow_mmap: u16 = bar0.read_at(0x04).expect("2-byte read by mmap");
+    assert_eq!(narrow_mmap, narrow_pread);
+    eprintln!("edu 2-byte read at 0x04: {narrow_mmap:#x}");
+
+    // An explicit mmap sees the same registers.
+    let areas = bar0.mmap().expect("mmap BAR0");
+    assert_eq!(areas.len(), 1);
+    assert_eq!(areas[0].load::<u32>(0).expect("load"), EDU_IDENT);
+    areas[0].store::<u32>(4, 7).expect("store");
+    assert_eq!(bar0.read_at::<u32>(0x04).expect("read"), !7);
+
+    // Bounds are checked before the kernel sees anything.
+    let e = bar0.read(1 << 20, &mut [0u8; 4]).expect_err("past the end");
+    assert_eq!(e.kind(), ErrorKind::OutOfRange);
+    let e = bar0.read(u64::MAX - 1, &mut [0u8; 4]).expect_err("wraps");
+    assert_eq!(e.kind(), ErrorKind::Overflow);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn memory_decode_off_falls_back_to_pread_instead_of_sigbus() {
+    let (_c, edu) = open_edu();
+    edu.update_command(cfg::CMD_MEMORY, 0).expect("decode on");
+    let bar0 = edu.region(0).expect("BAR0");
+    assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
+    assert!(bar0.fast_path_covers(0, 4));
+    // vfio-pci zaps BAR mmaps while decode is off; a load would be SIGBUS.
+    edu.update_command(0, cfg::CMD_MEMORY).expect("decode off");
+    assert!(
+        !bar0.fast_path_covers(0, 4),
+        "fast path must stop with decode off"
+    );
+    let e = bar0
+        .read_at::<u32>(0)
+        .expect_err("vfio-pci refuses BAR access");
+    assert_eq!(e.errno(), Some(libc::EIO), "{e}");
+    edu.update_command(cfg::CMD_MEMORY, 0)
+        .expect("decode on again");
+    assert!(bar0.fast_path_covers(0, 4));
+    assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn msi_from_the_raise_register_fires_once_and_deassigns() {
+    let (_c, edu) = open_edu();
+    edu.set_bus_master(true).expect("bus master");
+    let bar0 = edu.region(0).expect("BAR0");
+    let msi = edu.irq(MSI).expect("MSI");
+    assert_eq!(msi.info().count, 1);
+    let efd = eventfd();
+    msi.set_eventfd(0, Some(efd.as_fd())).expect("route MSI");
+
+    bar0.write_at(0x60, 1u32).expect("raise");
+    assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1), "one MSI");
+    assert_eq!(bar0.read_at::<u32>(0x24).expect("status") & 1, 1);
+    bar0.write_at(0x64, 1u32).expect("ack");
+    assert_eq!(
+        wait_event(efd.as_fd(), Duration::from_millis(300)),
+        None,
+        "exactly one"
+    );
+
+    msi.set_eventfd(0, None).expect("de-assign");
+    bar0.write_at(0x60, 1u32).expect("raise");
+    assert_eq!(
+        wait_event(efd.as_fd(), Duration::from_millis(300)),
+        None,
+        "de-assigned"
+    );
+    bar0.write_at(0x64, 1u32).expect("ack");
+    msi.disable().expect("disable MSI");
+
+    // Invalid requests are typed errors, no ioctl needed.
+    let e = msi.mask(0, 1).expect_err("MSI is not maskable");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = msi
+        .set_eventfd(1, Some(efd.as_fd()))
+        .expect_err("one vector only");
+    assert_eq!(e.kind(), ErrorKind::OutOfRange);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn err_and_req_are_ordinary_irq_indices() {
+    let (_c, edu) = open_edu();
+    let req = edu.irq(REQ).expect("REQ");
+    assert_eq!(req.info().count, 1, "vfio-pci always offers REQ");
+    let efd = eventfd();
+    req.set_eventfd(0, Some(efd.as_fd())).expect("route REQ");
+    req.trigger(0, 1).expect("loopback REQ");
+    assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1));
+    req.disable().expect("disable REQ");
+    // The kernel has nothing to disable now: it answers EINVAL.
+    let e = req.disable().expect_err("nothing routed");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    req.set_eventfd(0, Some(efd.as_fd()))
+        .expect("route REQ again");
+    req.set_eventfd(0, None).expect("de-assign REQ");
+    let err = edu.irq(ERR).expect("ERR");
+    // edu is conventional PCI: no AER, so no ERR vector.
+    if err.info().count == 0 {
+        let e = err
+            .set_eventfd(0, Some(efd.as_fd()))
+            .expect_err("no vector");
+        assert_eq!(e.kind(), ErrorKind::OutOfRange);
+    } else {
+        err.set_eventfd(0, Some(efd.as_fd())).expect("route ERR");
+        err.trigger(0, 1).expect("loopback ERR");
+        assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1));
+        err.disable().expect("disable ERR");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn edu_dma_round_trip_through_the_iommu() {
+    let (container, edu) = open_edu();
+    edu.set_bus_master(true).expect("bus master");
+    let bar0 = edu.region(0).expect("BAR0");
+    let src = DmaBuffer::new(4096).expect("src");
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    src.write(0, &pattern).expect("fill");
+    let src = container
+        .map_buffer(IOVA, src, DmaAccess::ReadOnly)
+        .expect("map src");
+    let dst = container
+        .map_buffer(
+            IOVA + 0x10000,
+            DmaBuffer::new(4096).expect("dst"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map dst");
+
+    let run = |from: u64, to: u64, cmd: u64| {
+        bar0.write_at(0x80, from).expect("src");
+        bar0.write_at(0x88, to).expect("dst");
+        bar0.write_at(0x90, 4096u64).expect("count");
+        bar0.write_at(0x98, cmd).expect("start");
+        let deadline = Instant::now() + TIMEOUT;
+        while bar0.read_at::<u64>(0x98).expect("cmd") & 1 != 0 {
+            assert!(Instant::now() < deadline, "edu DMA did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    run(src.iova(), 0x40000, 1); // RAM -> device buffer
+    run(0x40000, dst.iova(), 3); // device buffer -> RAM
+    let mut got = vec![0u8; 4096];
+    dst.buffer().read(0, &mut got).expect("read dst");
+    assert!(got == pattern, "DMA round trip corrupted the data");
+
+    // Unmapping returns the length; the guard then finds nothing to unmap
+    // (NotMapped) and frees the buffer.
+    assert_eq!(container.unmap_dma(dst.iova(), 4096).expect("unmap"), 4096);
+    drop(dst);
+    let src = src.unmap().expect("unmap through the guard");
+    assert_eq!(src.len(), 4096);
+    assert_eq!(container.unmap_all().expect("unmap all"), 0);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn unmap_semantics_are_normalised() {
+    let (container, _edu) = open_edu();
+    let page = container
+        .iommu_info()
+        .expect("info")
+        .min_page_size()
+        .expect("page");
+    let e = container.unmap_dma(IOVA, page).expect_err("nothing mapped");
+    assert_eq!(e.kind(), ErrorKind::NotMapped, "{e}");
+
+    let buf = DmaBuffer::new(2 * page as usize).expect("buffer");
+    let m = container
+        .map_buffer(IOVA, buf, DmaAccess::ReadWrite)
+        .expect("map two pages");
+    let e = container
+        .map_buffer(
+            IOVA,
+            DmaBuffer::new(page as usize).expect("b"),
+            DmaAccess::ReadWrite,
+        )
+        .expect_err("overlap");
+    assert_eq!(e.kind(), ErrorKind::AlreadyMapped);
+    let split = container.unmap_dma(IOVA, page);
+    match lane::kernel_flavour() {
+        // type1v2 refuses to split with EINVAL.
+        lane::KernelFlavour::Default => {
+            assert_eq!(split.expect_err("split").kind(), ErrorKind::InvalidArgument)
+        }
+        // iommufd refuses with ENOENT.
+        lane::KernelFlavour::Compat => {
+            assert_eq!(split.expect_err("split").kind(), ErrorKind::NotMapped)
+        }
+    }
+    let e = container
+        .unmap_dma(u64::MAX - page + 1, 2 * page)
+        .expect_err("wraps");
+    assert_eq!(e.kind(), ErrorKind::Overflow);
+    // Checked before the call (iommufd alone would say ENOENT).
+    let e = container.unmap_dma(IOVA + 1, page).expect_err("misaligned");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+    assert_eq!(container.unmap_all().expect("unmap all"), 2 * page);
+    assert_eq!(container.unmap_all().expect("idempotent"), 0);
+    drop(m); // its unmap sees NotMapped and frees the buffer
+
+    // The range-by-range fallback unmaps the same.
+    let m = container
+        .map_buffer(
+            IOVA,
+            DmaBuffer::new(page as usize).expect("b"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    assert_eq!(container.unmap_each_range().expect("by ranges"), page);
+    drop(m);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn features_probe_and_hot_reset_info_are_typed() {
+    let (_c, edu) = open_edu();
+    // edu has no migration driver.
+    assert_eq!(edu.migration_flags().expect("probe migration"), None);
+    let lp = edu
+        .probe_feature(feature::LOW_POWER_ENTRY)
+        .expect("probe low power");
+    eprintln!("low power entry: {lp:?}");
+    if lp.set {
+        edu.low_power_entry().expect("enter low power");
+        let bar0 = edu.region(0).expect("BAR0");
+        assert!(!bar0.fast_path_covers(0, 4), "no fast path in low power");
+        edu.low_power_exit().expect("leave low power");
+    }
+    match edu.pci_hot_reset_info() {
+        Ok(info) => {
+            eprintln!("hot reset affects {:?}", info.devices);
+            assert!(info.devices.iter().any(|d| d.address() == edu_bdf()));
+        }
+        Err(e) => assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}"),
+    }
+    if edu.info().can_reset() {
+        edu.reset().expect("reset");
+    } else {
+        assert!(edu.reset().is_err());
+    }
+    // The config region keeps working after all of it.
+    assert_eq!(edu.vendor_id().expect("vendor"), 0x1234);
+    let e = edu
+        .feature(vfio_hal::FeatureOp::Get, 8, &mut [0u8; 32])
+        .expect_err("refused");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::NotSupported,
+        "DMA logging report carries a pointer"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn msix_device_has_sparse_or_msix_mappable_bar_and_loopback_vectors() {
+    let container = LegacyContainer::open().expect("container");
+    let nvme = container
+        .open_device(&lane::lane_env(lane::MSIX_BDF))
+        .expect("open the MSI-X device");
+    nvme.set_bus_master(true).expect("bus master");
+    assert!(nvme
+        .find_capability(cfg::CAP_ID_MSIX)
+        .expect("walk")
+        .is_some());
+    let bar0 = nvme.region(0).expect("BAR0");
+    let areas = bar0.info().mappable_areas();
+    assert!(!areas.is_empty(), "{:?}", bar0.info());
+    eprintln!(
+        "nvme BAR0: size {:#x}, sparse {:?}, msix mappable {}",
+        bar0.info().size,
+        bar0.info().sparse_areas(),
+        bar0.info().msix_mappable()
+    );
+    // The version register through the fast path and through pread agree.
+    let vs_fast: u32 = bar0.read_at(0x08).expect("VS");
+    nvme.set_fast_path(false);
+    let vs_pread: u32 = bar0.read_at(0x08).expect("VS by pread");
+    nvme.set_fast_path(true);
+    assert_eq!(vs_fast, vs_pread);
+    assert!(vs_fast >> 16 >= 1, "NVMe major version {vs_fast:#x}");
+
+    let msix = nvme.irq(MSIX).expect("MSI-X");
+    assert!(msix.info().count >= 2, "{:?}", msix.info());
+    let (a, b) = (eventfd(), eventfd());
+    msix.set_eventfds(0, &[Some(a.as_fd()), Some(b.as_fd())])
+        .expect("route two vectors");
+    msix.trigger(1, 1).expect("loopback vector 1");
+    assert_eq!(wait_event(b.as_fd(), TIMEOUT), Some(1));
+    assert_eq!(wait_event(a.as_fd(), Duration::from_millis(100)), None);
+    msix.disable().expect("disable");
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn dropping_everything_returns_every_fd() {
+    let before = open_fds();
+    for _ in 0..3 {
+        let (container, edu) = open_edu();
+        edu.update_command(cfg::CMD_MEMORY, 0).expect("decode");
+        let bar0 = edu.region(0).expect("BAR0");
+        assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
+        let _areas = bar0.mmap().expect("mmap");
+        let efd = eventfd();
+        edu.irq(MSI)
+            .expect("MSI")
+            .set_eventfd(0, Some(efd.as_fd()))
+            .expect("route");
+        let _m = container
+            .map_buffer(IOVA, DmaBuffer::new(4096).expect("b"), DmaAccess::ReadWrite)
+            .expect("map");
+        assert_eq!(edu.keep_fds().len(), 3, "device, group, container");
+        // Dropped with a live mapping, a routed interrupt and mmaps.
+    }
+    assert_eq!(open_fds(), before, "fds leaked");
+    // And the device opens again.
+    let (_c, edu) = open_edu();
+    assert_eq!(edu.config().expect("config").info().index, CONFIG);
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn groups_several_in_one_container() {
+    let (container, edu) = open_edu();
+    let spare = container
+        .open_device(&lane::lane_env(lane::SPARE_BDF))
+        .expect("open the spare edu");
+    let ids = container.group_ids();
+    assert_eq!(
+        ids.len(),
+        2,
+        "edu and the spare in separate groups: {ids:?}"
+    );
+    let group = container.group_of(&edu_bdf()).expect("edu's group");
+    let status = group.status().expect("status");
+    assert!(status.viable && status.container_set, "{status:?}");
+    // One address space for both.
+    let m = container
+        .map_buffer(IOVA, DmaBuffer::new(4096).expect("b"), DmaAccess::ReadWrite)
+        .expect("map");
+    drop(spare);
+    assert_eq!(container.group_ids().len(), 1, "the spare's group left");
+    drop(m);
+    drop(edu);
+    drop(group);
+    assert!(container.group_ids().is_empty());
+}
+
+/// Runs last (name order): the spare edu leaves the guest for good.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn zz_device_del_delivers_req_and_the_drop_is_clean() {
+    let (container, edu) = open_edu();
+    let spare_bdf = lane::lane_env(lane::SPARE_BDF);
+    let spare = container
+        .open_device(&spare_bdf)
+        .expect("open the spare edu");
+    let group = container.group_of(&spare_bdf).expect("spare's group");
+    let req = spare.irq(REQ).expect("REQ");
+    let efd = eventfd();
+    req.set_eventfd(0, Some(efd.as_fd())).expect("route REQ");
+    let bar0 = spare.region(0).expect("BAR0");
+    spare.update_command(cfg::CMD_MEMORY, 0).expect("decode");
+    assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
+
+    lane::request_unplug(&lane::lane_env(lane::SPARE_ID)).expect("device_del");
+    let fired = wait_event(efd.as_fd(), Duration::from_secs(60));
+    assert!(
+        fired.is_some(),
+        "no REQ interrupt within 60 s of device_del"
+    );
+
+    // Release it: every handle, then the group, with no panic on the way.
+    drop(bar0);
+    drop(req);
+    drop(spare);
+    assert!(
+        lane::wait_until_removed(&spare_bdf, Duration::from_secs(60)),
+        "the spare was not removed after its device fd was closed"
+    );
+    drop(group);
+    assert_eq!(container.group_ids().len(), 1);
+
+    // The container and edu are unaffected.
+    let m = container
+        .map_buffer(IOVA, DmaBuffer::new(4096).expect("b"), DmaAccess::ReadWrite)
+        .expect("map after the unplug");
+    assert_eq!(edu.vendor_id().expect("vendor"), 0x1234);
+    drop(m);
+}
