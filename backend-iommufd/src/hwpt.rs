@@ -1,0 +1,325 @@
+//! Hardware page tables (HWPT), the IOMMU's own description, and dirty tracking.
+//!
+//! An IOAS says *what* is mapped; a HWPT is one IOMMU domain that realises
+//! it for the devices attached to it. Attaching a device straight to an IOAS
+//! makes the kernel pick or create a HWPT; allocating one explicitly is how
+//! user space asks for properties such as dirty tracking, which the IOMMU
+//! either provides or refuses — it is probed, never emulated.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use vfio_hal::{Error, Result, Target};
+
+use crate::ioas::Ioas;
+use crate::iommufd::Iommufd;
+use crate::sys;
+
+/// Which IOMMU driver reported [`HwInfo`] (`enum iommu_hw_info_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IommuType {
+    /// The driver reports no vendor data.
+    None,
+    /// Intel VT-d (`struct iommu_hw_info_vtd`).
+    IntelVtd,
+    /// ARM SMMUv3 (`struct iommu_hw_info_arm_smmuv3`).
+    ArmSmmuV3,
+    /// NVIDIA Tegra241 CMDQV.
+    Tegra241Cmdqv,
+    /// AMD IOMMU (`struct iommu_hw_info_amd`).
+    Amd,
+    /// A type this crate does not know.
+    Other(u32),
+}
+
+impl IommuType {
+    fn from_raw(raw: u32) -> Self {
+        match raw {
+            0 => Self::None,
+            1 => Self::IntelVtd,
+            2 => Self::ArmSmmuV3,
+            3 => Self::Tegra241Cmdqv,
+            4 => Self::Amd,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// What `IOMMU_GET_HW_INFO` reports about the IOMMU behind a bound device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HwInfo {
+    /// The IOMMU driver, which says how to decode [`HwInfo::data`].
+    pub iommu_type: IommuType,
+    /// `IOMMU_HW_CAP_*` bits.
+    pub capabilities: u64,
+    /// Width of PASIDs (0: none, or a kernel before 6.14).
+    pub max_pasid_log2: u8,
+    /// The vendor structure, e.g. VT-d's capability registers.
+    pub data: Vec<u8>,
+}
+
+impl HwInfo {
+    /// Whether the IOMMU tracks dirty pages (`IOMMU_HW_CAP_DIRTY_TRACKING`),
+    /// i.e. whether [`HwptOptions::dirty_tracking`] can succeed.
+    pub fn dirty_tracking_supported(&self) -> bool {
+        self.capabilities & sys::HW_CAP_DIRTY_TRACKING != 0
+    }
+}
+
+/// Reads [`HwInfo`] for the device bound to `iommufd` as `dev_id`.
+pub(crate) fn hw_info(iommufd: &Iommufd, dev_id: u32) -> Result<HwInfo> {
+    // Vendor structures are 8 to 40 bytes today; ask again only if larger.
+    let mut data = vec![0u8; 64];
+    let mut raw = sys::get_hw_info(iommufd.as_fd(), dev_id, &mut data)?;
+    if raw.data_len as usize > data.len() {
+        let len = raw.data_len.min(sys::MAX_HW_INFO_DATA) as usize;
+        data = vec![0u8; len];
+        raw = sys::get_hw_info(iommufd.as_fd(), dev_id, &mut data)?;
+    }
+    data.truncate(raw.data_len as usize);
+    Ok(HwInfo {
+        iommu_type: IommuType::from_raw(raw.data_type),
+        capabilities: raw.capabilities,
+        max_pasid_log2: raw.max_pasid_log2,
+        data,
+    })
+}
+
+/// What to ask of a new HWPT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HwptOptions {
+    /// Require dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`); an IOMMU
+    /// without it refuses the allocation with `NotSupported` (EOPNOTSUPP).
+    pub dirty_tracking: bool,
+    /// Allocate a parent for nested translation (`IOMMU_HWPT_ALLOC_NEST_PARENT`).
+    pub nest_parent: bool,
+}
+
+impl HwptOptions {
+    fn flags(self) -> u32 {
+        let mut flags = 0;
+        if self.dirty_tracking {
+            flags |= sys::HWPT_ALLOC_DIRTY_TRACKING;
+        }
+        if self.nest_parent {
+            flags |= sys::HWPT_ALLOC_NEST_PARENT;
+        }
+        flags
+    }
+}
+
+/// A kernel-managed hardware page table over an IOAS; destroyed when the
+/// last clone drops (after every device attached to it, which hold clones).
+#[derive(Debug, Clone)]
+pub struct HwPagetable {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u32,
+    options: HwptOptions,
+    // Keeps the IOAS (and the iommufd) alive while the HWPT refers to it.
+    ioas: Ioas,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = sys::destroy(self.ioas.iommufd().as_fd(), self.id) {
+            log::error!("destroying HWPT {}: {e}", self.id);
+        }
+    }
+}
+
+/// Most 64-bit words one dirty-bitmap read allocates (8 MiB: 256 GiB of
+/// 4 KiB pages); read larger ranges in pieces.
+pub const MAX_DIRTY_BITMAP_WORDS: u64 = 1 << 20;
+
+impl HwPagetable {
+    /// Allocates a HWPT over `ioas` for the device bound to the same
+    /// iommufd as `dev_id` ([`crate::BoundDevice::alloc_hwpt`] is the typed
+    /// way; this is for devices bound by other means).
+    ///
+    /// With [`HwptOptions::dirty_tracking`], an IOMMU without it refuses:
+    /// `NotSupported` (EOPNOTSUPP).
+    pub fn alloc(dev_id: u32, ioas: &Ioas, options: HwptOptions) -> Result<Self> {
+        let id = sys::hwpt_alloc(ioas.iommufd().as_fd(), dev_id, ioas.id(), options.flags())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                options,
+                ioas: ioas.clone(),
+            }),
+        })
+    }
+
+    /// The object id, for `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// The IOAS whose mappings this HWPT holds.
+    pub fn ioas(&self) -> &Ioas {
+        &self.inner.ioas
+    }
+
+    /// The iommufd it lives in.
+    pub fn iommufd(&self) -> &Iommufd {
+        self.inner.ioas.iommufd()
+    }
+
+    /// The options it was allocated with.
+    pub fn options(&self) -> HwptOptions {
+        self.inner.options
+    }
+
+    /// Starts (`true`) or stops dirty tracking. Only a HWPT allocated with
+    /// [`HwptOptions::dirty_tracking`] can track; others are refused here
+    /// with `NotSupported` rather than by the kernel.
+    pub fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        if !self.inner.options.dirty_tracking {
+            return Err(not_tracking("IOMMU_HWPT_SET_DIRTY_TRACKING"));
+        }
+        sys::hwpt_set_dirty_tracking(self.iommufd().as_fd(), self.id(), enable)
+    }
+
+    /// Reads which `page_size` pages of `[iova, iova + len)` the device
+    /// wrote since the last read, and clears those bits unless `keep` is set
+    /// (`IOMMU_HWPT_GET_DIRTY_BITMAP[_NO_CLEAR]`).
+    pub fn read_dirty(
+        &self,
+        iova: u64,
+        len: u64,
+        page_size: u64,
+        keep: bool,
+    ) -> Result<DirtyBitmap> {
+        const OP: &str = "IOMMU_HWPT_GET_DIRTY_BITMAP";
+        if !self.inner.options.dirty_tracking {
+            return Err(not_tracking(OP));
+        }
+        let target = Target::Iova { iova, len };
+        let words = sys::bitmap_words(len, page_size).ok_or(Error::InvalidArgument {
+            op: OP,
+            target: target.clone(),
+            reason: "page size must be a power of two and the range not empty",
+        })?;
+        if words > MAX_DIRTY_BITMAP_WORDS {
+            return Err(Error::Exhausted {
+                op: OP,
+                target,
+                reason: "bitmap larger than MAX_DIRTY_BITMAP_WORDS; read in pieces",
+            });
+        }
+        // Bounded above, so it fits usize.
+        let mut bits = vec![0u64; words as usize];
+        let flags = if keep {
+            sys::GET_DIRTY_BITMAP_NO_CLEAR
+        } else {
+            0
+        };
+        sys::hwpt_get_dirty_bitmap(
+            self.iommufd().as_fd(),
+            self.id(),
+            iova,
+            len,
+            page_size,
+            flags,
+            &mut bits,
+        )?;
+        Ok(DirtyBitmap {
+            iova,
+            len,
+            page_size,
+            bits,
+        })
+    }
+}
+
+fn not_tracking(op: &'static str) -> Error {
+    Error::NotSupported {
+        op,
+        target: Target::None,
+        reason: "HWPT was not allocated with dirty tracking",
+    }
+}
+
+/// One dirty-bitmap read: bit `n` stands for the page at `iova + n * page_size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    iova: u64,
+    len: u64,
+    page_size: u64,
+    bits: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// Whether the page containing `iova` was written (false outside the range).
+    pub fn is_dirty(&self, iova: u64) -> bool {
+        if iova < self.iova || iova - self.iova >= self.len {
+            return false;
+        }
+        let page = (iova - self.iova) / self.page_size;
+        let (word, bit) = ((page / 64) as usize, page % 64);
+        self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// The IOVAs of the dirty pages, ascending.
+    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let pages = self.len.div_ceil(self.page_size);
+        (0..pages)
+            .filter(|&p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+            .map(|p| self.iova + p * self.page_size)
+    }
+
+    /// The raw words, as the kernel wrote them.
+    pub fn words(&self) -> &[u64] {
+        &self.bits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_bitmap_indexing() {
+        let map = DirtyBitmap {
+            iova: 0x10_0000,
+            len: 70 * 4096,
+            page_size: 4096,
+            bits: vec![0b101, 1 << 5],
+        };
+        assert!(map.is_dirty(0x10_0000));
+        assert!(!map.is_dirty(0x10_1000));
+        assert!(map.is_dirty(0x10_2fff));
+        assert!(map.is_dirty(0x10_0000 + 69 * 4096));
+        assert!(!map.is_dirty(0x10_0000 + 70 * 4096));
+        assert!(!map.is_dirty(0));
+        assert!(!map.is_dirty(u64::MAX));
+        let pages: Vec<u64> = map.dirty_pages().collect();
+        assert_eq!(pages, vec![0x10_0000, 0x10_2000, 0x10_0000 + 69 * 4096]);
+    }
+
+    #[test]
+    fn hwpt_flags_and_iommu_types() {
+        assert_eq!(HwptOptions::default().flags(), 0);
+        let both = HwptOptions {
+            dirty_tracking: true,
+            nest_parent: true,
+        };
+        assert_eq!(
+            both.flags(),
+            sys::HWPT_ALLOC_DIRTY_TRACKING | sys::HWPT_ALLOC_NEST_PARENT
+        );
+        assert_eq!(IommuType::from_raw(1), IommuType::IntelVtd);
+        assert_eq!(IommuType::from_raw(99), IommuType::Other(99));
+        let info = HwInfo {
+            iommu_type: IommuType::IntelVtd,
+            capabilities: sys::HW_CAP_DIRTY_TRACKING,
+            max_pasid_log2: 0,
+            data: vec![],
+        };
+        assert!(info.dirty_tracking_supported());
+    }
+}
