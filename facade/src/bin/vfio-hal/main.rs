@@ -1,0 +1,247 @@
+//! `vfio-hal`: inspect, poke, benchmark and check VFIO devices through
+//! vfio-hal — or, with no VFIO device on the machine, the built-in mock edu.
+//!
+//! See `docs/CLI.md` for every command with example output.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use vfio_hal::ErrorKind;
+use vfio_hal_facade::{open, Backend, Host, OpenError, OpenSpec, Opened};
+
+mod access;
+mod bench;
+mod conformance;
+mod describe;
+mod info;
+mod list;
+mod table;
+
+/// Inspect, poke, benchmark and check VFIO devices through vfio-hal.
+///
+/// DEV is a PCI address (0000:00:04.0 or 00:04.0), a sysfs device path, or
+/// a model of the built-in mock: edu, copy-engine. With no device bound to
+/// vfio-pci on this machine, those names (and no name at all) use the mock.
+#[derive(Debug, Parser)]
+#[command(name = "vfio-hal", version)]
+struct Cli {
+    /// Backend: auto probes the kernel (iommufd where the device has a
+    /// cdev, else legacy type1); mock is the built-in in-memory backend.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
+    backend: Backend,
+
+    /// Print JSON on stdout instead of tables (errors too, as {"error": …}).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Read sysfs from this directory instead of /sys (tests, containers).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
+    sys_root: PathBuf,
+
+    /// Read device nodes from this directory instead of /dev.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/dev")]
+    dev_root: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Devices bound to vfio-pci, their IOMMU groups, and which backends
+    /// this kernel offers and why.
+    List,
+    /// A device's flags, regions (with capabilities), irqs, IOMMU and
+    /// features.
+    Info {
+        /// The device; the mock edu when omitted and nothing is bound to vfio-pci.
+        dev: Option<String>,
+    },
+    /// Reads one register of a region.
+    Read(access::ReadArgs),
+    /// Writes one register of a region.
+    Write(access::WriteArgs),
+    /// Region read and DMA map+unmap throughput, in operations per second.
+    Bench(bench::BenchArgs),
+    /// Runs the conformance suite against a device (QEMU's edu, or the mock's).
+    Conformance(conformance::ConformanceArgs),
+}
+
+fn parse_backend(text: &str) -> Result<Backend, String> {
+    text.parse()
+        .map_err(|e: vfio_hal_facade::backend::UnknownBackend| e.to_string())
+}
+
+/// Parses `0x1f`, `0b101`, `0o17`, `31` (underscores allowed).
+pub fn parse_u64(text: &str) -> Result<u64, String> {
+    let t = text.replace('_', "");
+    let (digits, radix) = match t.get(..2) {
+        Some("0x" | "0X") => (&t[2..], 16),
+        Some("0b" | "0B") => (&t[2..], 2),
+        Some("0o" | "0O") => (&t[2..], 8),
+        _ => (t.as_str(), 10),
+    };
+    u64::from_str_radix(digits, radix).map_err(|e| format!("`{text}` is not a number: {e}"))
+}
+
+/// Global options every command sees.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The backend asked for.
+    pub backend: Backend,
+    /// JSON output.
+    pub json: bool,
+    /// The trees inspected.
+    pub host: Host,
+}
+
+impl Ctx {
+    /// Opens `dev` as asked, and says on stderr when the mock stands in.
+    pub fn open(&self, dev: Option<&str>) -> Result<Opened, CliError> {
+        let spec = match dev {
+            Some(d) => OpenSpec::new(d),
+            None => OpenSpec::unnamed(),
+        }
+        .with_backend(self.backend)
+        .with_host(self.host.clone());
+        let opened = open(&spec)?;
+        if opened.backend == Backend::Mock && self.backend == Backend::Auto {
+            eprintln!("note: {}: mock backend: {}", opened.name, opened.reason);
+        }
+        Ok(opened)
+    }
+
+    /// Prints `value` as pretty JSON on stdout.
+    pub fn print_json(&self, value: &Value) -> Result<(), CliError> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| CliError::Failed(format!("JSON encoding: {e}")))?;
+        println!("{text}");
+        Ok(())
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The device could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A hal call failed.
+    #[error("{what}: {error}")]
+    Hal {
+        /// What the command was doing.
+        what: String,
+        /// The error.
+        #[source]
+        error: vfio_hal::Error,
+    },
+    /// The request cannot be served as given.
+    #[error("{0}")]
+    Usage(String),
+    /// Something checked did not hold (conformance failures, a refused device).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// Wraps a hal error with what was being done.
+    pub fn hal(what: impl Into<String>) -> impl FnOnce(vfio_hal::Error) -> Self {
+        let what = what.into();
+        move |error| Self::Hal { what, error }
+    }
+
+    fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Open(e) => Some(e.kind()),
+            Self::Hal { error, .. } => Some(error.kind()),
+            Self::Usage(_) => Some(ErrorKind::InvalidArgument),
+            Self::Failed(_) => None,
+        }
+    }
+
+    fn remedy(&self) -> Option<String> {
+        match self {
+            Self::Open(e) => e.remedy(),
+            Self::Hal { error, .. } if error.kind() == ErrorKind::PermissionDenied => {
+                Some("run as root, or raise RLIMIT_MEMLOCK (ulimit -l) for DMA mappings".to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Open(e) => e.errno(),
+            Self::Hal { error, .. } => error.errno(),
+            _ => None,
+        }
+    }
+}
+
+fn report(ctx_json: bool, err: &CliError) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {err}");
+    if let Some(remedy) = err.remedy() {
+        let _ = writeln!(stderr, "what to do: {remedy}");
+    }
+    if ctx_json {
+        let value = json!({
+            "error": {
+                "message": err.to_string(),
+                "kind": err.kind().map(|k| format!("{k:?}")),
+                "errno": err.errno(),
+                "remedy": err.remedy(),
+            }
+        });
+        println!("{value:#}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        backend: cli.backend,
+        json: cli.json,
+        host: Host::new(cli.sys_root, cli.dev_root),
+    };
+    let result = match cli.command {
+        Command::List => list::run(&ctx),
+        Command::Info { dev } => info::run(&ctx, dev.as_deref()),
+        Command::Read(args) => access::read(&ctx, &args),
+        Command::Write(args) => access::write(&ctx, &args),
+        Command::Bench(args) => bench::run(&ctx, &args),
+        Command::Conformance(args) => conformance::run(&ctx, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(ctx.json, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_parse_in_every_base() {
+        assert_eq!(parse_u64("0x10"), Ok(16));
+        assert_eq!(parse_u64("0b101"), Ok(5));
+        assert_eq!(parse_u64("0o17"), Ok(15));
+        assert_eq!(parse_u64("1_000"), Ok(1000));
+        assert!(parse_u64("0x").is_err());
+        assert!(parse_u64("ten").is_err());
+        assert!(parse_u64("0x1_0000_0000_0000_0000").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
