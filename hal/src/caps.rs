@@ -1,5 +1,7 @@
 //! Parsing (and encoding) of VFIO capability chains.
 //!
+//! Buffers are in the host's byte order, as the kernel writes them.
+//!
 //! Region info, device info and IOMMU info buffers may carry a chain of
 //! capabilities: each starts with `struct vfio_info_cap_header { u16 id;
 //! u16 version; u32 next; }`, where `next` is the byte offset of the next
@@ -223,15 +225,31 @@ pub enum ParseError {
     },
 }
 
-/// A bounds-checked little-endian reader over an untrusted buffer.
+/// A bounds-checked reader over an untrusted buffer.
+///
+/// Kernel structs are in the host's byte order; PCI config space is
+/// little-endian whatever the host.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
+    little_endian: bool,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader for kernel structs (native byte order).
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
+        Self {
+            buf,
+            little_endian: cfg!(target_endian = "little"),
+        }
+    }
+
+    /// A reader for little-endian data (PCI config space).
+    pub(crate) fn little_endian(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            little_endian: true,
+        }
     }
 
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> Result<&'a [u8], ParseError> {
@@ -256,15 +274,30 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u16(&self, offset: usize) -> Result<u16, ParseError> {
-        self.array(offset).map(u16::from_le_bytes)
+        let bytes = self.array(offset)?;
+        Ok(if self.little_endian {
+            u16::from_le_bytes(bytes)
+        } else {
+            u16::from_be_bytes(bytes)
+        })
     }
 
     pub(crate) fn u32(&self, offset: usize) -> Result<u32, ParseError> {
-        self.array(offset).map(u32::from_le_bytes)
+        let bytes = self.array(offset)?;
+        Ok(if self.little_endian {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        })
     }
 
     pub(crate) fn u64(&self, offset: usize) -> Result<u64, ParseError> {
-        self.array(offset).map(u64::from_le_bytes)
+        let bytes = self.array(offset)?;
+        Ok(if self.little_endian {
+            u64::from_le_bytes(bytes)
+        } else {
+            u64::from_be_bytes(bytes)
+        })
     }
 
     /// Checks that `count` elements of `elem` bytes fit at `offset`.
@@ -508,14 +541,14 @@ pub fn encode_chain(kind: ChainKind, caps: &[Capability]) -> (Vec<u8>, u32) {
         let at = buf.len().next_multiple_of(8);
         buf.resize(at, 0);
         match prev_next {
-            Some(p) => buf[p..p + 4].copy_from_slice(&(at as u32).to_le_bytes()),
+            Some(p) => buf[p..p + 4].copy_from_slice(&(at as u32).to_ne_bytes()),
             None => first = at as u32,
         }
         let (id, version, body) = encode_one(cap);
-        buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&version.to_le_bytes());
+        buf.extend_from_slice(&id.to_ne_bytes());
+        buf.extend_from_slice(&version.to_ne_bytes());
         prev_next = Some(buf.len());
-        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
         buf.extend_from_slice(&body);
     }
     let _ = kind;
@@ -526,26 +559,26 @@ fn encode_one(cap: &Capability) -> (u16, u16, Vec<u8>) {
     let mut b = Vec::new();
     let (id, version) = match cap {
         Capability::SparseMmap(areas) => {
-            b.extend_from_slice(&(areas.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(areas.len() as u32).to_ne_bytes());
             b.extend_from_slice(&[0; 4]);
             for a in areas {
-                b.extend_from_slice(&a.offset.to_le_bytes());
-                b.extend_from_slice(&a.size.to_le_bytes());
+                b.extend_from_slice(&a.offset.to_ne_bytes());
+                b.extend_from_slice(&a.size.to_ne_bytes());
             }
             (1, 1)
         }
         Capability::RegionType { ty, subtype } => {
-            b.extend_from_slice(&ty.to_le_bytes());
-            b.extend_from_slice(&subtype.to_le_bytes());
+            b.extend_from_slice(&ty.to_ne_bytes());
+            b.extend_from_slice(&subtype.to_ne_bytes());
             (2, 1)
         }
         Capability::MsixMappable => (3, 1),
         Capability::Nvlink2Ssatgt { tgt } => {
-            b.extend_from_slice(&tgt.to_le_bytes());
+            b.extend_from_slice(&tgt.to_ne_bytes());
             (4, 1)
         }
         Capability::Nvlink2LinkSpeed { link_speed } => {
-            b.extend_from_slice(&link_speed.to_le_bytes());
+            b.extend_from_slice(&link_speed.to_ne_bytes());
             b.extend_from_slice(&[0; 4]);
             (5, 1)
         }
@@ -558,11 +591,11 @@ fn encode_one(cap: &Capability) -> (u16, u16, Vec<u8>) {
             pft,
             gid,
         } => {
-            b.extend_from_slice(&start_dma.to_le_bytes());
-            b.extend_from_slice(&end_dma.to_le_bytes());
-            b.extend_from_slice(&pchid.to_le_bytes());
-            b.extend_from_slice(&vfn.to_le_bytes());
-            b.extend_from_slice(&fmb_length.to_le_bytes());
+            b.extend_from_slice(&start_dma.to_ne_bytes());
+            b.extend_from_slice(&end_dma.to_ne_bytes());
+            b.extend_from_slice(&pchid.to_ne_bytes());
+            b.extend_from_slice(&vfn.to_ne_bytes());
+            b.extend_from_slice(&fmb_length.to_ne_bytes());
             b.push(*pft);
             b.push(*gid);
             (1, 1)
@@ -576,18 +609,18 @@ fn encode_one(cap: &Capability) -> (u16, u16, Vec<u8>) {
             maxstbl,
             version,
         } => {
-            b.extend_from_slice(&dasm.to_le_bytes());
-            b.extend_from_slice(&msi_addr.to_le_bytes());
-            b.extend_from_slice(&flags.to_le_bytes());
-            b.extend_from_slice(&mui.to_le_bytes());
-            b.extend_from_slice(&noi.to_le_bytes());
-            b.extend_from_slice(&maxstbl.to_le_bytes());
+            b.extend_from_slice(&dasm.to_ne_bytes());
+            b.extend_from_slice(&msi_addr.to_ne_bytes());
+            b.extend_from_slice(&flags.to_ne_bytes());
+            b.extend_from_slice(&mui.to_ne_bytes());
+            b.extend_from_slice(&noi.to_ne_bytes());
+            b.extend_from_slice(&maxstbl.to_ne_bytes());
             b.push(*version);
             b.push(0);
             (2, 1)
         }
         Capability::ZpciUtil(data) | Capability::ZpciPfip(data) => {
-            b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_ne_bytes());
             b.extend_from_slice(data);
             (
                 if matches!(cap, Capability::ZpciUtil(_)) {
@@ -599,16 +632,16 @@ fn encode_one(cap: &Capability) -> (u16, u16, Vec<u8>) {
             )
         }
         Capability::PciAtomicComp { flags } => {
-            b.extend_from_slice(&flags.to_le_bytes());
+            b.extend_from_slice(&flags.to_ne_bytes());
             b.extend_from_slice(&[0; 4]);
             (5, 1)
         }
         Capability::IovaRanges(ranges) => {
-            b.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(ranges.len() as u32).to_ne_bytes());
             b.extend_from_slice(&[0; 4]);
             for r in ranges {
-                b.extend_from_slice(&r.start.to_le_bytes());
-                b.extend_from_slice(&r.end.to_le_bytes());
+                b.extend_from_slice(&r.start.to_ne_bytes());
+                b.extend_from_slice(&r.end.to_ne_bytes());
             }
             (1, 1)
         }
@@ -617,14 +650,14 @@ fn encode_one(cap: &Capability) -> (u16, u16, Vec<u8>) {
             pgsize_bitmap,
             max_dirty_bitmap_size,
         } => {
-            b.extend_from_slice(&flags.to_le_bytes());
+            b.extend_from_slice(&flags.to_ne_bytes());
             b.extend_from_slice(&[0; 4]);
-            b.extend_from_slice(&pgsize_bitmap.to_le_bytes());
-            b.extend_from_slice(&max_dirty_bitmap_size.to_le_bytes());
+            b.extend_from_slice(&pgsize_bitmap.to_ne_bytes());
+            b.extend_from_slice(&max_dirty_bitmap_size.to_ne_bytes());
             (2, 1)
         }
         Capability::DmaAvail { avail } => {
-            b.extend_from_slice(&avail.to_le_bytes());
+            b.extend_from_slice(&avail.to_ne_bytes());
             (3, 1)
         }
         Capability::Unknown { id, version, data } => {
@@ -641,9 +674,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(buf: &mut [u8], at: usize, id: u16, next: u32) {
-        buf[at..at + 2].copy_from_slice(&id.to_le_bytes());
-        buf[at + 2..at + 4].copy_from_slice(&1u16.to_le_bytes());
-        buf[at + 4..at + 8].copy_from_slice(&next.to_le_bytes());
+        buf[at..at + 2].copy_from_slice(&id.to_ne_bytes());
+        buf[at + 2..at + 4].copy_from_slice(&1u16.to_ne_bytes());
+        buf[at + 4..at + 8].copy_from_slice(&next.to_ne_bytes());
     }
 
     #[test]
@@ -676,7 +709,7 @@ mod tests {
     fn sparse_count_that_overflows_is_rejected() {
         let mut buf = vec![0u8; 64];
         header(&mut buf, 32, 1, 0);
-        buf[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        buf[40..44].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert!(matches!(
             parse_chain(ChainKind::Region, &buf, 32),
             Err(ParseError::Truncated { .. } | ParseError::CountOverflow { .. })
@@ -910,7 +943,7 @@ mod tests {
             let (a, b) = (entries[0].offset, entries[1].offset);
             // Point the first capability's `next` strictly inside itself.
             let target = a + 1 + into.index(b - a - 1);
-            buf[a + 4..a + 8].copy_from_slice(&(target as u32).to_le_bytes());
+            buf[a + 4..a + 8].copy_from_slice(&(target as u32).to_ne_bytes());
             prop_assert!(parse_chain(ChainKind::Region, &buf, first).is_err());
         }
 
@@ -922,8 +955,8 @@ mod tests {
         ) {
             let fixed = kind.fixed_size();
             let mut buf = vec![0u8; fixed + 16 + extra];
-            buf[fixed..fixed + 2].copy_from_slice(&1u16.to_le_bytes());
-            buf[fixed + 8..fixed + 12].copy_from_slice(&nr.to_le_bytes());
+            buf[fixed..fixed + 2].copy_from_slice(&1u16.to_ne_bytes());
+            buf[fixed + 8..fixed + 12].copy_from_slice(&nr.to_ne_bytes());
             let fits = (nr as usize) * 16 <= extra;
             let r = parse_chain(kind, &buf, fixed as u32);
             prop_assert_eq!(r.is_ok(), fits);
@@ -938,7 +971,7 @@ mod tests {
             let entries = parse_chain(ChainKind::Iommu, &buf, first).expect("valid");
             let last = entries.last().expect("non-empty").offset;
             let target = entries[back.index(entries.len())].offset;
-            buf[last + 4..last + 8].copy_from_slice(&(target as u32).to_le_bytes());
+            buf[last + 4..last + 8].copy_from_slice(&(target as u32).to_ne_bytes());
             let r = parse_chain(ChainKind::Iommu, &buf, first);
             prop_assert_eq!(r, Err(ParseError::Cycle { offset: target }));
         }

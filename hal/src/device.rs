@@ -49,8 +49,9 @@ pub mod feature {
     pub const DMA_LOGGING_REPORT: u32 = 8;
     /// Migration data size estimate.
     pub const MIG_DATA_SIZE: u32 = 9;
-    /// Clear the PCI bus-master bit.
-    pub const CLEAR_MASTER: u32 = 10;
+    /// Set or clear PCI bus mastering (`VFIO_DEVICE_FEATURE_BUS_MASTER`;
+    /// payload: `u32` op, 0 = clear, 1 = set).
+    pub const BUS_MASTER: u32 = 10;
 }
 
 /// The bus a device sits on, from its info flags.
@@ -176,6 +177,12 @@ pub trait Device {
 
     /// One `VFIO_DEVICE_FEATURE` call: `data` is the payload after the
     /// header (read for `Set`, filled for `Get`, empty for probes).
+    ///
+    /// Payloads are raw bytes in the kernel's layout. Some features'
+    /// payloads carry user pointers the kernel dereferences (DMA logging
+    /// start and report): backends must refuse GET/SET of such features
+    /// through this safe method (probes are fine) with `NotSupported`,
+    /// and offer them only through typed, checked calls.
     fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()>;
 
     /// The file descriptors a sandboxed VMM must keep open for this device
@@ -212,7 +219,7 @@ pub trait Device {
     fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> {
         // struct vfio_device_low_power_entry_with_wakeup { s32 fd; u32 reserved; }
         let mut payload = [0u8; 8];
-        payload[..4].copy_from_slice(&wakeup.as_raw_fd().to_le_bytes());
+        payload[..4].copy_from_slice(&wakeup.as_raw_fd().to_ne_bytes());
         self.feature(
             FeatureOp::Set,
             feature::LOW_POWER_ENTRY_WITH_WAKEUP,

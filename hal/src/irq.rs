@@ -225,26 +225,26 @@ impl<'a> IrqSet<'a> {
         }
     }
 
-    /// Serialises into a `struct vfio_irq_set` payload, `argsz` included.
+    /// Serialises into a `struct vfio_irq_set` payload (host byte order), `argsz` included.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(IRQ_SET_HEADER + 4 * self.count as usize);
         b.extend_from_slice(&[0; 4]); // argsz, patched below
-        b.extend_from_slice(&self.flags().to_le_bytes());
-        b.extend_from_slice(&self.index.to_le_bytes());
-        b.extend_from_slice(&self.start.to_le_bytes());
-        b.extend_from_slice(&self.count.to_le_bytes());
+        b.extend_from_slice(&self.flags().to_ne_bytes());
+        b.extend_from_slice(&self.index.to_ne_bytes());
+        b.extend_from_slice(&self.start.to_ne_bytes());
+        b.extend_from_slice(&self.count.to_ne_bytes());
         match self.data {
             IrqData::None => {}
             IrqData::Bool(v) => b.extend(v.iter().map(|&x| u8::from(x))),
             IrqData::EventFd(v) => {
                 for fd in v {
                     let raw: RawFd = fd.map_or(-1, |f| f.as_raw_fd());
-                    b.extend_from_slice(&raw.to_le_bytes());
+                    b.extend_from_slice(&raw.to_ne_bytes());
                 }
             }
         }
         let argsz = b.len() as u32;
-        b[..4].copy_from_slice(&argsz.to_le_bytes());
+        b[..4].copy_from_slice(&argsz.to_ne_bytes());
         b
     }
 
@@ -444,7 +444,7 @@ mod tests {
         let b = IrqSet::disable(1).to_bytes();
         assert_eq!(b.len(), IRQ_SET_HEADER);
         assert_eq!(
-            u32::from_le_bytes(b[4..8].try_into().expect("4")),
+            u32::from_ne_bytes(b[4..8].try_into().expect("4")),
             DATA_NONE | ACTION_TRIGGER
         );
         IrqSet::disable(1)

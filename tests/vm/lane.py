@@ -33,6 +33,9 @@ from pathlib import Path
 # guest tests to the lane by appending its package name here.
 GUEST_TEST_PACKAGES = [
     "vfio-hal-guest-tests",
+    "vfio-hal-legacy",
+    "vfio-hal-iommufd",
+    "vfio-hal-facade",
 ]
 
 # Guest kernels: config fragments from tests/vm/kernel/, applied in order on
@@ -48,6 +51,7 @@ DEVICE_IDS = {
     "EDU": "edu0",  # QEMU edu, 1234:11e8, on the root bus
     "MSIX": "msix0",  # QEMU NVMe, 1b36:0010: MSI-X table inside BAR0
     "SPARE": "edu-spare",  # a second edu behind a hotplug-capable root port
+    "SPARE2": "edu-spare2",  # a third edu behind a second root port: the lane's own unplug test
 }
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -438,6 +442,8 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> 
         "-device", f"nvme,id={DEVICE_IDS['MSIX']},serial=vfiohal0",
         "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
         "-device", f"edu,id={DEVICE_IDS['SPARE']},bus=rp1",
+        "-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
+        "-device", f"edu,id={DEVICE_IDS['SPARE2']},bus=rp2",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-serial", "stdio",  # ttyS0: console
         "-chardev", f"socket,id=ctl,path={tmp / 'ctl.sock'},server=off",

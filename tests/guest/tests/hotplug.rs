@@ -11,8 +11,8 @@ use vfio_hal_guest_tests::{self as lane};
     ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
 )]
 fn device_del_removes_the_spare_device() {
-    let bdf = lane::lane_env(lane::SPARE_BDF);
-    let id = lane::lane_env(lane::SPARE_ID);
+    let bdf = lane::lane_env(lane::SPARE2_BDF);
+    let id = lane::lane_env(lane::SPARE2_ID);
     assert!(
         lane::pci_device_dir(&bdf).exists(),
         "spare device {id} ({bdf}) is not there before the unplug"

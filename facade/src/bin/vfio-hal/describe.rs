@@ -124,7 +124,7 @@ pub const FEATURES: [(u32, &str); 10] = [
     (feature::DMA_LOGGING_STOP, "DMA_LOGGING_STOP"),
     (feature::DMA_LOGGING_REPORT, "DMA_LOGGING_REPORT"),
     (feature::MIG_DATA_SIZE, "MIG_DATA_SIZE"),
-    (feature::CLEAR_MASTER, "CLEAR_MASTER"),
+    (feature::BUS_MASTER, "BUS_MASTER"),
 ];
 
 /// The name of a standard PCI capability id.
