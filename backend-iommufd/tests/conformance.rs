@@ -4,60 +4,13 @@
 //! the summary `conformance: N passed, M failed, K skipped`, goes straight to
 //! stdout, so the lane's log shows it whether the test passes or not.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use vfio_hal::{Error, ErrorKind, Result, Target};
-use vfio_hal_conformance::{run_suite, Capabilities, Fixture, SplitUnmap, StepFaults};
+use vfio_hal::{ErrorKind, Result};
+use vfio_hal_conformance::{
+    run_suite, Capabilities, Fixture, KernelFailNth, SplitUnmap, StepFaults,
+};
 use vfio_hal_iommufd::IoasContainer;
-
-/// The kernel's per-thread fault injection: the Nth `should_fail()` point
-/// this thread reaches fails. With `CONFIG_FAULT_INJECTION` and
-/// `CONFIG_IOMMUFD_TEST` (both in the lane's kernels) those are iommufd's own
-/// injection points — page pinning, area and domain allocation — i.e. the
-/// steps inside this backend's ioctls.
-#[derive(Debug)]
-struct FailNth;
-
-const FAIL_NTH: &str = "/proc/thread-self/fail-nth";
-
-fn proc_error(e: &std::io::Error) -> Error {
-    Error::from_io("fail-nth", Target::Path(FAIL_NTH.into()), e)
-}
-
-impl StepFaults for FailNth {
-    fn arm(&self, nth: u64) -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(FAIL_NTH)
-            .map_err(|e| proc_error(&e))?;
-        file.write_all(nth.to_string().as_bytes())
-            .map_err(|e| proc_error(&e))
-    }
-
-    fn disarm(&self) -> Result<bool> {
-        // procfs does not seek this file: one open to read, one to write.
-        let mut text = String::new();
-        OpenOptions::new()
-            .read(true)
-            .open(FAIL_NTH)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(|e| proc_error(&e))?;
-        // 0: the armed point was reached and failed; N > 0: N more to go.
-        let left: u64 = text.trim().parse().map_err(|_| Error::InvalidArgument {
-            op: "fail-nth",
-            target: Target::Path(FAIL_NTH.into()),
-            reason: "not a number",
-        })?;
-        OpenOptions::new()
-            .write(true)
-            .open(FAIL_NTH)
-            .and_then(|mut f| f.write_all(b"0"))
-            .map_err(|e| proc_error(&e))?;
-        Ok(left == 0)
-    }
-}
 
 /// Native iommufd: a fresh IOAS per container, devices through their cdevs.
 #[derive(Debug)]
@@ -125,7 +78,7 @@ impl Fixture for IommufdFixture {
     }
 
     fn step_faults(&self) -> Option<&dyn StepFaults> {
-        Some(&FailNth)
+        Some(&KernelFailNth)
     }
 }
 

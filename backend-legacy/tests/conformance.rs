@@ -6,60 +6,14 @@
 //! report, one line per case and the summary
 //! `conformance: N passed, M failed, K skipped`, goes to stdout.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use vfio_hal::{Error, ErrorKind, Result, Target};
-use vfio_hal_conformance::{run_suite, Capabilities, Fixture, SplitUnmap, StepFaults};
+use vfio_hal::{ErrorKind, Result};
+use vfio_hal_conformance::{
+    run_suite, Capabilities, Fixture, KernelFailNth, SplitUnmap, StepFaults,
+};
 use vfio_hal_guest_tests::{self as lane, KernelFlavour};
 use vfio_hal_legacy::LegacyContainer;
-
-/// The kernel's per-thread fault injection (`CONFIG_FAULT_INJECTION`): the
-/// Nth `should_fail()` point this thread reaches fails. In compat mode those
-/// include iommufd's own points (`CONFIG_IOMMUFD_TEST`); type1 has none of
-/// its own, so there the sweep ends at its first step.
-#[derive(Debug)]
-struct FailNth;
-
-const FAIL_NTH: &str = "/proc/thread-self/fail-nth";
-
-fn proc_error(e: &std::io::Error) -> Error {
-    Error::from_io("fail-nth", Target::Path(FAIL_NTH.into()), e)
-}
-
-impl StepFaults for FailNth {
-    fn arm(&self, nth: u64) -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(FAIL_NTH)
-            .map_err(|e| proc_error(&e))?;
-        file.write_all(nth.to_string().as_bytes())
-            .map_err(|e| proc_error(&e))
-    }
-
-    fn disarm(&self) -> Result<bool> {
-        let mut text = String::new();
-        OpenOptions::new()
-            .read(true)
-            .open(FAIL_NTH)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(|e| proc_error(&e))?;
-        // 0: the armed point was reached and failed; N > 0: N more to go.
-        let left: u64 = text.trim().parse().map_err(|_| Error::InvalidArgument {
-            op: "fail-nth",
-            target: Target::Path(FAIL_NTH.into()),
-            reason: "not a number",
-        })?;
-        // The file cannot seek: a second open writes the disarming 0.
-        OpenOptions::new()
-            .write(true)
-            .open(FAIL_NTH)
-            .and_then(|mut f| f.write_all(b"0"))
-            .map_err(|e| proc_error(&e))?;
-        Ok(left == 0)
-    }
-}
 
 /// The legacy container in the mode the booted kernel provides.
 #[derive(Debug)]
@@ -137,7 +91,7 @@ impl Fixture for LegacyFixture {
     }
 
     fn step_faults(&self) -> Option<&dyn StepFaults> {
-        Some(&FailNth)
+        Some(&KernelFailNth)
     }
 }
 

@@ -46,6 +46,7 @@ pub mod cases;
 pub mod copy_engine;
 pub mod edu;
 pub mod eventfd;
+pub mod fail_nth;
 pub mod fixture;
 pub mod mock;
 pub mod msix;
@@ -54,6 +55,7 @@ pub mod probe;
 pub mod runner;
 pub mod scratch;
 
+pub use fail_nth::KernelFailNth;
 pub use fixture::{Capabilities, Fixture, SplitUnmap, StepFaults, Unplug};
 pub use outcome::{CaseError, CaseResult, Outcome};
 pub use runner::{run_suite, Case, Summary};
