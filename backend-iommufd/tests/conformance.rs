@@ -4,12 +4,8 @@
 //! the summary `conformance: N passed, M failed, K skipped`, goes straight to
 //! stdout, so the lane's log shows it whether the test passes or not.
 
-use std::time::Duration;
-
 use vfio_hal::{ErrorKind, Result};
-use vfio_hal_conformance::{
-    run_suite, Capabilities, Fixture, KernelFailNth, SplitUnmap, StepFaults,
-};
+use vfio_hal_conformance::{run_suite, Capabilities, Fixture, KernelFailNth, StepFaults};
 use vfio_hal_iommufd::IoasContainer;
 
 /// Native iommufd: a fresh IOAS per container, devices through their cdevs.
@@ -53,28 +49,12 @@ impl Fixture for IommufdFixture {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            // iommufd refuses to cut a mapping: ENOENT.
-            split_unmap: SplitUnmap::Refused(ErrorKind::NotMapped),
-            unmap_all: true,
-            // Dirty tracking is a HWPT property in iommufd, probed per device
-            // (HwInfo::dirty_tracking_supported); the IOAS container reports
-            // no type1 migration capability, and the lane's VT-d has none.
-            dirty_tracking: false,
-            region_mmap: true,
-            // The kernel logs DMAR faults; it does not count them for us.
-            iommu_faults_observable: false,
-            // QEMU's edu has no reset handler.
-            reset_restores_registers: false,
-            // The kernel's virqfd reacts to a resample write at once.
-            resample_lazy: false,
-            // 16 MiB: inside VT-d's first range [0, 0xfedfffff], and the
-            // 64 MiB window stays below edu's 28-bit DMA mask.
-            iova_base: 0x100_0000,
-            // TCG is slow; edu's DMA timer alone is 100 ms of virtual time.
-            timeout: Duration::from_secs(20),
-            quiet: Duration::from_millis(200),
-        }
+        // iommufd refuses to cut a mapping with ENOENT. Dirty tracking is a
+        // HWPT property in iommufd, probed per device; the IOAS container
+        // reports no type1 migration capability, and the lane's VT-d has
+        // none. 16 MiB: inside VT-d's first range [0, 0xfedfffff], and the
+        // 64 MiB window stays below edu's 28-bit DMA mask.
+        Capabilities::real_kernel(ErrorKind::NotMapped, false, 0x100_0000)
     }
 
     fn step_faults(&self) -> Option<&dyn StepFaults> {

@@ -6,12 +6,8 @@
 //! report, one line per case and the summary
 //! `conformance: N passed, M failed, K skipped`, goes to stdout.
 
-use std::time::Duration;
-
 use vfio_hal::{ErrorKind, Result};
-use vfio_hal_conformance::{
-    run_suite, Capabilities, Fixture, KernelFailNth, SplitUnmap, StepFaults,
-};
+use vfio_hal_conformance::{run_suite, Capabilities, Fixture, KernelFailNth, StepFaults};
 use vfio_hal_guest_tests::{self as lane, KernelFlavour};
 use vfio_hal_legacy::LegacyContainer;
 
@@ -63,31 +59,17 @@ impl Fixture for LegacyFixture {
 
     fn capabilities(&self) -> Capabilities {
         let compat = self.flavour == KernelFlavour::Compat;
-        Capabilities {
-            // type1v2 refuses to cut a mapping with EINVAL, iommufd with ENOENT.
-            split_unmap: SplitUnmap::Refused(if compat {
-                ErrorKind::NotMapped
-            } else {
-                ErrorKind::InvalidArgument
-            }),
-            unmap_all: true,
-            // type1 reports its migration (dirty page) capability in
-            // VFIO_IOMMU_GET_INFO; iommufd's compat info does not.
-            dirty_tracking: !compat,
-            region_mmap: true,
-            // The kernel logs DMAR faults; it does not count them for us.
-            iommu_faults_observable: false,
-            // QEMU's edu has no reset handler.
-            reset_restores_registers: false,
-            // The kernel's virqfd reacts to a resample write at once.
-            resample_lazy: false,
-            // 16 MiB: inside VT-d's first range [0, 0xfedfffff], and the
-            // 64 MiB window stays below edu's 28-bit DMA mask.
-            iova_base: 0x100_0000,
-            // TCG is slow; edu's DMA timer alone is 100 ms of virtual time.
-            timeout: Duration::from_secs(20),
-            quiet: Duration::from_millis(200),
-        }
+        // type1v2 refuses to cut a mapping with EINVAL, iommufd with ENOENT.
+        let split_refusal = if compat {
+            ErrorKind::NotMapped
+        } else {
+            ErrorKind::InvalidArgument
+        };
+        // type1 reports its migration (dirty page) capability in
+        // VFIO_IOMMU_GET_INFO; iommufd's compat info does not. 16 MiB: inside
+        // VT-d's first range [0, 0xfedfffff], and the 64 MiB window stays
+        // below edu's 28-bit DMA mask.
+        Capabilities::real_kernel(split_refusal, !compat, 0x100_0000)
     }
 
     fn step_faults(&self) -> Option<&dyn StepFaults> {

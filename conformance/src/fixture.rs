@@ -158,6 +158,31 @@ pub struct Capabilities {
     pub quiet: Duration,
 }
 
+impl Capabilities {
+    /// What every real Linux backend does with QEMU's `edu` behind it: the
+    /// kernel logs IOMMU faults without counting them, its virqfd handles a
+    /// resample write at once, edu has no reset handler, `unmap_all` works
+    /// and regions mmap; timeouts are generous for TCG guests (edu's DMA
+    /// timer alone is 100 ms of virtual time). The backend states only where
+    /// real backends differ: the kind with which it refuses a split unmap
+    /// (type1v2 `InvalidArgument`, iommufd `NotMapped`), whether the IOMMU
+    /// reports dirty tracking, and the IOVA window base.
+    pub fn real_kernel(split_refusal: ErrorKind, dirty_tracking: bool, iova_base: u64) -> Self {
+        Self {
+            split_unmap: SplitUnmap::Refused(split_refusal),
+            unmap_all: true,
+            dirty_tracking,
+            region_mmap: true,
+            iommu_faults_observable: false,
+            reset_restores_registers: false,
+            resample_lazy: false,
+            iova_base,
+            timeout: Duration::from_secs(20),
+            quiet: Duration::from_millis(200),
+        }
+    }
+}
+
 /// Bytes of IOVA space from [`Capabilities::iova_base`] that cases use.
 pub const IOVA_WINDOW: u64 = 64 << 20;
 

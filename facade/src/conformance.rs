@@ -24,13 +24,12 @@
 //! ```
 
 use std::fmt;
-use std::time::Duration;
 
 use vfio_hal::caps::Capability;
 use vfio_hal::dynamic::DynContainer;
 use vfio_hal::{Container, Error, ErrorKind, IommuInfo, Target};
 use vfio_hal_conformance::fixture::IOVA_WINDOW;
-use vfio_hal_conformance::{Capabilities, Case, Fixture, SplitUnmap};
+use vfio_hal_conformance::{Capabilities, Case, Fixture};
 
 use crate::backend::Backend;
 use crate::host::Host;
@@ -217,24 +216,9 @@ impl RealFixture {
             mode,
             edu,
             msix,
-            capabilities: Capabilities {
-                split_unmap: SplitUnmap::Refused(split_kind),
-                // Legacy falls back to unmapping range by range where the
-                // kernel lacks VFIO_UNMAP_ALL; iommufd unmaps the full range.
-                unmap_all: true,
-                dirty_tracking,
-                region_mmap: true,
-                // The kernel logs IOMMU faults; it does not count them for us.
-                iommu_faults_observable: false,
-                // QEMU's edu has no reset handler.
-                reset_restores_registers: false,
-                // The kernel's virqfd reacts to a resample write at once.
-                resample_lazy: false,
-                iova_base: base,
-                // Generous for TCG guests; edu's DMA timer alone is 100 ms.
-                timeout: Duration::from_secs(20),
-                quiet: Duration::from_millis(200),
-            },
+            // Legacy falls back to unmapping range by range where the
+            // kernel lacks VFIO_UNMAP_ALL; iommufd unmaps the full range.
+            capabilities: Capabilities::real_kernel(split_kind, dirty_tracking, base),
         })
     }
 }

@@ -9,7 +9,9 @@
 use clap::Args;
 use serde_json::json;
 use vfio_hal::device::DeviceKind;
+use vfio_hal::dynamic::DynRegion;
 use vfio_hal::prelude::*;
+use vfio_hal_facade::Opened;
 
 use crate::describe;
 use crate::table::{hex, Table};
@@ -73,15 +75,21 @@ fn digits(value: u64, width: usize) -> String {
     format!("{value:#0w$x}", w = 2 + 2 * width)
 }
 
-/// Runs `read`.
-pub fn read(ctx: &Ctx, args: &ReadArgs) -> Result<(), CliError> {
-    let opened = ctx.open(Some(&args.dev))?;
+/// Opens `dev` and its region `index`, with the region's display name.
+fn open_region(ctx: &Ctx, dev: &str, index: u32) -> Result<(Opened, String, DynRegion), CliError> {
+    let opened = ctx.open(Some(dev))?;
     let pci = opened.device.info().kind() == DeviceKind::Pci;
-    let name = describe::region_name(pci, args.region);
+    let name = describe::region_name(pci, index);
     let region = opened
         .device
-        .region(args.region)
+        .region(index)
         .map_err(CliError::hal(format!("region {name}")))?;
+    Ok((opened, name, region))
+}
+
+/// Runs `read`.
+pub fn read(ctx: &Ctx, args: &ReadArgs) -> Result<(), CliError> {
+    let (opened, name, region) = open_region(ctx, &args.dev, args.region)?;
     let value = read_value(&region, args.offset, args.width).map_err(CliError::hal(format!(
         "read {} bytes at {name}+{}",
         args.width,
@@ -119,13 +127,7 @@ pub fn write(ctx: &Ctx, args: &WriteArgs) -> Result<(), CliError> {
             args.width
         )));
     }
-    let opened = ctx.open(Some(&args.dev))?;
-    let pci = opened.device.info().kind() == DeviceKind::Pci;
-    let name = describe::region_name(pci, args.region);
-    let region = opened
-        .device
-        .region(args.region)
-        .map_err(CliError::hal(format!("region {name}")))?;
+    let (opened, name, region) = open_region(ctx, &args.dev, args.region)?;
     let at = format!("{name}+{}", hex(args.offset));
     region
         .write(args.offset, &args.value.to_le_bytes()[..args.width])
