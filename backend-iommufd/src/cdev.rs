@@ -27,7 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use vfio_hal::{Device, DeviceInfo, Error, FeatureOp, FeatureSupport, Result, Target};
+use vfio_hal::{Device, DeviceInfo, Error, FeatureOp, FeatureSupport, Result, Revoker, Target};
 use vfio_hal_legacy::devfd::{Backing, VfioDevice, VfioIrq, VfioRegion};
 
 use crate::hwpt::{self, HwInfo, HwPagetable, HwptOptions};
@@ -425,8 +425,22 @@ impl AttachedDevice {
         &self.device
     }
 
+    /// Refuses an iommufd call about a revoked device: its binding (the
+    /// dev_id) ends when the kernel releases the device file.
+    fn live(&self, op: &'static str) -> Result<()> {
+        if self.device.is_revoked() {
+            Err(Error::Revoked {
+                op,
+                target: Target::Device(self.device.name().to_owned()),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// What the IOMMU behind the device reports (`IOMMU_GET_HW_INFO`).
     pub fn hw_info(&self) -> Result<HwInfo> {
+        self.live("IOMMU_GET_HW_INFO")?;
         hwpt::hw_info(&self.iommufd, self.dev_id).map_err(|e| on_device(e, self.device.name()))
     }
 
@@ -438,6 +452,7 @@ impl AttachedDevice {
     /// Allocates a HWPT for this device over `ioas` (`IOMMU_HWPT_ALLOC`).
     pub fn alloc_hwpt(&self, ioas: &Ioas, options: HwptOptions) -> Result<HwPagetable> {
         check_same_iommufd("IOMMU_HWPT_ALLOC", &self.iommufd, Some(ioas.iommufd()))?;
+        self.live("IOMMU_HWPT_ALLOC")?;
         HwPagetable::alloc(self.dev_id, ioas, options).map_err(|e| on_device(e, self.device.name()))
     }
 
@@ -446,6 +461,12 @@ impl AttachedDevice {
     /// stay usable (the binding remains) and keep the old page table alive
     /// until they are dropped.
     pub fn detach(self) -> Result<BoundDevice, DetachError> {
+        if let Err(error) = self.live("VFIO_DEVICE_DETACH_IOMMUFD_PT") {
+            return Err(DetachError {
+                error,
+                device: Box::new(self),
+            });
+        }
         let name = self.device.name().to_owned();
         // Another descriptor of the same open file, for the bound state: the
         // VfioDevice (and any region handles) close theirs independently.
@@ -515,6 +536,9 @@ impl Device for AttachedDevice {
     }
     fn keep_fds(&self) -> Vec<RawFd> {
         self.device.keep_fds()
+    }
+    fn revoker(&self) -> Result<Revoker> {
+        self.device.revoker()
     }
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.device.probe_feature(feature)

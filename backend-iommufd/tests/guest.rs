@@ -788,3 +788,40 @@ fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     // The mock device holds the HWPT: destroy it first, then the handles go.
     iommufd.destroy(stdev).expect("destroy the mock device");
 }
+
+/// The second spare edu, hot-unplugged while a thread reads its BAR through
+/// the cdev; revoked on REQ (see `vfio_hal_guest_tests::unplug`). The
+/// iommufd binding ends with the device file: the IOAS and its mappings
+/// stay usable and nothing leaks.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn zz_device_del_in_use_req_revoke_device_gone_clean_drop() {
+    use vfio_hal_guest_tests::{self as lane, unplug};
+    let container = IoasContainer::open().expect("container");
+    let fds_before = open_fds();
+    let bdf = lane::lane_env(lane::SPARE2_BDF);
+    let spare = container
+        .open_device(&bdf)
+        .expect("open the second spare edu");
+    let report = unplug::unplug_while_in_use(spare, &lane::lane_env(lane::SPARE2_ID), &bdf);
+    eprintln!(
+        "unplug(iommufd, {}): {report:?}",
+        lane::lane_env(lane::KERNEL)
+    );
+    assert_eq!(
+        open_fds(),
+        fds_before,
+        "an fd of the unplugged device is left"
+    );
+    let m = container
+        .map_buffer(
+            0x10_0000,
+            DmaBuffer::new(PAGE as usize).expect("b"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map after the unplug");
+    drop(m);
+}

@@ -57,6 +57,19 @@
 //! REQ (index 4) are ordinary indices: route them with
 //! [`Irq::set_eventfd`].
 //!
+//! # Revocation
+//! [`Device::revoker`] hands out a [`Revoker`] over the state the device
+//! shares with its handles (see [`vfio_hal::revoke`] for why a VMM needs
+//! one). Revoking sets a flag that every operation checks before and,
+//! where the answer could come from the let-go device, after its system
+//! call; then the cached fast-path mmaps become zero pages in place
+//! ([`MmapArea::detach`]) and the fd number is pointed at a placeholder
+//! eventfd with `dup3`, so that no thread ever uses a number that was freed
+//! and reused. No lock is taken on the access paths. The kernel releases
+//! the device when its file has no user left (in-flight calls finish
+//! first; mmaps from [`Region::mmap`] are the caller's to drop), tearing
+//! down the interrupt routes, and a pending hot-unplug completes.
+//!
 //! # Drop
 //! Dropping never panics: the fd is closed (the kernel tears down interrupt
 //! routes) and mmaps are unmapped, with failures logged — also after the
@@ -66,13 +79,14 @@ use std::ffi::c_int;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use vfio_hal::caps::ChainKind;
 use vfio_hal::device::{feature, flags as device_flags};
 use vfio_hal::error::{check_bounds, check_index, Buffer};
 use vfio_hal::pci::{cfg, region as pci_region};
 use vfio_hal::region::not_permitted;
+use vfio_hal::revoke::{Revoke, Revoker};
 use vfio_hal::{
     Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
     Result, Target,
@@ -117,6 +131,12 @@ struct Shared {
     low_power: AtomicBool,
     /// The caller's switch for the fast path (on by default).
     fast_enabled: AtomicBool,
+    /// Set first thing by [`Revoke::revoke`]: every operation checks it.
+    revoked: AtomicBool,
+    /// Whether the device file has been let go (fd and fast mmaps
+    /// replaced). Held while fast mmaps are created, so that none is
+    /// created behind a revocation's back.
+    released: Mutex<bool>,
     backing: Arc<dyn Backing>,
 }
 
@@ -133,6 +153,33 @@ impl fmt::Debug for Shared {
 impl Shared {
     fn target(&self) -> Target {
         Target::Device(self.name.clone())
+    }
+
+    /// Refuses an operation on a revoked device.
+    fn live(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
+        if self.revoked.load(Ordering::Acquire) {
+            Err(Error::Revoked {
+                op,
+                target: target(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An operation's result, unless the device was revoked meanwhile: a
+    /// failure then came from the placeholder fd, and a fast-path access
+    /// may have met the zero pages that replaced the BAR.
+    fn unless_revoked<T>(
+        &self,
+        op: &'static str,
+        target: impl FnOnce() -> Target,
+        result: Result<T>,
+    ) -> Result<T> {
+        match result {
+            Err(_) => self.live(op, target).and(result),
+            Ok(_) => result,
+        }
     }
 
     /// `VFIO_DEVICE_GET_REGION_INFO` for an index below `num_regions`.
@@ -229,16 +276,57 @@ impl Shared {
         let Some(slot) = self.fast.get(info.index as usize) else {
             return &[];
         };
-        slot.get_or_init(|| {
-            map_areas(self.fd.as_fd(), info).unwrap_or_else(|e| {
-                log::debug!(
-                    "{}: no mmap fast path for region {}: {e}",
-                    self.name,
-                    info.index
-                );
-                Vec::new()
-            })
-        })
+        if let Some(areas) = slot.get() {
+            return areas;
+        }
+        let released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        if *released || self.revoked.load(Ordering::Acquire) {
+            return &[];
+        }
+        let areas = map_areas(self.fd.as_fd(), info).unwrap_or_else(|e| {
+            log::debug!(
+                "{}: no mmap fast path for region {}: {e}",
+                self.name,
+                info.index
+            );
+            Vec::new()
+        });
+        // Stored under the lock: a revocation sees it (or another thread's).
+        let _ = slot.set(areas);
+        drop(released);
+        slot.get().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Revoke for Shared {
+    /// Sets the flag every operation checks, then lets go of the device
+    /// file: the cached BAR mmaps become zero pages in place and the fd
+    /// number is pointed at a placeholder (see
+    /// [`sys::replace_with_placeholder`]), so no number is freed under a
+    /// thread that is about to use it. The kernel releases the device (and
+    /// tears down its interrupt routes) once the last reference to the file
+    /// is gone: in-flight calls finish first, mmaps the caller took hold it.
+    fn revoke(&self) -> Result<()> {
+        // The flag goes first: an access that meets a replaced page or the
+        // placeholder fd then also sees it (both replacements are system
+        // calls that order after this store).
+        self.revoked.store(true, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        if *released {
+            return Ok(());
+        }
+        for area in self.fast.iter().filter_map(OnceLock::get).flatten() {
+            area.detach()?;
+        }
+        sys::replace_with_placeholder(&self.fd)
+            .map_err(|e| e.into_error("dup3(revoke)", self.target()))?;
+        *released = true;
+        log::debug!("{}: revoked; the device file is let go", self.name);
+        Ok(())
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 }
 
@@ -337,15 +425,22 @@ impl VfioDevice {
                 decode: AtomicU64::new(DECODE_UNKNOWN),
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
+                revoked: AtomicBool::new(false),
+                released: Mutex::new(false),
                 backing,
             }),
             info,
         })
     }
 
-    /// The device fd.
+    /// The device fd (once revoked, a placeholder with the same number).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.shared.fd.as_fd()
+    }
+
+    /// Whether the device was revoked ([`Device::revoker`]).
+    pub fn is_revoked(&self) -> bool {
+        self.shared.is_revoked()
     }
 
     /// The device's name (its PCI address for vfio-pci).
@@ -371,6 +466,7 @@ impl VfioDevice {
     /// device can be reset neither by slot nor by bus (the kernel's ENODEV).
     pub fn pci_hot_reset_info(&self) -> Result<HotResetInfo> {
         const OP: &str = "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO";
+        self.shared.live(OP, || self.shared.target())?;
         let fixed = ArgszRequest::GetPciHotResetInfo.fixed_size();
         let mut len = fixed;
         // The kernel answers ENOSPC with the needed count when the buffer is
@@ -401,7 +497,10 @@ impl VfioDevice {
                         reason: "no slot or bus reset can reach this device (ENODEV)",
                     })
                 }
-                Err(e) => return Err(e.into_error(OP, self.shared.target())),
+                Err(e) => {
+                    self.shared.live(OP, || self.shared.target())?;
+                    return Err(e.into_error(OP, self.shared.target()));
+                }
             }
         }
         Err(Error::sys(OP, self.shared.target(), libc::ENOSPC))
@@ -423,8 +522,11 @@ impl VfioDevice {
         for fd in group_fds {
             buf.extend_from_slice(&(fd.as_raw_fd() as c_int).to_ne_bytes());
         }
-        sys::argsz_ioctl(self.fd(), ArgszRequest::PciHotReset, &mut buf)
-            .map_err(|e| e.into_error(OP, self.shared.target()))?;
+        self.shared.live(OP, || self.shared.target())?;
+        let result = sys::argsz_ioctl(self.fd(), ArgszRequest::PciHotReset, &mut buf)
+            .map_err(|e| e.into_error(OP, self.shared.target()));
+        self.shared
+            .unless_revoked(OP, || self.shared.target(), result)?;
         self.shared.forget_decode();
         Ok(())
     }
@@ -456,8 +558,14 @@ impl Device for VfioDevice {
             index,
             self.info.num_regions,
         )?;
+        let op = "VFIO_DEVICE_GET_REGION_INFO";
+        let target = || Target::Region(index);
+        self.shared.live(op, target)?;
+        let info = self
+            .shared
+            .unless_revoked(op, target, self.shared.region_info(index))?;
         Ok(VfioRegion {
-            info: self.shared.region_info(index)?,
+            info,
             shared: Arc::clone(&self.shared),
         })
     }
@@ -470,9 +578,14 @@ impl Device for VfioDevice {
     fn irq(&self, index: u32) -> Result<VfioIrq> {
         const OP: &str = "VFIO_DEVICE_GET_IRQ_INFO";
         check_index(OP, Target::Irq(index), index, self.info.num_irqs)?;
+        self.shared.live(OP, || Target::Irq(index))?;
         let mut buf = [0u8; 16];
         put_u32(&mut buf, 8, index);
-        let info = match sys::argsz_ioctl(self.fd(), ArgszRequest::GetIrqInfo, &mut buf) {
+        let answer = sys::argsz_ioctl(self.fd(), ArgszRequest::GetIrqInfo, &mut buf);
+        if answer.is_err() {
+            self.shared.live(OP, || Target::Irq(index))?;
+        }
+        let info = match answer {
             Ok(_) => IrqInfo {
                 index,
                 flags: u32_at(&buf, 4),
@@ -498,8 +611,11 @@ impl Device for VfioDevice {
     }
 
     fn reset(&self) -> Result<()> {
-        let result = sys::device_reset(self.fd())
-            .map_err(|e| e.into_error("VFIO_DEVICE_RESET", self.shared.target()));
+        const OP: &str = "VFIO_DEVICE_RESET";
+        let target = || self.shared.target();
+        self.shared.live(OP, target)?;
+        let result = sys::device_reset(self.fd()).map_err(|e| e.into_error(OP, target()));
+        let result = self.shared.unless_revoked(OP, target, result);
         // A reset restores config space; re-read the decode state either way.
         self.shared.forget_decode();
         result
@@ -508,6 +624,7 @@ impl Device for VfioDevice {
     fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> {
         const OP: &str = "VFIO_DEVICE_FEATURE";
         let target = Target::Feature(feature);
+        self.shared.live(OP, || Target::Feature(feature))?;
         if feature > 0xffff {
             return Err(Error::InvalidArgument {
                 op: OP,
@@ -536,6 +653,9 @@ impl Device for VfioDevice {
         let result = sys::device_feature(self.fd(), op.flags() | feature, data)
             .map(drop)
             .map_err(|e| e.into_error(OP, target));
+        let result = self
+            .shared
+            .unless_revoked(OP, || Target::Feature(feature), result);
         if op == FeatureOp::Set {
             if entering && result.is_err() {
                 self.shared.low_power.store(false, Ordering::Release);
@@ -548,10 +668,21 @@ impl Device for VfioDevice {
         result
     }
 
+    /// The device fd (not once revoked: it then names a placeholder) and
+    /// the backing's fds.
     fn keep_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.shared.fd.as_raw_fd()];
+        let mut fds = Vec::new();
+        if !self.shared.is_revoked() {
+            fds.push(self.shared.fd.as_raw_fd());
+        }
         fds.extend(self.shared.backing.keep_fds());
         fds
+    }
+
+    /// Revokes through the state the device shares with its handles (see
+    /// the module docs, "Revocation").
+    fn revoker(&self) -> Result<Revoker> {
+        Ok(Revoker::new(&self.shared))
     }
 }
 
@@ -645,11 +776,15 @@ impl Region for VfioRegion {
         }
         let len = buf.len() as u64;
         check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
+        let target = || Target::Region(index);
+        self.shared.live(OP, target)?;
         if let Some(area) = self.fast_area(offset, buf.len()) {
-            return Self::fast_read(area, offset - area.region_offset(), buf);
+            let result = Self::fast_read(area, offset - area.region_offset(), buf);
+            // What was read may be the zero pages of a racing revocation.
+            return self.shared.live(OP, target).and(result);
         }
         let at = self.file_offset("pread", offset, len)?;
-        match sys::pread(self.shared.fd.as_fd(), buf, at) {
+        let result = match sys::pread(self.shared.fd.as_fd(), buf, at) {
             Ok(n) if n == buf.len() => Ok(()),
             Ok(n) => {
                 log::debug!(
@@ -659,7 +794,8 @@ impl Region for VfioRegion {
                 Err(Error::sys("pread", Target::Region(index), libc::EIO))
             }
             Err(e) => Err(e.into_error("pread", Target::Region(index))),
-        }
+        };
+        self.shared.unless_revoked(OP, target, result)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -670,8 +806,12 @@ impl Region for VfioRegion {
         }
         let len = data.len() as u64;
         check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
+        let target = || Target::Region(index);
+        self.shared.live(OP, target)?;
         if let Some(area) = self.fast_area(offset, data.len()) {
-            return Self::fast_write(area, offset - area.region_offset(), data);
+            let result = Self::fast_write(area, offset - area.region_offset(), data);
+            // The store may have gone to the zero pages of a racing revocation.
+            return self.shared.live(OP, target).and(result);
         }
         let at = self.file_offset("pwrite", offset, len)?;
         let result = match sys::pwrite(self.shared.fd.as_fd(), data, at) {
@@ -688,11 +828,14 @@ impl Region for VfioRegion {
         if self.touches_command(offset, len) {
             self.shared.forget_decode();
         }
-        result
+        self.shared.unless_revoked(OP, target, result)
     }
 
     fn mmap(&self) -> Result<Vec<MmapArea>> {
-        map_areas(self.shared.fd.as_fd(), &self.info)
+        let target = || Target::Region(self.info.index);
+        self.shared.live("mmap", target)?;
+        let result = map_areas(self.shared.fd.as_fd(), &self.info);
+        self.shared.unless_revoked("mmap", target, result)
     }
 }
 
@@ -709,11 +852,15 @@ impl Irq for VfioIrq {
     }
 
     fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+        const OP: &str = "VFIO_DEVICE_SET_IRQS";
+        let target = || Target::Irq(self.info.index);
         set.validate(&self.info)?;
+        self.shared.live(OP, target)?;
         let mut bytes = set.to_bytes();
-        sys::argsz_ioctl(self.shared.fd.as_fd(), ArgszRequest::SetIrqs, &mut bytes)
+        let result = sys::argsz_ioctl(self.shared.fd.as_fd(), ArgszRequest::SetIrqs, &mut bytes)
             .map(drop)
-            .map_err(|e| e.into_error("VFIO_DEVICE_SET_IRQS", Target::Irq(self.info.index)))
+            .map_err(|e| e.into_error(OP, target()));
+        self.shared.unless_revoked(OP, target, result)
     }
 }
 
@@ -809,10 +956,55 @@ mod tests {
                 decode: AtomicU64::new(DECODE_UNKNOWN),
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
+                revoked: AtomicBool::new(false),
+                released: Mutex::new(false),
                 backing: Arc::new(Nothing),
             }),
             info,
         }
+    }
+
+    fn fd_target(fd: RawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_revocation_refuses_racing_and_later_access_and_lets_go_of_the_file() {
+        let (file, path) = temp_file(&[0x5a; 64]);
+        use vfio_hal::region::flags;
+        use vfio_hal::RegionExt;
+        let region = region_over(file, info(0, flags::READ | flags::WRITE, 64, 0));
+        let raw = region.shared.fd.as_raw_fd();
+        let revoker = Revoker::new(&region.shared);
+        let reader = {
+            let region = region.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                loop {
+                    match region.read_at::<u32>(8) {
+                        Ok(0x5a5a_5a5a) => reads += 1,
+                        Ok(other) => panic!("read {other:#x} from the file"),
+                        Err(e) => return (reads, e),
+                    }
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        revoker.revoke().expect("revoke");
+        let (reads, err) = reader.join().expect("reader");
+        assert!(reads > 0, "the reader never read before the revocation");
+        assert!(matches!(err, Error::Revoked { .. }), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::DeviceGone);
+        let later = region.write_at::<u32>(0, 1).expect_err("write after");
+        assert!(matches!(later, Error::Revoked { .. }), "{later:?}");
+        // The number is still taken, by a placeholder, not by the file.
+        assert!(fd_target(raw).contains("eventfd"), "{}", fd_target(raw));
+        revoker.revoke().expect("idempotent");
+        drop(region);
+        assert!(revoker.is_revoked());
+        let _ = std::fs::remove_file(path);
     }
 
     fn temp_file(bytes: &[u8]) -> (File, std::path::PathBuf) {

@@ -514,6 +514,20 @@ pub fn eventfd() -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Points the descriptor number of `fd` at a fresh eventfd, atomically
+/// (`dup3`): this process stops referencing the file `fd` was open on,
+/// while the number stays taken, so a thread about to use it meets the
+/// eventfd (which answers VFIO ioctls `ENOTTY`, `pread`/`pwrite` `ESPIPE`)
+/// rather than a file opened later under the same number.
+pub fn replace_with_placeholder(fd: &OwnedFd) -> SysResult<()> {
+    let placeholder = eventfd()?;
+    // SAFETY: dup3 takes no pointers. The target number is owned by `fd`,
+    // which keeps owning it (now naming the eventfd) and closes it on drop;
+    // `placeholder`'s own number is closed when it drops below.
+    check(unsafe { libc::dup3(placeholder.as_raw_fd(), fd.as_raw_fd(), libc::O_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to become readable.
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
     let mut pfd = libc::pollfd {

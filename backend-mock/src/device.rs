@@ -7,15 +7,19 @@
 //! Lifetime follows the device file descriptor of vfio: the device is open
 //! while any handle to it — the [`MockDevice`], or a region or irq handle
 //! obtained from it — is alive; dropping the last one closes it (routes are
-//! torn down and their eventfd dups closed, the model is reset).
+//! torn down and their eventfd dups closed, the model is reset). A
+//! [`vfio_hal::Revoker`] closes it the same way while handles still exist;
+//! they then refuse every operation with [`Error::Revoked`].
 
 use std::fmt;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vfio_hal::device::flags as dflags;
 use vfio_hal::error::check_index;
 use vfio_hal::region::not_permitted;
+use vfio_hal::revoke::{Revoke, Revoker};
 use vfio_hal::{
     Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
     Result, Target,
@@ -252,6 +256,7 @@ impl DeviceCore {
             handle: Arc::new(Handle {
                 shared: Arc::clone(shared),
                 core: Arc::clone(self),
+                revoked: AtomicBool::new(false),
             }),
             info,
         })
@@ -291,9 +296,11 @@ impl DeviceCore {
         self.lock().settle(&self.name, shared);
     }
 
-    fn region_read(&self, shared: &Shared, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn region_read(&self, handle: &Handle, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let shared = &*handle.shared;
         let mut st = self.lock();
         st.live("pread", Target::Region(index))?;
+        handle.live("pread", || Target::Region(index))?;
         st.pci.irqs.poll_resample();
         let result = match st.pci.role(index) {
             Role::Config => {
@@ -308,9 +315,11 @@ impl DeviceCore {
         result
     }
 
-    fn region_write(&self, shared: &Shared, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+    fn region_write(&self, handle: &Handle, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let shared = &*handle.shared;
         let mut st = self.lock();
         st.live("pwrite", Target::Region(index))?;
+        handle.live("pwrite", || Target::Region(index))?;
         st.pci.irqs.poll_resample();
         let result = match st.pci.role(index) {
             Role::Config => {
@@ -326,16 +335,51 @@ impl DeviceCore {
     }
 }
 
-/// Keeps a device open; the last one dropped closes it.
+/// Keeps a device open; the last one dropped closes it, unless a
+/// revocation closed it first.
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
     core: Arc<DeviceCore>,
+    revoked: AtomicBool,
+}
+
+impl Handle {
+    /// Refuses an operation through a revoked handle. Called with the
+    /// device's lock held, which a revocation takes to close the device:
+    /// an operation is wholly before the revocation or refused.
+    fn live(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
+        if self.revoked.load(Ordering::Acquire) {
+            Err(Error::Revoked {
+                op,
+                target: target(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Revoke for Handle {
+    /// Closes the device now, as the last handle's drop would: routes torn
+    /// down, the model reset, the device free to be opened again.
+    fn revoke(&self) -> Result<()> {
+        if !self.revoked.swap(true, Ordering::AcqRel) {
+            self.core.close(&self.shared);
+        }
+        Ok(())
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.core.close(&self.shared);
+        if !self.revoked.load(Ordering::Acquire) {
+            self.core.close(&self.shared);
+        }
     }
 }
 
@@ -370,6 +414,7 @@ impl Device for MockDevice {
         check_index(op, Target::Region(index), index, self.info.num_regions)?;
         let st = self.handle.core.lock();
         st.live(op, Target::Region(index))?;
+        self.handle.live(op, || Target::Region(index))?;
         let info = st
             .pci
             .region(index)
@@ -386,6 +431,7 @@ impl Device for MockDevice {
         check_index(op, Target::Irq(index), index, self.info.num_irqs)?;
         let st = self.handle.core.lock();
         st.live(op, Target::Irq(index))?;
+        self.handle.live(op, || Target::Irq(index))?;
         let info = st
             .pci
             .irqs
@@ -406,6 +452,8 @@ impl Device for MockDevice {
         let core = &self.handle.core;
         let mut st = core.lock();
         st.live("VFIO_DEVICE_RESET", Target::Device(core.name.clone()))?;
+        self.handle
+            .live("VFIO_DEVICE_RESET", || Target::Device(core.name.clone()))?;
         st.pci.irqs.device_reset();
         st.with_ctx(&core.name, &self.handle.shared, |m, ctx| m.reset(ctx));
         st.pci.sync_irq_state();
@@ -416,8 +464,11 @@ impl Device for MockDevice {
     /// answers for a feature it lacks.
     fn feature(&self, _op: FeatureOp, feature: u32, _data: &mut [u8]) -> Result<()> {
         let core = &self.handle.core;
-        core.lock()
-            .live("VFIO_DEVICE_FEATURE", Target::Feature(feature))?;
+        let st = core.lock();
+        st.live("VFIO_DEVICE_FEATURE", Target::Feature(feature))?;
+        self.handle
+            .live("VFIO_DEVICE_FEATURE", || Target::Feature(feature))?;
+        drop(st);
         Err(Error::sys(
             "VFIO_DEVICE_FEATURE",
             Target::Feature(feature),
@@ -428,6 +479,11 @@ impl Device for MockDevice {
     /// None: the mock has no device, group or container file descriptors.
     fn keep_fds(&self) -> Vec<RawFd> {
         Vec::new()
+    }
+
+    /// Revoking closes the device as dropping its last handle would.
+    fn revoker(&self) -> Result<Revoker> {
+        Ok(Revoker::new(&self.handle))
     }
 }
 
@@ -462,7 +518,7 @@ impl Region for MockRegion {
         self.info.check_access("pread", offset, buf.len() as u64)?;
         self.handle
             .core
-            .region_read(&self.handle.shared, self.info.index, offset, buf)
+            .region_read(&self.handle, self.info.index, offset, buf)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -477,7 +533,7 @@ impl Region for MockRegion {
             .check_access("pwrite", offset, data.len() as u64)?;
         self.handle
             .core
-            .region_write(&self.handle.shared, self.info.index, offset, data)
+            .region_write(&self.handle, self.info.index, offset, data)
     }
 
     /// Maps the RAM areas (memfd-backed, shared with the model); other
@@ -485,6 +541,8 @@ impl Region for MockRegion {
     fn mmap(&self) -> Result<Vec<MmapArea>> {
         let st = self.handle.core.lock();
         st.live("mmap", Target::Region(self.info.index))?;
+        self.handle
+            .live("mmap", || Target::Region(self.info.index))?;
         st.pci.mmap(self.info.index)
     }
 }
@@ -529,6 +587,8 @@ impl Irq for MockIrq {
         set.validate(&self.info)?;
         let mut st = self.handle.core.lock();
         st.live("VFIO_DEVICE_SET_IRQS", Target::Irq(self.info.index))?;
+        self.handle
+            .live("VFIO_DEVICE_SET_IRQS", || Target::Irq(self.info.index))?;
         st.pci.set_irqs(set)
     }
 }

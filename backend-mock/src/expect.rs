@@ -99,6 +99,7 @@ mock! {
         fn reset(&self) -> Result<()>;
         fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()>;
         fn keep_fds(&self) -> Vec<RawFd>;
+        fn revoker(&self) -> Result<vfio_hal::Revoker>;
         fn probe_feature(&self, feature: u32) -> Result<FeatureSupport>;
         fn low_power_entry(&self) -> Result<()>;
         fn low_power_entry_with_wakeup<'a>(&self, wakeup: BorrowedFd<'a>) -> Result<()>;

@@ -584,6 +584,11 @@ impl<D: Device> Device for FaultInjector<D> {
         self.inner.keep_fds()
     }
 
+    /// The inner device's revoker; the injector does not fail revocations.
+    fn revoker(&self) -> Result<vfio_hal::Revoker> {
+        self.inner.revoker()
+    }
+
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.enter(Op::ProbeFeature)?;
         self.inner.probe_feature(feature)

@@ -559,6 +559,12 @@ impl<D: Device> Device for Tracer<D> {
         self.inner.keep_fds()
     }
 
+    /// The inner device's revoker: revoking is not recorded (it happens on
+    /// another thread, outside this wrapper's calls).
+    fn revoker(&self) -> Result<vfio_hal::Revoker> {
+        self.inner.revoker()
+    }
+
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         let result = self.inner.probe_feature(feature);
         self.record(Op::ProbeFeature, Args::Probe { feature }, result)

@@ -51,6 +51,29 @@ impl Snapshot {
     }
 }
 
+/// How many references this process holds to VFIO *device* files: open
+/// fds and mmaps of a device fd from a group (`anon_inode:[vfio-device]`)
+/// or of a device cdev (`/dev/vfio/devices/…`). Groups, containers and
+/// iommufds are not counted: the kernel lets a device go while they stay.
+pub fn device_file_refs() -> Result<usize, CaseError> {
+    fn is_device_file(name: &str) -> bool {
+        name.contains("[vfio-device]") || name.contains("/dev/vfio/devices/")
+    }
+    let mut refs = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| fail(format!("cannot list /proc/self/fd: {e}")))?
+        .flatten()
+    {
+        // An fd closed since the listing has no link any more: not counted.
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            refs += usize::from(is_device_file(&target.to_string_lossy()));
+        }
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| fail(format!("cannot read /proc/self/maps: {e}")))?;
+    Ok(refs + maps.lines().filter(|l| is_device_file(l)).count())
+}
+
 /// Whether `fd` is an open descriptor of this process.
 pub fn is_open(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; a closed or invalid

@@ -3,9 +3,10 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::caps::Capability;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, Target};
 use crate::irq::Irq;
 use crate::region::Region;
+use crate::revoke::Revoker;
 
 /// `VFIO_DEVICE_FLAGS_*` bits of [`DeviceInfo::flags`].
 pub mod flags {
@@ -188,6 +189,19 @@ pub trait Device {
     /// The file descriptors a sandboxed VMM must keep open for this device
     /// (its own fd, and its group, container or iommufd).
     fn keep_fds(&self) -> Vec<RawFd>;
+
+    /// A handle that revokes this device and every region and irq handle of
+    /// it at once, from any thread: what a VMM does when the device's REQ
+    /// interrupt asks for it back (see [`crate::revoke`]).
+    ///
+    /// `NotSupported` from a backend that cannot revoke (the default).
+    fn revoker(&self) -> Result<Revoker> {
+        Err(Error::NotSupported {
+            op: "revoker",
+            target: Target::Device(self.info().name.clone()),
+            reason: "this backend cannot revoke its devices",
+        })
+    }
 
     /// Which directions of `feature` are supported; an unknown feature is
     /// simply unsupported (not an error).

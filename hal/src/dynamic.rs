@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::irq::{Irq, IrqInfo, IrqSet};
 use crate::memory::MmapArea;
 use crate::region::{Region, RegionInfo};
+use crate::revoke::Revoker;
 
 /// A region of any backend.
 pub type DynRegion = Box<dyn Region + Send + Sync>;
@@ -63,6 +64,7 @@ macro_rules! forward_all {
             fn reset(&self) -> Result<()> { (**self).reset() }
             fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> { (**self).feature(op, feature, data) }
             fn keep_fds(&self) -> Vec<RawFd> { (**self).keep_fds() }
+            fn revoker(&self) -> Result<Revoker> { (**self).revoker() }
             fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> { (**self).probe_feature(feature) }
             fn low_power_entry(&self) -> Result<()> { (**self).low_power_entry() }
             fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }
@@ -156,6 +158,9 @@ where
     }
     fn keep_fds(&self) -> Vec<RawFd> {
         self.0.keep_fds()
+    }
+    fn revoker(&self) -> Result<Revoker> {
+        self.0.revoker()
     }
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.0.probe_feature(feature)

@@ -41,7 +41,7 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The named device, group or node does not exist.
     NotFound,
-    /// The device was removed (hot-unplug) or is otherwise gone.
+    /// The device was removed (hot-unplug), or revoked so that it can be.
     DeviceGone,
     /// The IOMMU group is not viable: another device in it is bound to a host driver.
     NotViable,
@@ -266,6 +266,15 @@ pub enum Error {
         /// The model's explanation.
         reason: String,
     },
+    /// The device was revoked ([`crate::revoke`]): its handles were let go
+    /// so that the host can remove it, and refuse every operation.
+    #[error("{op} on {target}: the device was revoked (released for removal)")]
+    Revoked {
+        /// The operation that was refused.
+        op: &'static str,
+        /// What it would have acted on.
+        target: Target,
+    },
     /// A failure injected on purpose by a test decorator.
     #[error("{op}: injected fault ({kind:?}), call #{call}")]
     Injected {
@@ -325,6 +334,7 @@ impl Error {
             Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Malformed { .. } => ErrorKind::Malformed,
+            Self::Revoked { .. } => ErrorKind::DeviceGone,
             Self::Model { kind, .. } | Self::Injected { kind, .. } => *kind,
         }
     }

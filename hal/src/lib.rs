@@ -51,6 +51,7 @@ pub mod irq;
 pub mod memory;
 pub mod pci;
 pub mod region;
+pub mod revoke;
 pub mod scalar;
 
 pub use caps::{Capability, ChainKind, SparseArea};
@@ -62,6 +63,7 @@ pub use irq::{Irq, IrqAction, IrqData, IrqInfo, IrqSet};
 pub use memory::{DmaBuffer, MmapArea};
 pub use pci::PciConfig;
 pub use region::{Region, RegionExt, RegionInfo};
+pub use revoke::Revoker;
 pub use scalar::Scalar;
 
 /// Everything a driver needs in scope: the traits and their extensions.

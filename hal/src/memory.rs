@@ -157,6 +157,31 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Replaces every page, in place, with private zero-filled memory.
+    fn replace_with_zero_pages(&self, op: &'static str) -> Result<()> {
+        // SAFETY: MAP_FIXED over exactly this mapping's own range, which no
+        // other mapping or Rust object shares; all access to it goes through
+        // raw-pointer copies and volatile accesses (no reference into it
+        // exists), and the range stays mapped, so an access racing with the
+        // replacement reads or writes valid memory either way.
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::last_os_error(op, Target::None));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: ptr/len came from a successful mmap that we own, and no
@@ -377,6 +402,16 @@ impl MmapArea {
         self.map.store(offset, value)
     }
 
+    /// Lets go of the device behind the window, keeping the address range:
+    /// the pages become private zero-filled memory, so the process no longer
+    /// references the device file (the kernel counts a mapping as a use of
+    /// the device, and a removal waits for it), while an access racing with
+    /// this — or any later one — reads zeros and writes nowhere instead of
+    /// faulting. Idempotent; what [`crate::revoke`] does to cached mmaps.
+    pub fn detach(&self) -> Result<()> {
+        self.map.replace_with_zero_pages("mmap(detach)")
+    }
+
     /// Copies bytes out of the window (no width guarantee: use for RAM-like BARs).
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         self.map.read(offset, out)
@@ -435,6 +470,49 @@ mod tests {
             b.write(8191, &[7]).expect("last byte writable");
         }
         assert!(DmaBuffer::with_alignment(4096, 3).is_err());
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "memfd_create and MAP_FIXED are system calls Miri lacks"
+    )]
+    fn a_detached_area_keeps_its_address_and_lets_go_of_the_file() {
+        use std::io::Write;
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        let name = c"vfio-hal-detach-test";
+        // SAFETY: memfd_create takes a valid C string; the result is checked.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(
+            raw >= 0,
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&[0xab; 4096]).expect("fill the file");
+        let area = MmapArea::map_fd(file.as_fd(), 0, 4096, 0x1000, true).expect("map");
+        let in_maps = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .expect("maps")
+                .lines()
+                .any(|l| l.contains("vfio-hal-detach-test"))
+        };
+        assert_eq!(area.load::<u32>(0).expect("load"), 0xabab_abab);
+        assert!(in_maps(), "the file is mapped");
+        let ptr = area.as_ptr();
+
+        area.detach().expect("detach");
+        assert!(!in_maps(), "the mapping still references the file");
+        assert_eq!(area.as_ptr(), ptr, "same address");
+        assert_eq!(area.load::<u32>(0).expect("load after"), 0, "zero pages");
+        area.store(8, 7u64).expect("store after");
+        area.detach().expect("idempotent");
+        drop(area);
+        let mut back = [0u8; 4];
+        std::os::unix::fs::FileExt::read_at(&file, &mut back, 8).expect("read the file");
+        assert_eq!(back, [0xab; 4], "a store after detach reached the file");
     }
 
     #[test]

@@ -2,15 +2,17 @@
 
 use std::os::fd::AsFd;
 
+use vfio_hal::device::feature;
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
-use vfio_hal::{Device, ErrorKind, Irq, RegionExt};
+use vfio_hal::{Device, ErrorKind, FeatureOp, Irq, Region, RegionExt};
 
 use super::{edu, edu_device, edu_device_for_msi, fresh, iova, quiet, settled_snapshot};
 use crate::edu::{expected_factorial, reg};
 use crate::eventfd::EventFd;
 use crate::fixture::{Fixture, Unplug};
 use crate::outcome::{expect_eq, expect_kind, fail, not_applicable, CaseResult, Context};
+use crate::probe::device_file_refs;
 use crate::scratch::Scratch;
 
 /// Opening and closing edu many times (with MSI routed each time) leaves the
@@ -211,4 +213,78 @@ pub fn surprise_unplug<F: Fixture>(f: &F) -> CaseResult {
         )?;
     }
     before.expect_unchanged("a surprise unplug")
+}
+
+/// A revoked device (what a driver does when REQ asks for it) refuses every
+/// operation through every handle with `DeviceGone`; the backend lets go of
+/// the device while the handles still exist — no fd or mmap of the device
+/// file is left, and the device opens again; the handles then drop cleanly.
+pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
+    let before = settled_snapshot(f)?;
+    let refs_before = device_file_refs()?;
+    {
+        let c = fresh(f)?;
+        let mut e = edu(f, &c)?;
+        let revoker = match e.device().revoker() {
+            Err(err) if err.kind() == ErrorKind::NotSupported => {
+                return Err(not_applicable(format!("the backend cannot revoke: {err}")))
+            }
+            other => other.context("revoker")?,
+        };
+        e.enable_msi().context("route MSI")?;
+        // Twice: the first access may set up a fast path (a cached mmap).
+        e.check_liveness(0x1357_9bdf).context("liveness")?;
+        e.check_liveness(0x2468_ace0).context("liveness again")?;
+        let config = e
+            .device()
+            .region(pci_region::CONFIG)
+            .context("region(CONFIG)")?;
+        crate::ensure!(!revoker.is_revoked(), "revoked before revoke()");
+
+        revoker.revoke().context("revoke")?;
+        crate::ensure!(revoker.is_revoked(), "is_revoked() is false after revoke()");
+        let gone = [ErrorKind::DeviceGone];
+        expect_kind("BAR 0 read", e.bar().read_at::<u32>(reg::ID), &gone)?;
+        expect_kind("BAR 0 write", e.bar().write_at(reg::LIVENESS, 1u32), &gone)?;
+        expect_kind("BAR 0 mmap", e.bar().mmap().map(drop), &gone)?;
+        expect_kind("config read", config.read_at::<u16>(0), &gone)?;
+        expect_kind("MSI disable", e.msi().disable(), &gone)?;
+        expect_kind("reset", e.device().reset(), &gone)?;
+        expect_kind(
+            "region(BAR0)",
+            e.device().region(pci_region::BAR0).map(drop),
+            &gone,
+        )?;
+        expect_kind("irq(MSI)", e.device().irq(irq_index::MSI).map(drop), &gone)?;
+        expect_kind(
+            "feature probe",
+            e.device()
+                .feature(FeatureOp::ProbeGet, feature::MIGRATION, &mut []),
+            &gone,
+        )?;
+
+        // Let go while the handles live: the kernel could now remove it.
+        expect_eq(
+            "references to VFIO device files, revoked handles alive",
+            refs_before,
+            device_file_refs()?,
+        )?;
+        let again = edu(f, &c).context("open edu again while the revoked handles live")?;
+        again
+            .check_liveness(0x0bad_cafe)
+            .context("the reopened device")?;
+        drop(again);
+
+        revoker.revoke().context("revoke a second time")?;
+        drop(config);
+        drop(e);
+        crate::ensure!(
+            revoker.is_revoked(),
+            "is_revoked() is false with every handle dropped"
+        );
+        revoker
+            .revoke()
+            .context("revoke with every handle dropped")?;
+    }
+    before.expect_unchanged("revoking edu and dropping its handles")
 }

@@ -54,6 +54,7 @@ macro_rules! __for_each_case {
             B04_reopen_after_drop b_lifecycle::reopen_after_drop,
             B05_unplug_request b_lifecycle::unplug_request,
             B06_surprise_unplug b_lifecycle::surprise_unplug,
+            B07_revoke b_lifecycle::revoke,
             C01_map_unmap_one_page c_dma::map_unmap_one_page,
             C02_unmap_nothing c_dma::unmap_nothing,
             C03_overlap_identical c_dma::overlap_identical,

@@ -10,8 +10,8 @@
 //! |---|---|
 //! | [`EDU_BDF`] | PCI address of QEMU's `edu` device (1234:11e8), bound to vfio-pci |
 //! | [`MSIX_BDF`] | PCI address of an MSI-X capable device (QEMU NVMe, 1b36:0010), bound to vfio-pci |
-//! | [`SPARE_BDF`] | a second `edu` behind a hotplug root port, bound to vfio-pci, free to unplug |
-//! | [`SPARE2_BDF`] | a third `edu` behind a second root port, for the lane's own unplug test |
+//! | [`SPARE_BDF`] | a second `edu` behind a hotplug root port, bound to vfio-pci: the legacy backend's unplug test |
+//! | [`SPARE2_BDF`] | a third `edu` behind a second root port: the iommufd backend's unplug test |
 //! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`], [`SPARE2_ID`] | their QEMU ids, for [`request_unplug`] |
 //! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
 //!
@@ -29,16 +29,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub mod sys;
+pub mod unplug;
 
 /// Environment variable: PCI address (`0000:00:01.0`) of the `edu` device.
 pub const EDU_BDF: &str = "VFIO_HAL_EDU_BDF";
 /// Environment variable: PCI address of the MSI-X capable device (QEMU NVMe).
 pub const MSIX_BDF: &str = "VFIO_HAL_MSIX_BDF";
-/// Environment variable: PCI address of the spare `edu`, which tests may unplug.
+/// Environment variable: PCI address of the spare `edu`, which the legacy
+/// backend's unplug test removes ([`unplug::unplug_while_in_use`]).
 pub const SPARE_BDF: &str = "VFIO_HAL_SPARE_BDF";
-/// Environment variable: PCI address of the second spare `edu`, reserved
-/// for this crate's own unplug round-trip test (the backends' tests use
-/// [`SPARE_BDF`]).
+/// Environment variable: PCI address of the second spare `edu`, which the
+/// iommufd backend's unplug test removes.
 pub const SPARE2_BDF: &str = "VFIO_HAL_SPARE2_BDF";
 /// Environment variable: QEMU id of the second spare `edu`.
 pub const SPARE2_ID: &str = "VFIO_HAL_SPARE2_ID";
