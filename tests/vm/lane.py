@@ -36,6 +36,7 @@ GUEST_TEST_PACKAGES = [
     "vfio-hal-legacy",
     "vfio-hal-iommufd",
     "vfio-hal-facade",
+    "vfio-hal-peer-bench",
 ]
 
 # Guest kernels: config fragments from tests/vm/kernel/, applied in order on
