@@ -36,7 +36,14 @@ GUEST_TEST_PACKAGES = [
     "vfio-hal-legacy",
     "vfio-hal-iommufd",
     "vfio-hal-facade",
+    "vfio-hal-peer-bench",
 ]
+
+# Cargo features the lane turns on for a package's guest tests, beyond its
+# defaults (a guest test that needs an optional feature is gated on it).
+GUEST_TEST_FEATURES = {
+    "vfio-hal-facade": ["vm-memory"],
+}
 
 # Guest kernels: config fragments from tests/vm/kernel/, applied in order on
 # top of tinyconfig + kvm_guest.config.
@@ -359,6 +366,8 @@ def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> li
         cmd.append("--release")
     for pkg in packages:
         cmd += ["-p", pkg]
+        for feature in GUEST_TEST_FEATURES.get(pkg, []):
+            cmd += ["--features", f"{pkg}/{feature}"]
     log("cargo: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     exes: list[Path] = []
