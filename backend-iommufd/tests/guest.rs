@@ -806,11 +806,7 @@ fn zz_device_del_in_use_req_revoke_device_gone_clean_drop() {
     let spare = container
         .open_device(&bdf)
         .expect("open the second spare edu");
-    let report = unplug::unplug_while_in_use(spare, &lane::lane_env(lane::SPARE2_ID), &bdf);
-    eprintln!(
-        "unplug(iommufd, {}): {report:?}",
-        lane::lane_env(lane::KERNEL)
-    );
+    unplug::unplug_while_in_use("iommufd", spare, &lane::lane_env(lane::SPARE2_ID), &bdf);
     assert_eq!(
         open_fds(),
         fds_before,

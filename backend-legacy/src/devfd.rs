@@ -777,12 +777,13 @@ impl Region for VfioRegion {
         let len = buf.len() as u64;
         check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
         let target = || Target::Region(index);
-        self.shared.live(OP, target)?;
         if let Some(area) = self.fast_area(offset, buf.len()) {
             let result = Self::fast_read(area, offset - area.region_offset(), buf);
-            // What was read may be the zero pages of a racing revocation.
+            // Checked after the load, which reads the zero pages that
+            // replace the BAR once the device is revoked.
             return self.shared.live(OP, target).and(result);
         }
+        self.shared.live(OP, target)?;
         let at = self.file_offset("pread", offset, len)?;
         let result = match sys::pread(self.shared.fd.as_fd(), buf, at) {
             Ok(n) if n == buf.len() => Ok(()),
@@ -807,12 +808,13 @@ impl Region for VfioRegion {
         let len = data.len() as u64;
         check_bounds(OP, Target::Region(index), offset, len, self.info.size)?;
         let target = || Target::Region(index);
-        self.shared.live(OP, target)?;
         if let Some(area) = self.fast_area(offset, data.len()) {
             let result = Self::fast_write(area, offset - area.region_offset(), data);
-            // The store may have gone to the zero pages of a racing revocation.
+            // Checked after the store, which goes to the zero pages that
+            // replace the BAR once the device is revoked.
             return self.shared.live(OP, target).and(result);
         }
+        self.shared.live(OP, target)?;
         let at = self.file_offset("pwrite", offset, len)?;
         let result = match sys::pwrite(self.shared.fd.as_fd(), data, at) {
             Ok(n) if n == data.len() => Ok(()),

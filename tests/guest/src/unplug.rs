@@ -6,6 +6,7 @@
 //! the revoked handles still exist. One scenario for every backend's lane
 //! test; it panics (fails the test) on the first deviation.
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,11 +39,12 @@ pub struct UnplugReport {
 /// address `bdf`) while a thread reads its BAR 0, and checks every step:
 /// REQ arrives; after [`vfio_hal::Revoker::revoke`] the reader and every
 /// further operation get `DeviceGone`; the device leaves the guest while
-/// the handles are alive; dropping them is clean.
+/// the handles are alive; dropping them is clean. Prints the report as an
+/// `unplug(<backend>, <kernel>)` line on stdout (past libtest's capture).
 ///
 /// # Panics
 /// On any deviation, with what was expected.
-pub fn unplug_while_in_use<D>(device: D, id: &str, bdf: &str) -> UnplugReport
+pub fn unplug_while_in_use<D>(backend: &str, device: D, id: &str, bdf: &str) -> UnplugReport
 where
     D: Device,
     D::Region: Send + 'static,
@@ -126,9 +128,15 @@ where
     drop(req);
     drop(device);
     revoker.revoke().expect("revoke with nothing left");
-    UnplugReport {
+    let report = UnplugReport {
         reads_before,
         req_after,
         removed_after,
-    }
+    };
+    let kernel = std::env::var(crate::KERNEL).unwrap_or_default();
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "unplug({backend}, {kernel}): {report:?}"
+    );
+    report
 }
