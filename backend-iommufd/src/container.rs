@@ -113,7 +113,11 @@ impl IoasContainer {
     }
 }
 
-impl Container for IoasContainer {
+// SAFETY: unmap answers are the kernel's (`IOMMU_IOAS_UNMAP`): success only
+// after the areas inside the range are unmapped, ENOENT (NotMapped) when no
+// area lies wholly inside it — a larger area it would split is not a mapping
+// made at exactly the range, and stays whole (see the trait's Safety).
+unsafe impl Container for IoasContainer {
     type Device = AttachedDevice;
 
     fn iommu_info(&self) -> Result<IommuInfo> {

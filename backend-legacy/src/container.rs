@@ -380,7 +380,13 @@ fn not_mapped(iova: u64, len: u64) -> Error {
     )
 }
 
-impl Container for LegacyContainer {
+// SAFETY: unmap answers are the kernel's: type1 reports bytes unmapped only
+// after removing those translations, and "0 bytes" (NotMapped here) only when
+// no mapping lies in the range; type1v2 refuses a split with EINVAL. Without
+// a group there is no IOMMU and nothing mapped. iommufd's compat container
+// says ENOENT (NotMapped) for a split of a larger mapping, which is not one
+// made at exactly the range (see the trait's Safety).
+unsafe impl Container for LegacyContainer {
     type Device = VfioDevice;
 
     /// `VFIO_IOMMU_GET_INFO` with its capability chain. Needs an attached

@@ -69,7 +69,9 @@ mock! {
     #[derive(Debug)]
     pub Container {}
 
-    impl vfio_hal::Container for Container {
+    // SAFETY: this mock maps nothing — there is no IOMMU and no device
+    // behind it that could reach memory — so every answer keeps the promise.
+    unsafe impl vfio_hal::Container for Container {
         type Device = MockDevice;
         fn iommu_info(&self) -> Result<IommuInfo>;
         unsafe fn map_dma_raw(

@@ -505,7 +505,11 @@ impl<B> FaultInjector<B> {
     }
 }
 
-impl<C: Container> Container for FaultInjector<C> {
+// SAFETY: an injected unmap failure is an error; the one kind the promise
+// covers, NotMapped, is only injected after the inner container really
+// unmapped the range (its own error is returned if that fails). Everything
+// else is the inner implementation's answer.
+unsafe impl<C: Container> Container for FaultInjector<C> {
     type Device = FaultInjector<C::Device>;
 
     fn iommu_info(&self) -> Result<IommuInfo> {

@@ -484,7 +484,9 @@ impl<B> fmt::Display for Tracer<B> {
     }
 }
 
-impl<C: Container> Container for Tracer<C> {
+// SAFETY: every call is forwarded unchanged (and recorded), so each unmap
+// answer is the inner implementation's.
+unsafe impl<C: Container> Container for Tracer<C> {
     type Device = Tracer<C::Device>;
 
     fn iommu_info(&self) -> Result<IommuInfo> {

@@ -37,7 +37,10 @@ fn einval(op: &'static str, iova: u64, len: u64) -> Error {
     Error::sys(op, Target::Iova { iova, len }, libc::EINVAL)
 }
 
-impl Container for BuggyContainer {
+// SAFETY: every bug keeps the unmap promise: an unmap the mock refused as
+// NotMapped (nothing mapped) becomes Ok(0), and the other bugs only change
+// error kinds or map flags; every answer otherwise is the mock's.
+unsafe impl Container for BuggyContainer {
     type Device = MockDevice;
 
     fn iommu_info(&self) -> Result<IommuInfo> {

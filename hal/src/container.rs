@@ -96,10 +96,19 @@ impl IommuInfo {
 ///   [`ErrorKind::NotMapped`]; a range that would split a mapping is refused
 ///   (type1v2 and the mock: [`ErrorKind::InvalidArgument`]; iommufd cannot
 ///   tell it from an unmapped range and says [`ErrorKind::NotMapped`]).
-/// - Implementations must never report success or `NotMapped` for an unmap
-///   while a translation for the range remains: [`DmaMapping`] frees its
-///   buffer on that answer.
-pub trait Container {
+///
+/// # Safety
+/// An unsafe trait because [`DmaMapping`] — safe code — frees its buffer on
+/// what an implementation answers, and a device writing freed memory is
+/// undefined behaviour. Implementations promise: once `unmap_dma(iova, len)`
+/// returns `Ok` or an error of kind [`ErrorKind::NotMapped`], or
+/// `unmap_all()` returns `Ok`, no mapping made by a `map_dma_raw` of exactly
+/// `[iova, iova + len)` (or of anything, for `unmap_all`) still translates:
+/// the device can no longer reach that memory. Every other answer must be
+/// an error of another kind. (Refusing to split a *different*, larger
+/// mapping with `NotMapped`, as iommufd does, keeps the promise: no mapping
+/// of exactly that range exists.)
+pub unsafe trait Container {
     /// The device type this container opens.
     type Device: Device;
 

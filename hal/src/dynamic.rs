@@ -71,7 +71,9 @@ macro_rules! forward_all {
             fn low_power_exit(&self) -> Result<()> { (**self).low_power_exit() }
         }
 
-        impl<C: Container + ?Sized> Container for $wrap<C> {
+        // SAFETY: every call is forwarded unchanged, so each unmap answer is
+        // the inner implementation's, which keeps Container's promise.
+        unsafe impl<C: Container + ?Sized> Container for $wrap<C> {
             type Device = C::Device;
             fn iommu_info(&self) -> Result<IommuInfo> { (**self).iommu_info() }
             unsafe fn map_dma_raw(&self, iova: u64, host: *mut u8, len: u64, access: DmaAccess) -> Result<()> {
@@ -103,7 +105,9 @@ impl<R: Region + ?Sized> Region for &R {
     }
 }
 
-impl<C: Container + ?Sized> Container for &C {
+// SAFETY: every call is forwarded unchanged, so each unmap answer is the
+// inner implementation's, which keeps Container's promise.
+unsafe impl<C: Container + ?Sized> Container for &C {
     type Device = C::Device;
     fn iommu_info(&self) -> Result<IommuInfo> {
         (**self).iommu_info()
@@ -176,7 +180,9 @@ where
     }
 }
 
-impl<C> Container for Erased<C>
+// SAFETY: every call is forwarded unchanged (only the device type is
+// erased), so each unmap answer is the inner implementation's.
+unsafe impl<C> Container for Erased<C>
 where
     C: Container,
     C::Device: Send + Sync + 'static,
