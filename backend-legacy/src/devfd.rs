@@ -86,7 +86,7 @@ use vfio_hal::device::{feature, flags as device_flags};
 use vfio_hal::error::{check_bounds, check_index, Buffer};
 use vfio_hal::pci::{cfg, region as pci_region};
 use vfio_hal::region::not_permitted;
-use vfio_hal::revoke::{Revoke, Revoker};
+use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
     Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
     Result, Target,
@@ -132,7 +132,7 @@ struct Shared {
     /// The caller's switch for the fast path (on by default).
     fast_enabled: AtomicBool,
     /// Set first thing by [`Revoke::revoke`]: every operation checks it.
-    revoked: AtomicBool,
+    revoked: RevokedFlag,
     /// Whether the device file has been let go (fd and fast mmaps
     /// replaced). Held while fast mmaps are created, so that none is
     /// created behind a revocation's back.
@@ -157,14 +157,7 @@ impl Shared {
 
     /// Refuses an operation on a revoked device.
     fn live(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
-        if self.revoked.load(Ordering::Acquire) {
-            Err(Error::Revoked {
-                op,
-                target: target(),
-            })
-        } else {
-            Ok(())
-        }
+        self.revoked.check(op, target)
     }
 
     /// An operation's result, unless the device was revoked meanwhile: a
@@ -280,7 +273,7 @@ impl Shared {
             return areas;
         }
         let released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
-        if *released || self.revoked.load(Ordering::Acquire) {
+        if *released || self.revoked.is_set() {
             return &[];
         }
         let areas = map_areas(self.fd.as_fd(), info).unwrap_or_else(|e| {
@@ -310,7 +303,7 @@ impl Revoke for Shared {
         // The flag goes first: an access that meets a replaced page or the
         // placeholder fd then also sees it (both replacements are system
         // calls that order after this store).
-        self.revoked.store(true, Ordering::SeqCst);
+        self.revoked.set();
         let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
         if *released {
             return Ok(());
@@ -326,7 +319,7 @@ impl Revoke for Shared {
     }
 
     fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.revoked.is_set()
     }
 }
 
@@ -425,7 +418,7 @@ impl VfioDevice {
                 decode: AtomicU64::new(DECODE_UNKNOWN),
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
-                revoked: AtomicBool::new(false),
+                revoked: RevokedFlag::new(),
                 released: Mutex::new(false),
                 backing,
             }),
@@ -958,7 +951,7 @@ mod tests {
                 decode: AtomicU64::new(DECODE_UNKNOWN),
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
-                revoked: AtomicBool::new(false),
+                revoked: RevokedFlag::new(),
                 released: Mutex::new(false),
                 backing: Arc::new(Nothing),
             }),

@@ -13,13 +13,12 @@
 
 use std::fmt;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vfio_hal::device::flags as dflags;
 use vfio_hal::error::check_index;
 use vfio_hal::region::not_permitted;
-use vfio_hal::revoke::{Revoke, Revoker};
+use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
     Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
     Result, Target,
@@ -256,7 +255,7 @@ impl DeviceCore {
             handle: Arc::new(Handle {
                 shared: Arc::clone(shared),
                 core: Arc::clone(self),
-                revoked: AtomicBool::new(false),
+                revoked: RevokedFlag::new(),
             }),
             info,
         })
@@ -341,7 +340,7 @@ impl DeviceCore {
 struct Handle {
     shared: Arc<Shared>,
     core: Arc<DeviceCore>,
-    revoked: AtomicBool,
+    revoked: RevokedFlag,
 }
 
 impl Handle {
@@ -349,14 +348,7 @@ impl Handle {
     /// device's lock held, which a revocation takes to close the device:
     /// an operation is wholly before the revocation or refused.
     fn live(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
-        if self.revoked.load(Ordering::Acquire) {
-            Err(Error::Revoked {
-                op,
-                target: target(),
-            })
-        } else {
-            Ok(())
-        }
+        self.revoked.check(op, target)
     }
 }
 
@@ -364,20 +356,20 @@ impl Revoke for Handle {
     /// Closes the device now, as the last handle's drop would: routes torn
     /// down, the model reset, the device free to be opened again.
     fn revoke(&self) -> Result<()> {
-        if !self.revoked.swap(true, Ordering::AcqRel) {
+        if self.revoked.set() {
             self.core.close(&self.shared);
         }
         Ok(())
     }
 
     fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.revoked.is_set()
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if !self.revoked.load(Ordering::Acquire) {
+        if !self.revoked.is_set() {
             self.core.close(&self.shared);
         }
     }

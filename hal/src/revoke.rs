@@ -46,12 +46,14 @@
 //! [`ErrorKind::DeviceGone`]: crate::ErrorKind::DeviceGone
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use crate::error::Result;
+use crate::error::{Error, Result, Target};
 
 /// What a backend implements to make its devices revocable: the state that
-/// a device and all its handles share.
+/// a device and all its handles share (typically holding a [`RevokedFlag`]
+/// that every operation checks).
 pub trait Revoke: fmt::Debug + Send + Sync {
     /// Refuses every later operation of the device and its handles, then
     /// lets go of the device (interrupt routes, device fd, cached mmaps).
@@ -62,6 +64,41 @@ pub trait Revoke: fmt::Debug + Send + Sync {
 
     /// Whether [`revoke`](Self::revoke) has run.
     fn is_revoked(&self) -> bool;
+}
+
+/// The flag a backend's operations check: set once, by the first
+/// revocation, and never cleared.
+#[derive(Debug, Default)]
+pub struct RevokedFlag(AtomicBool);
+
+impl RevokedFlag {
+    /// Not revoked.
+    pub const fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// Sets the flag (sequentially consistent, so that it is ordered before
+    /// whatever the revocation does next); true if this call set it.
+    pub fn set(&self) -> bool {
+        !self.0.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// [`Error::Revoked`] for `op` on `target` once the flag is set.
+    pub fn check(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
+        if self.is_set() {
+            Err(Error::Revoked {
+                op,
+                target: target(),
+            })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Revokes one open device and every handle of it; cheap to clone and to
@@ -97,25 +134,38 @@ impl Revoker {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use super::*;
 
     #[derive(Debug, Default)]
     struct Flag {
-        revoked: AtomicBool,
+        revoked: RevokedFlag,
         calls: AtomicU32,
     }
 
     impl Revoke for Flag {
         fn revoke(&self) -> Result<()> {
             self.calls.fetch_add(1, Ordering::Relaxed);
-            self.revoked.store(true, Ordering::Release);
+            self.revoked.set();
             Ok(())
         }
         fn is_revoked(&self) -> bool {
-            self.revoked.load(Ordering::Acquire)
+            self.revoked.is_set()
         }
+    }
+
+    #[test]
+    fn the_flag_is_set_once_and_refuses_with_the_operation_and_target() {
+        let flag = RevokedFlag::new();
+        flag.check("pread", || Target::Region(0)).expect("not yet");
+        assert!(flag.set(), "the first set");
+        assert!(!flag.set(), "a second set reports it was set already");
+        let err = flag
+            .check("pread", || Target::Region(2))
+            .expect_err("revoked");
+        assert_eq!(err.kind(), crate::ErrorKind::DeviceGone);
+        assert!(err.to_string().contains("pread on region 2"), "{err}");
     }
 
     #[test]
