@@ -380,6 +380,39 @@ impl Drop for Handle {
 /// Nine vfio-pci regions (BAR0–5, ROM, CONFIG, VGA; absent ones have size
 /// 0) plus the model's device-specific ones, and five irq indices (INTx,
 /// MSI, MSI-X, ERR, REQ) with the counts vfio-pci reports.
+///
+/// A host's unplug request and a driver's answer to it, revocation
+/// ([`vfio_hal::revoke`]):
+///
+/// ```
+/// use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+/// use vfio_hal::irq::index::REQ;
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::ErrorKind;
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let edu = container.open_device("edu")?;
+/// let bar0 = edu.region(0)?; // a vCPU's handle
+/// let revoker = edu.revoker()?; // the event loop's
+///
+/// // SAFETY: eventfd takes no pointers; the new fd is checked and owned once.
+/// let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+/// assert!(raw >= 0);
+/// // SAFETY: `raw` is a fresh fd that nothing else owns.
+/// let req = unsafe { OwnedFd::from_raw_fd(raw) };
+/// edu.irq(REQ)?.set_eventfd(0, Some(req.as_fd()))?;
+///
+/// assert!(container.request_unplug("edu")?, "REQ signalled");
+/// revoker.revoke()?; // what the REQ handler does
+/// assert_eq!(bar0.read_at::<u32>(0).unwrap_err().kind(), ErrorKind::DeviceGone);
+/// assert_eq!(edu.reset().unwrap_err().kind(), ErrorKind::DeviceGone);
+/// // Let go already: the device opens again while the old handles live.
+/// let again = container.open_device("edu")?;
+/// assert_eq!(again.region(0)?.read_at::<u32>(0)?, 0x0100_00ed);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub struct MockDevice {
     handle: Arc<Handle>,
     info: DeviceInfo,

@@ -28,6 +28,9 @@
 //! A revoker does not keep the device open: once every handle is dropped,
 //! revoking does nothing and succeeds.
 //!
+//! In generic driver code (a runnable version on the mock backend is in
+//! `vfio_hal_mock::MockDevice`'s docs):
+//!
 //! ```
 //! use vfio_hal::prelude::*;
 //! use vfio_hal::ErrorKind;
