@@ -62,13 +62,14 @@
 //! shares with its handles (see [`vfio_hal::revoke`] for why a VMM needs
 //! one). Revoking sets a flag that every operation checks before and,
 //! where the answer could come from the let-go device, after its system
-//! call; then the cached fast-path mmaps become zero pages in place
-//! ([`MmapArea::detach`]) and the fd number is pointed at a placeholder
-//! eventfd with `dup3`, so that no thread ever uses a number that was freed
-//! and reused. No lock is taken on the access paths. The kernel releases
-//! the device when its file has no user left (in-flight calls finish
-//! first; mmaps from [`Region::mmap`] are the caller's to drop), tearing
-//! down the interrupt routes, and a pending hot-unplug completes.
+//! call; then the cached fast-path mmaps and those [`Region::mmap`] handed
+//! out (still owned by the caller, tracked weakly) become zero pages in
+//! place ([`MmapArea::detach`]), and the fd number is pointed at a
+//! placeholder eventfd with `dup3`, so that no thread ever uses a number
+//! that was freed and reused. No lock is taken on the access paths. The
+//! kernel releases the device when its file has no user left (in-flight
+//! calls finish first), tearing down the interrupt routes, and a pending
+//! hot-unplug completes.
 //!
 //! # Drop
 //! Dropping never panics: the fd is closed (the kernel tears down interrupt
@@ -79,7 +80,7 @@ use std::ffi::c_int;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use vfio_hal::caps::ChainKind;
 use vfio_hal::device::{feature, flags as device_flags};
@@ -88,8 +89,8 @@ use vfio_hal::pci::{cfg, region as pci_region};
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
-    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
-    Result, Target,
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Region,
+    RegionInfo, Result, Target,
 };
 
 use crate::info::{self, put_u32, u32_at, u64_at};
@@ -133,11 +134,20 @@ struct Shared {
     fast_enabled: AtomicBool,
     /// Set first thing by [`Revoke::revoke`]: every operation checks it.
     revoked: RevokedFlag,
-    /// Whether the device file has been let go (fd and fast mmaps
-    /// replaced). Held while fast mmaps are created, so that none is
-    /// created behind a revocation's back.
-    released: Mutex<bool>,
+    /// What a revocation lets go of. Held while mmaps are created, so
+    /// that none is created behind a revocation's back.
+    release: Mutex<Release>,
     backing: Arc<dyn Backing>,
+}
+
+/// The mmaps of the device file a revocation must reach, and whether it
+/// has let go of the file.
+#[derive(Debug, Default)]
+struct Release {
+    /// The fd and every mmap are let go.
+    done: bool,
+    /// The mmaps [`Region::mmap`] handed out, held weakly.
+    handed_out: Vec<MmapDetacher>,
 }
 
 impl fmt::Debug for Shared {
@@ -272,8 +282,8 @@ impl Shared {
         if let Some(areas) = slot.get() {
             return areas;
         }
-        let released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
-        if *released || self.revoked.is_set() {
+        let release = self.lock_release();
+        if release.done || self.revoked.is_set() {
             return &[];
         }
         let areas = map_areas(self.fd.as_fd(), info).unwrap_or_else(|e| {
@@ -286,34 +296,42 @@ impl Shared {
         });
         // Stored under the lock: a revocation sees it (or another thread's).
         let _ = slot.set(areas);
-        drop(released);
+        drop(release);
         slot.get().map_or(&[], Vec::as_slice)
+    }
+
+    fn lock_release(&self) -> MutexGuard<'_, Release> {
+        self.release.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Revoke for Shared {
     /// Sets the flag every operation checks, then lets go of the device
-    /// file: the cached BAR mmaps become zero pages in place and the fd
-    /// number is pointed at a placeholder (see
-    /// [`sys::replace_with_placeholder`]), so no number is freed under a
-    /// thread that is about to use it. The kernel releases the device (and
-    /// tears down its interrupt routes) once the last reference to the file
-    /// is gone: in-flight calls finish first, mmaps the caller took hold it.
+    /// file: the cached BAR mmaps and those handed out by [`Region::mmap`]
+    /// become zero pages in place, and the fd number is pointed at a
+    /// placeholder (see [`sys::replace_with_placeholder`]), so no number is
+    /// freed under a thread that is about to use it. The kernel releases the
+    /// device (and tears down its interrupt routes) once in-flight calls
+    /// have finished.
     fn revoke(&self) -> Result<()> {
         // The flag goes first: an access that meets a replaced page or the
         // placeholder fd then also sees it (both replacements are system
         // calls that order after this store).
         self.revoked.set();
-        let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
-        if *released {
+        let mut release = self.lock_release();
+        if release.done {
             return Ok(());
         }
         for area in self.fast.iter().filter_map(OnceLock::get).flatten() {
             area.detach()?;
         }
+        for area in &release.handed_out {
+            area.detach()?;
+        }
         sys::replace_with_placeholder(&self.fd)
             .map_err(|e| e.into_error("dup3(revoke)", self.target()))?;
-        *released = true;
+        release.done = true;
+        release.handed_out.clear();
         log::debug!("{}: revoked; the device file is let go", self.name);
         Ok(())
     }
@@ -419,7 +437,7 @@ impl VfioDevice {
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
                 revoked: RevokedFlag::new(),
-                released: Mutex::new(false),
+                release: Mutex::default(),
                 backing,
             }),
             info,
@@ -826,11 +844,20 @@ impl Region for VfioRegion {
         self.shared.unless_revoked(OP, target, result)
     }
 
+    /// Maps the region's mappable areas; a revocation detaches them
+    /// ([`MmapArea::detach`]) while they are alive.
     fn mmap(&self) -> Result<Vec<MmapArea>> {
         let target = || Target::Region(self.info.index);
+        // Under the lock a revocation takes: registered before it looks.
+        let mut release = self.shared.lock_release();
         self.shared.live("mmap", target)?;
-        let result = map_areas(self.shared.fd.as_fd(), &self.info);
-        self.shared.unless_revoked("mmap", target, result)
+        let areas = map_areas(self.shared.fd.as_fd(), &self.info);
+        let areas = self.shared.unless_revoked("mmap", target, areas)?;
+        release.handed_out.retain(|d| !d.is_dropped());
+        release
+            .handed_out
+            .extend(areas.iter().map(MmapArea::detacher));
+        Ok(areas)
     }
 }
 
@@ -952,7 +979,7 @@ mod tests {
                 low_power: AtomicBool::new(false),
                 fast_enabled: AtomicBool::new(true),
                 revoked: RevokedFlag::new(),
-                released: Mutex::new(false),
+                release: Mutex::default(),
                 backing: Arc::new(Nothing),
             }),
             info,
@@ -963,6 +990,36 @@ mod tests {
         std::fs::read_link(format!("/proc/self/fd/{fd}"))
             .map(|p| p.display().to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_revocation_detaches_the_mmaps_it_handed_out() {
+        use vfio_hal::region::flags;
+        let (file, path) = temp_file(&[0x77; 4096]);
+        let region = region_over(
+            file,
+            info(0, flags::READ | flags::WRITE | flags::MMAP, 4096, 0),
+        );
+        let in_maps = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .expect("maps")
+                .lines()
+                .any(|l| l.contains(&*path.to_string_lossy()))
+        };
+        let dropped = region.mmap().expect("mmap");
+        drop(dropped);
+        let areas = region.mmap().expect("mmap");
+        assert_eq!(areas.len(), 1);
+        assert_eq!(areas[0].load::<u32>(0).expect("load"), 0x7777_7777);
+        assert!(in_maps(), "the file is mapped");
+
+        Revoker::new(&region.shared).revoke().expect("revoke");
+        assert!(!in_maps(), "a handed-out mmap still maps the file");
+        assert_eq!(areas[0].load::<u32>(0).expect("load after"), 0);
+        let e = region.mmap().expect_err("mmap after");
+        assert!(matches!(e, Error::Revoked { .. }), "{e:?}");
+        drop(areas);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

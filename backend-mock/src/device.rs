@@ -20,8 +20,8 @@ use vfio_hal::error::check_index;
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
-    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo,
-    Result, Target,
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Region,
+    RegionInfo, Result, Target,
 };
 
 use crate::container::Shared;
@@ -256,6 +256,7 @@ impl DeviceCore {
                 shared: Arc::clone(shared),
                 core: Arc::clone(self),
                 revoked: RevokedFlag::new(),
+                handed_out: Mutex::default(),
             }),
             info,
         })
@@ -341,6 +342,8 @@ struct Handle {
     shared: Arc<Shared>,
     core: Arc<DeviceCore>,
     revoked: RevokedFlag,
+    /// The RAM-BAR mmaps handed out through this open, held weakly.
+    handed_out: Mutex<Vec<MmapDetacher>>,
 }
 
 impl Handle {
@@ -354,12 +357,22 @@ impl Handle {
 
 impl Revoke for Handle {
     /// Closes the device now, as the last handle's drop would: routes torn
-    /// down, the model reset, the device free to be opened again.
+    /// down, the model reset, the device free to be opened again; and
+    /// detaches the RAM-BAR mmaps handed out (they stop aliasing the
+    /// device's memory).
     fn revoke(&self) -> Result<()> {
-        if self.revoked.set() {
-            self.core.close(&self.shared);
+        if !self.revoked.set() {
+            return Ok(());
         }
-        Ok(())
+        // Any mmap registered under the device lock before close took it.
+        self.core.close(&self.shared);
+        let handed_out = std::mem::take(
+            &mut *self
+                .handed_out
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        handed_out.iter().try_for_each(MmapDetacher::detach)
     }
 
     fn is_revoked(&self) -> bool {
@@ -562,13 +575,22 @@ impl Region for MockRegion {
     }
 
     /// Maps the RAM areas (memfd-backed, shared with the model); other
-    /// regions are handler-backed and `NotSupported`.
+    /// regions are handler-backed and `NotSupported`. A revocation detaches
+    /// them.
     fn mmap(&self) -> Result<Vec<MmapArea>> {
         let st = self.handle.core.lock();
         st.live("mmap", Target::Region(self.info.index))?;
         self.handle
             .live("mmap", || Target::Region(self.info.index))?;
-        st.pci.mmap(self.info.index)
+        let areas = st.pci.mmap(self.info.index)?;
+        let mut handed_out = self
+            .handle
+            .handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        handed_out.retain(|d| !d.is_dropped());
+        handed_out.extend(areas.iter().map(MmapArea::detacher));
+        Ok(areas)
     }
 }
 

@@ -420,3 +420,29 @@ fn plugging_too_many_vectors_is_refused() {
     let dev = c.open_device("ok").expect("open");
     assert_eq!(dev.irq(index::MSIX).expect("msix").info().count, 128);
 }
+
+#[test]
+fn a_revocation_detaches_the_sram_mmaps_handed_out() {
+    let e = Engine::new();
+    let bar2 = e.dev.region(ce::SRAM_BAR.into()).expect("bar2");
+    let areas = bar2.mmap().expect("mmap");
+    areas[0].store::<u32>(0x10, 0x5151_5151).expect("store");
+    let revoker = e.dev.revoker().expect("revoker");
+    revoker.revoke().expect("revoke");
+    // The window no longer aliases the device's SRAM: it reads zero pages,
+    // and what the device's SRAM holds later does not show through it.
+    assert_eq!(areas[0].load::<u32>(0x10).expect("load after"), 0);
+    let again = e.c.open_device(DMA).expect("reopen");
+    let sram = again.region(ce::SRAM_BAR.into()).expect("bar2 again");
+    sram.write_at::<u32>(0x30, 0x1234_5678)
+        .expect("write the SRAM");
+    assert_eq!(
+        areas[0].load::<u32>(0x30).expect("load"),
+        0,
+        "still aliased"
+    );
+    assert_eq!(
+        bar2.mmap().expect_err("mmap after revoke").kind(),
+        ErrorKind::DeviceGone
+    );
+}

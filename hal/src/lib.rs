@@ -60,7 +60,7 @@ pub use device::{Device, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;
 pub use irq::{Irq, IrqAction, IrqData, IrqInfo, IrqSet};
-pub use memory::{DmaBuffer, MmapArea};
+pub use memory::{DmaBuffer, MmapArea, MmapDetacher};
 pub use pci::PciConfig;
 pub use region::{Region, RegionExt, RegionInfo};
 pub use revoke::Revoker;

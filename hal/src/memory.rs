@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
+use std::sync::{Arc, Weak};
 
 use crate::error::{check_bounds, Error, Result, Target};
 use crate::scalar::Scalar;
@@ -313,7 +314,8 @@ impl DmaBuffer {
 /// reach device registers as single accesses.
 #[derive(Debug)]
 pub struct MmapArea {
-    map: Mapping,
+    // Shared only with `MmapDetacher`s, which hold it weakly.
+    map: Arc<Mapping>,
     region_offset: u64,
     writable: bool,
 }
@@ -344,7 +346,7 @@ impl MmapArea {
             file_offset,
         )?;
         Ok(Self {
-            map,
+            map: Arc::new(map),
             region_offset,
             writable,
         })
@@ -412,6 +414,13 @@ impl MmapArea {
         self.map.replace_with_zero_pages("mmap(detach)")
     }
 
+    /// A handle that can [`detach`](Self::detach) this window later without
+    /// owning it: how a backend's revocation reaches the mmaps it handed
+    /// out. It holds the window weakly, so dropping the area still unmaps.
+    pub fn detacher(&self) -> MmapDetacher {
+        MmapDetacher(Arc::downgrade(&self.map))
+    }
+
     /// Copies bytes out of the window (no width guarantee: use for RAM-like BARs).
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         self.map.read(offset, out)
@@ -427,6 +436,29 @@ impl MmapArea {
             });
         }
         self.map.write(offset, data)
+    }
+}
+
+/// Detaches an [`MmapArea`] that someone else owns; see
+/// [`MmapArea::detacher`].
+#[derive(Debug, Clone)]
+pub struct MmapDetacher(Weak<Mapping>);
+
+impl MmapDetacher {
+    /// Detaches the window ([`MmapArea::detach`]); `Ok` and nothing to do
+    /// once the area is dropped (its pages are unmapped then).
+    pub fn detach(&self) -> Result<()> {
+        // The upgrade keeps the mapping alive for the call: an owner
+        // dropping the area meanwhile unmaps it only afterwards.
+        match self.0.upgrade() {
+            Some(map) => map.replace_with_zero_pages("mmap(detach)"),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the area it detaches is dropped.
+    pub fn is_dropped(&self) -> bool {
+        self.0.strong_count() == 0
     }
 }
 
@@ -509,7 +541,12 @@ mod tests {
         assert_eq!(area.load::<u32>(0).expect("load after"), 0, "zero pages");
         area.store(8, 7u64).expect("store after");
         area.detach().expect("idempotent");
+        let detacher = area.detacher();
+        assert!(!detacher.is_dropped());
+        detacher.detach().expect("through the detacher");
         drop(area);
+        assert!(detacher.is_dropped());
+        detacher.detach().expect("nothing left to detach");
         let mut back = [0u8; 4];
         std::os::unix::fs::FileExt::read_at(&file, &mut back, 8).expect("read the file");
         assert_eq!(back, [0xab; 4], "a store after detach reached the file");

@@ -21,9 +21,12 @@
 //!   exist;
 //! - dropping the handles afterwards is clean and quiet.
 //!
-//! Mmaps the caller took with [`Region::mmap`](crate::Region::mmap) are the
-//! caller's: drop them too (or [`MmapArea::detach`](crate::MmapArea::detach)
-//! them) — the kernel counts them as uses of the device.
+//! Mmaps of the device the caller took with
+//! [`Region::mmap`](crate::Region::mmap) stay the caller's, but a backend's
+//! revocation reaches them too, through an
+//! [`MmapDetacher`](crate::MmapDetacher): they keep their addresses and
+//! become zero pages ([`MmapArea::detach`](crate::MmapArea::detach)), since
+//! the kernel counts a mapping as a use of the device.
 //!
 //! A revoker does not keep the device open: once every handle is dropped,
 //! revoking does nothing and succeeds.

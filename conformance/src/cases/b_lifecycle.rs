@@ -239,6 +239,18 @@ pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
             .device()
             .region(pci_region::CONFIG)
             .context("region(CONFIG)")?;
+        // The caller's own mmap of BAR 0, where the backend offers one.
+        let user_maps = match e.bar().mmap() {
+            Err(err) if err.kind() == ErrorKind::NotSupported => Vec::new(),
+            other => other.context("mmap BAR 0")?,
+        };
+        for area in user_maps.iter().filter(|a| a.region_offset() == 0) {
+            expect_eq(
+                "ID through the caller's mmap",
+                crate::edu::ID_VALUE,
+                area.load::<u32>(reg::ID).context("load")?,
+            )?;
+        }
         crate::ensure!(!revoker.is_revoked(), "revoked before revoke()");
 
         revoker.revoke().context("revoke")?;
@@ -263,12 +275,20 @@ pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
             &gone,
         )?;
 
-        // Let go while the handles live: the kernel could now remove it.
+        // Let go while the handles (and the caller's mmaps) live: the kernel
+        // could now remove it.
         expect_eq(
-            "references to VFIO device files, revoked handles alive",
+            "references to VFIO device files, revoked handles and mmaps alive",
             refs_before,
             device_file_refs()?,
         )?;
+        for area in user_maps.iter().filter(|a| a.region_offset() == 0) {
+            expect_eq(
+                "ID through the caller's detached mmap",
+                0,
+                area.load::<u32>(reg::ID).context("load")?,
+            )?;
+        }
         let again = edu(f, &c).context("open edu again while the revoked handles live")?;
         again
             .check_liveness(0x0bad_cafe)
@@ -276,6 +296,7 @@ pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
         drop(again);
 
         revoker.revoke().context("revoke a second time")?;
+        drop(user_maps);
         drop(config);
         drop(e);
         crate::ensure!(
