@@ -156,9 +156,7 @@ impl Mapping {
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().wrapping_add(at).cast::<T>(), value) };
         Ok(())
     }
-}
 
-impl Mapping {
     /// Replaces every page, in place, with private zero-filled memory.
     fn replace_with_zero_pages(&self, op: &'static str) -> Result<()> {
         // SAFETY: MAP_FIXED over exactly this mapping's own range, which no
