@@ -252,6 +252,15 @@ pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
             )?;
         }
         crate::ensure!(!revoker.is_revoked(), "revoked before revoke()");
+        // A backend with device fds (keep_fds lists them) is seen holding
+        // its device file now, so the count after the revocation means something.
+        if !e.device().keep_fds().is_empty() {
+            let refs_open = device_file_refs()?;
+            crate::ensure!(
+                refs_open > refs_before,
+                "no reference to a VFIO device file seen while edu is open ({refs_open}, before {refs_before})"
+            );
+        }
 
         revoker.revoke().context("revoke")?;
         crate::ensure!(revoker.is_revoked(), "is_revoked() is false after revoke()");
