@@ -428,14 +428,7 @@ impl AttachedDevice {
     /// Refuses an iommufd call about a revoked device: its binding (the
     /// dev_id) ends when the kernel releases the device file.
     fn live(&self, op: &'static str) -> Result<()> {
-        if self.device.is_revoked() {
-            Err(Error::Revoked {
-                op,
-                target: Target::Device(self.device.name().to_owned()),
-            })
-        } else {
-            Ok(())
-        }
+        self.device.check_not_revoked(op)
     }
 
     /// What the IOMMU behind the device reports (`IOMMU_GET_HW_INFO`).

@@ -454,6 +454,12 @@ impl VfioDevice {
         self.shared.is_revoked()
     }
 
+    /// [`Error::Revoked`] for `op` on this device once it was revoked: for
+    /// calls about the device that do not go through its fd (iommufd's).
+    pub fn check_not_revoked(&self, op: &'static str) -> Result<()> {
+        self.shared.live(op, || self.shared.target())
+    }
+
     /// The device's name (its PCI address for vfio-pci).
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -764,6 +770,23 @@ impl VfioRegion {
         }
     }
 
+    /// A `pread`/`pwrite` of `len` bytes: all of them, or an error — a short
+    /// transfer is `EIO`, never silently split.
+    fn whole(&self, op: &'static str, moved: sys::SysResult<usize>, len: u64) -> Result<()> {
+        let index = self.info.index;
+        match moved {
+            Ok(n) if n as u64 == len => Ok(()),
+            Ok(n) => {
+                log::debug!(
+                    "{}: short {op} of region {index}: {n} of {len} bytes",
+                    self.shared.name
+                );
+                Err(Error::sys(op, Target::Region(index), libc::EIO))
+            }
+            Err(e) => Err(e.into_error(op, Target::Region(index))),
+        }
+    }
+
     /// Whether a write at `[offset, offset + len)` of this region may change
     /// the PCI command register.
     fn touches_command(&self, offset: u64, len: u64) -> bool {
@@ -796,17 +819,7 @@ impl Region for VfioRegion {
         }
         self.shared.live(OP, target)?;
         let at = self.file_offset("pread", offset, len)?;
-        let result = match sys::pread(self.shared.fd.as_fd(), buf, at) {
-            Ok(n) if n == buf.len() => Ok(()),
-            Ok(n) => {
-                log::debug!(
-                    "{}: short read of region {index}: {n} of {len} bytes",
-                    self.shared.name
-                );
-                Err(Error::sys("pread", Target::Region(index), libc::EIO))
-            }
-            Err(e) => Err(e.into_error("pread", Target::Region(index))),
-        };
+        let result = self.whole("pread", sys::pread(self.shared.fd.as_fd(), buf, at), len);
         self.shared.unless_revoked(OP, target, result)
     }
 
@@ -827,17 +840,7 @@ impl Region for VfioRegion {
         }
         self.shared.live(OP, target)?;
         let at = self.file_offset("pwrite", offset, len)?;
-        let result = match sys::pwrite(self.shared.fd.as_fd(), data, at) {
-            Ok(n) if n == data.len() => Ok(()),
-            Ok(n) => {
-                log::debug!(
-                    "{}: short write of region {index}: {n} of {len} bytes",
-                    self.shared.name
-                );
-                Err(Error::sys("pwrite", Target::Region(index), libc::EIO))
-            }
-            Err(e) => Err(e.into_error("pwrite", Target::Region(index))),
-        };
+        let result = self.whole("pwrite", sys::pwrite(self.shared.fd.as_fd(), data, at), len);
         if self.touches_command(offset, len) {
             self.shared.forget_decode();
         }

@@ -472,14 +472,11 @@ fn file_offset(offset: u64) -> SysResult<libc::off64_t> {
     libc::off64_t::try_from(offset).map_err(|_| Errno(libc::EINVAL))
 }
 
-/// One `pread` of `buf.len()` bytes at `offset` (retried on `EINTR`);
-/// returns the bytes read, which may be fewer.
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
-    let off = file_offset(offset)?;
+/// Runs a transfer syscall until it is not interrupted (`EINTR`); returns
+/// the bytes it moved.
+fn retry_interrupted(mut transfer: impl FnMut() -> isize) -> SysResult<usize> {
     loop {
-        // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
-        let n = unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) };
-        match usize::try_from(n) {
+        match usize::try_from(transfer()) {
             Ok(n) => return Ok(n),
             Err(_) => match Errno::last() {
                 Errno(libc::EINTR) => continue,
@@ -489,21 +486,24 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize
     }
 }
 
+/// One `pread` of `buf.len()` bytes at `offset` (retried on `EINTR`);
+/// returns the bytes read, which may be fewer.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    let off = file_offset(offset)?;
+    retry_interrupted(|| {
+        // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
+        unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) }
+    })
+}
+
 /// One `pwrite` of `data` at `offset` (retried on `EINTR`); returns the bytes
 /// written, which may be fewer.
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usize> {
     let off = file_offset(offset)?;
-    loop {
+    retry_interrupted(|| {
         // SAFETY: the kernel reads at most data.len() bytes from `data`.
-        let n = unsafe { libc::pwrite64(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off) };
-        match usize::try_from(n) {
-            Ok(n) => return Ok(n),
-            Err(_) => match Errno::last() {
-                Errno(libc::EINTR) => continue,
-                e => return Err(e),
-            },
-        }
-    }
+        unsafe { libc::pwrite64(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off) }
+    })
 }
 
 /// A new non-blocking, close-on-exec eventfd (for irq routing).
