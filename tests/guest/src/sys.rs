@@ -1,9 +1,9 @@
-//! The crate's only unsafe code: the few ioctls, termios and eventfd calls
-//! the guest tests need, as safe functions on file descriptors.
+//! The crate's only unsafe code: the few ioctls and termios calls the guest
+//! tests need, as safe functions on borrowed file descriptors.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 
@@ -79,58 +79,9 @@ pub fn make_raw(tty: BorrowedFd<'_>, timeout_ds: u8) -> io::Result<()> {
     Ok(())
 }
 
-/// A new close-on-exec, non-blocking eventfd.
-///
-/// # Errors
-/// The errno of `eventfd`.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; the result is checked.
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Waits up to `timeout_ms` for an eventfd to fire; returns its counter
-/// (cleared), or `None` on timeout.
-///
-/// # Errors
-/// The errno of `poll` or `read`.
-pub fn wait_eventfd(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<Option<u64>> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    if check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })? == 0 {
-        return Ok(None);
-    }
-    let mut v = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into `v`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
-    match n {
-        8 => Ok(Some(u64::from_ne_bytes(v))),
-        n if n < 0 => Err(io::Error::last_os_error()),
-        _ => Err(io::Error::other("short read of an eventfd")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_eventfd_reports_its_counter_once() {
-        use std::os::fd::AsFd;
-        let fd = eventfd().expect("eventfd");
-        assert_eq!(wait_eventfd(fd.as_fd(), 0).expect("quiet"), None);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from `one` to an eventfd we own.
-        let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
-        assert_eq!(n, 8);
-        assert_eq!(wait_eventfd(fd.as_fd(), 1000).expect("fired"), Some(1));
-        assert_eq!(wait_eventfd(fd.as_fd(), 0).expect("cleared"), None);
-    }
 
     #[test]
     fn ioctl_numbers_match_the_kernel_headers() {

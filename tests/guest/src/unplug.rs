@@ -16,8 +16,7 @@ use vfio_hal::irq::index::REQ;
 use vfio_hal::pci::cfg;
 use vfio_hal::prelude::*;
 use vfio_hal::ErrorKind;
-
-use crate::sys;
+use vfio_hal_conformance::eventfd::EventFd;
 
 /// edu's identification register (BAR0 + 0): `0x010000ed`.
 const EDU_IDENT: u32 = 0x0100_00ed;
@@ -55,7 +54,7 @@ where
     let bar0 = device.region(0).expect("BAR 0");
     assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
     let req = device.irq(REQ).expect("the REQ irq index");
-    let req_fd = sys::eventfd().expect("eventfd");
+    let req_fd = EventFd::new().expect("eventfd");
     req.set_eventfd(0, Some(req_fd.as_fd()))
         .expect("route REQ to an eventfd");
     let revoker = device.revoker().expect("a revoker");
@@ -82,11 +81,8 @@ where
 
     let asked = Instant::now();
     crate::request_unplug(id).unwrap_or_else(|e| panic!("device_del {id}: {e}"));
-    let fired = sys::wait_eventfd(req_fd.as_fd(), STEP.as_millis() as i32).expect("poll REQ");
-    assert!(
-        fired.is_some(),
-        "no REQ interrupt within {STEP:?} of device_del"
-    );
+    let fired = req_fd.wait(STEP).expect("wait for REQ");
+    assert!(fired > 0, "no REQ interrupt within {STEP:?} of device_del");
     let req_after = asked.elapsed();
     assert!(
         crate::pci_device_dir(bdf).exists(),
