@@ -11,7 +11,7 @@
 //! methods at all; a bound one can describe its IOMMU ([`BoundDevice::hw_info`])
 //! and allocate HWPTs for itself; only an [`AttachedDevice`] — whose DMA goes
 //! through an address space — implements [`vfio_hal::Device`], through the
-//! legacy backend's device-fd code ([`VfioDevice`]), since regions, irqs and
+//! device-fd code of `vfio-hal-linux` ([`VfioDevice`]), since regions, irqs and
 //! features are the same ioctls on a cdev fd as on a group-obtained one.
 //!
 //! A failed transition hands the device back in its previous state inside
@@ -28,13 +28,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vfio_hal::{Device, DeviceInfo, Error, FeatureOp, FeatureSupport, Result, Revoker, Target};
-use vfio_hal_legacy::devfd::{Backing, VfioDevice, VfioIrq, VfioRegion};
+use vfio_hal_linux::devfd::{Backing, VfioDevice, VfioIrq, VfioRegion};
 
 use crate::hwpt::{self, HwInfo, HwPagetable, HwptOptions};
 use crate::ioas::Ioas;
 use crate::iommufd::Iommufd;
 use crate::sys;
-use crate::sysfs::SysRoots;
+use vfio_hal_linux::Host;
 
 /// Replaces the target of a `Sys` error that has none with the device's name.
 fn on_device(error: Error, name: &str) -> Error {
@@ -58,12 +58,12 @@ pub struct UnboundDevice {
 impl UnboundDevice {
     /// Opens the cdev of `device` (a PCI address or a sysfs path).
     pub fn open(device: &str) -> Result<Self> {
-        Self::open_in(&SysRoots::default(), device)
+        Self::open_in(&Host::default(), device)
     }
 
-    /// As [`UnboundDevice::open`], with sysfs and `/dev` at `roots`.
-    pub fn open_in(roots: &SysRoots, device: &str) -> Result<Self> {
-        let loc = roots.find_cdev(device)?;
+    /// As [`UnboundDevice::open`], with sysfs and `/dev` of `host`.
+    pub fn open_in(host: &Host, device: &str) -> Result<Self> {
+        let loc = host.find_cdev(device)?;
         Self::open_node(&loc.node, loc.name)
     }
 
@@ -392,7 +392,7 @@ impl Backing for CdevBacking {
 
 /// A cdev attached to an address space: a usable [`vfio_hal::Device`].
 ///
-/// Regions and irqs are the legacy backend's [`VfioRegion`] and [`VfioIrq`]
+/// Regions and irqs are `vfio-hal-linux`'s [`VfioRegion`] and [`VfioIrq`]
 /// (mmap fast path, checked `SET_IRQS`); they keep the device fd, the
 /// iommufd and the page table alive for as long as they live.
 #[derive(Debug)]
@@ -550,15 +550,17 @@ impl Device for AttachedDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::fake::FakeTree;
     use vfio_hal::ErrorKind;
+    use vfio_hal_linux::fake::FakeHost;
 
     #[test]
     fn opening_a_missing_cdev_names_the_path() {
-        let tree = FakeTree::new();
-        tree.add_pci_device("0000:00:05.0", Some("vfio7"));
+        let tree = FakeHost::new().expect("fake host");
+        tree.add_device("0000:00:05.0", Some("vfio-pci"), Some(1), Some("vfio7"))
+            .expect("device");
+        tree.add_node("vfio/devices/vfio7").expect("node");
         std::fs::remove_file(tree.path("dev/vfio/devices/vfio7")).expect("rm node");
-        let e = UnboundDevice::open_in(&tree.roots(), "0000:00:05.0").expect_err("no node");
+        let e = UnboundDevice::open_in(&tree.host(), "0000:00:05.0").expect_err("no node");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains("dev/vfio/devices/vfio7"), "{e}");
     }
@@ -567,11 +569,13 @@ mod tests {
     fn binding_a_file_that_is_no_cdev_is_a_typed_error() {
         // The fake tree's node is a regular file: the ioctl fails with ENOTTY,
         // and the device comes back unbound, its name in the error.
-        let tree = FakeTree::new();
-        tree.add_pci_device("0000:00:06.0", Some("vfio8"));
-        tree.add_iommu_node();
-        let dev = UnboundDevice::open_in(&tree.roots(), "0000:00:06.0").expect("open file");
-        let not_iommufd = Iommufd::open_in(&tree.roots()).expect("open file");
+        let tree = FakeHost::new().expect("fake host");
+        tree.add_device("0000:00:06.0", Some("vfio-pci"), Some(1), Some("vfio8"))
+            .expect("device");
+        tree.add_node("vfio/devices/vfio8").expect("node");
+        tree.add_node("iommu").expect("node");
+        let dev = UnboundDevice::open_in(&tree.host(), "0000:00:06.0").expect("open file");
+        let not_iommufd = Iommufd::open_in(&tree.host()).expect("open file");
         let err = dev.bind(&not_iommufd).expect_err("not a cdev");
         assert_eq!(err.error.kind(), ErrorKind::NotSupported);
         assert_eq!(err.error.errno(), Some(libc::ENOTTY));

@@ -7,7 +7,7 @@ use vfio_hal::{Capability, Container, DmaAccess, Error, IommuInfo, Result, Targe
 use crate::cdev::{AttachedDevice, UnboundDevice};
 use crate::ioas::Ioas;
 use crate::iommufd::Iommufd;
-use crate::sysfs::SysRoots;
+use vfio_hal_linux::Host;
 
 /// An iommufd IOAS behind the [`Container`] trait: devices opened through it
 /// are bound to its iommufd and attached to its IOAS.
@@ -33,28 +33,28 @@ use crate::sysfs::SysRoots;
 #[derive(Debug)]
 pub struct IoasContainer {
     ioas: Ioas,
-    roots: SysRoots,
+    host: Host,
     page_size: u64,
 }
 
 impl IoasContainer {
     /// Opens `/dev/iommu` and allocates a fresh IOAS.
     pub fn open() -> Result<Self> {
-        Self::open_in(SysRoots::default())
+        Self::open_in(Host::default())
     }
 
-    /// As [`IoasContainer::open`], with sysfs and `/dev` at `roots` (used
+    /// As [`IoasContainer::open`], with sysfs and `/dev` of `host` (used
     /// for `/dev/iommu` and to find the cdevs of opened devices).
-    pub fn open_in(roots: SysRoots) -> Result<Self> {
-        let iommufd = Iommufd::open_in(&roots)?;
-        Ok(Self::with_ioas(iommufd.alloc_ioas()?, roots))
+    pub fn open_in(host: Host) -> Result<Self> {
+        let iommufd = Iommufd::open_in(&host)?;
+        Ok(Self::with_ioas(iommufd.alloc_ioas()?, host))
     }
 
     /// A container over an existing IOAS (shared with other users of it).
-    pub fn with_ioas(ioas: Ioas, roots: SysRoots) -> Self {
+    pub fn with_ioas(ioas: Ioas, host: Host) -> Self {
         Self {
             ioas,
-            roots,
+            host,
             page_size: vfio_hal::memory::page_size(),
         }
     }
@@ -72,7 +72,7 @@ impl IoasContainer {
     /// Opens `device`'s cdev and binds it to this container's iommufd,
     /// without attaching it — for callers that want a HWPT of their own.
     pub fn open_unattached(&self, device: &str) -> Result<crate::cdev::BoundDevice> {
-        Ok(UnboundDevice::open_in(&self.roots, device)?.bind(self.iommufd())?)
+        Ok(UnboundDevice::open_in(&self.host, device)?.bind(self.iommufd())?)
     }
 
     fn check_map(&self, iova: u64, host: *mut u8, len: u64) -> Result<()> {
@@ -157,7 +157,7 @@ unsafe impl Container for IoasContainer {
     }
 
     fn open_device(&self, name: &str) -> Result<AttachedDevice> {
-        let bound = UnboundDevice::open_in(&self.roots, name)?.bind(self.iommufd())?;
+        let bound = UnboundDevice::open_in(&self.host, name)?.bind(self.iommufd())?;
         Ok(bound.attach(&self.ioas)?)
     }
 }

@@ -11,7 +11,7 @@ use vfio_hal::{Error, Result, Target};
 use crate::hwpt::{self, HwInfo};
 use crate::ioas::Ioas;
 use crate::sys;
-use crate::sysfs::SysRoots;
+use vfio_hal_linux::Host;
 
 /// An open `/dev/iommu`.
 ///
@@ -38,12 +38,12 @@ impl Iommufd {
     /// A kernel without `CONFIG_IOMMUFD` has no such node:
     /// [`vfio_hal::ErrorKind::NotFound`], with the path in the error.
     pub fn open() -> Result<Self> {
-        Self::open_in(&SysRoots::default())
+        Self::open_in(&Host::default())
     }
 
-    /// Opens `iommu` under the `/dev` of `roots` (tests point it at a fake tree).
-    pub fn open_in(roots: &SysRoots) -> Result<Self> {
-        Self::open_path(&roots.iommu_node())
+    /// Opens `iommu` under the `/dev` of `host` (tests point it at a fake tree).
+    pub fn open_in(host: &Host) -> Result<Self> {
+        Self::open_path(&host.iommu_node())
     }
 
     /// Opens the iommufd node at `path`.
@@ -134,13 +134,13 @@ impl AsFd for Iommufd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::fake::FakeTree;
     use vfio_hal::ErrorKind;
+    use vfio_hal_linux::fake::FakeHost;
 
     #[test]
     fn a_missing_dev_iommu_is_not_found_with_its_path() {
-        let tree = FakeTree::new();
-        let e = Iommufd::open_in(&tree.roots()).expect_err("no node");
+        let tree = FakeHost::new().expect("fake host");
+        let e = Iommufd::open_in(&tree.host()).expect_err("no node");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(e.errno(), Some(libc::ENOENT));
         let path = tree.path("dev/iommu").display().to_string();
@@ -149,15 +149,15 @@ mod tests {
 
     #[test]
     fn a_file_that_is_no_iommufd_refuses_ioctls_with_typed_errors() {
-        let tree = FakeTree::new();
-        tree.add_iommu_node();
-        let fd = Iommufd::open_in(&tree.roots()).expect("a plain file opens");
+        let tree = FakeHost::new().expect("fake host");
+        tree.add_node("iommu").expect("node");
+        let fd = Iommufd::open_in(&tree.host()).expect("a plain file opens");
         let e = fd.alloc_ioas().expect_err("not an iommufd");
         assert_eq!(e.kind(), ErrorKind::NotSupported);
         assert!(e.to_string().contains("IOMMU_IOAS_ALLOC"), "{e}");
         let clone = fd.clone();
         assert!(clone.same_as(&fd));
-        let other = Iommufd::open_in(&tree.roots()).expect("open again");
+        let other = Iommufd::open_in(&tree.host()).expect("open again");
         assert!(!other.same_as(&fd));
     }
 }

@@ -1,8 +1,7 @@
 //! # vfio-hal-iommufd
 //!
 //! The iommufd backend of `vfio-hal`: `/dev/iommu` address spaces and the
-//! VFIO device cdev (`/dev/vfio/devices/vfioN`, Linux 6.6+), plus the choice
-//! between this backend and the legacy type1 one.
+//! VFIO device cdev (`/dev/vfio/devices/vfioN`, Linux 6.6+).
 //!
 //! | type | kernel object |
 //! |---|---|
@@ -12,17 +11,17 @@
 //! | [`UnboundDevice`] → [`BoundDevice`] → [`AttachedDevice`] | the cdev lifecycle, as types |
 //! | [`IoasContainer`] | one IOAS as a [`vfio_hal::Container`] |
 //!
-//! [`AttachedDevice`] implements [`vfio_hal::Device`] through the legacy
-//! backend's device-fd code: region, irq and feature ioctls are the same on
-//! a cdev fd and on a group-obtained one, so they live in one place.
+//! [`AttachedDevice`] implements [`vfio_hal::Device`] through the device-fd
+//! code of `vfio-hal-linux`: region, irq and feature ioctls are the same on
+//! a cdev fd and on a group-obtained one, so they live in one place. Which
+//! of this backend and the legacy one serves a device is the facade's
+//! choice (`vfio_hal_facade::open`), where both are visible.
 //!
 //! ```no_run
 //! use vfio_hal::prelude::*;
 //! use vfio_hal::{DmaAccess, DmaBuffer};
-//! use vfio_hal_iommufd::{choose_backend, Backend, IoasContainer};
+//! use vfio_hal_iommufd::IoasContainer;
 //!
-//! let choice = choose_backend("0000:00:01.0");
-//! assert_eq!(choice.backend, Backend::Iommufd, "{}", choice.reason);
 //! let container = IoasContainer::open()?;
 //! let edu = container.open_device("0000:00:01.0")?; // open + bind + attach
 //! let ring = container.map_buffer(0x10_0000, DmaBuffer::new(4096)?, DmaAccess::ReadWrite)?;
@@ -49,24 +48,17 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod cdev;
-pub mod choose;
 pub mod container;
 pub mod hwpt;
 pub mod ioas;
 pub mod iommufd;
 pub mod sys;
-pub mod sysfs;
 
 pub use cdev::{
     AttachError, AttachedDevice, BindError, BoundDevice, DetachError, PageTable, UnboundDevice,
-};
-pub use choose::{
-    choose_backend, choose_backend_in, open_container, open_container_in, Backend, Choice,
-    ChosenContainer,
 };
 pub use container::IoasContainer;
 pub use hwpt::{DirtyBitmap, HwInfo, HwPagetable, HwptOptions, IommuType};
 pub use ioas::Ioas;
 pub use iommufd::{Iommufd, RlimitMode};
 pub use sys::IovaRanges;
-pub use sysfs::{CdevLocation, SysRoots};

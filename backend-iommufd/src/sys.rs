@@ -9,8 +9,8 @@
 //! the same `IOMMUFD_CMD_*` values, which the tests compare). The cdev
 //! commands are `_IO(VFIO_TYPE, VFIO_BASE + 18..=20)` from
 //! `include/uapi/linux/vfio.h`, with `VFIO_TYPE = ';'` and `VFIO_BASE = 100`;
-//! their request numbers, `_IO` and the generic ioctl wrapper are the legacy
-//! backend's ([`vfio_hal_legacy::sys`]), shared rather than repeated.
+//! their request numbers, `_IO` and the generic ioctl wrapper are the kernel
+//! plumbing's ([`vfio_hal_linux::sys`]), shared rather than repeated.
 //!
 //! The argument structs come from `iommufd-bindings` and `vfio-bindings`.
 //! Where a struct grew after 6.12, the wrappers send the size of the part
@@ -28,8 +28,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use iommufd_bindings as iommu;
 use vfio_bindings::bindings::vfio;
 use vfio_hal::{Error, IovaRange, Result, Target};
-use vfio_hal_legacy::sys::{io, ioctl_with_mut_ref, Errno, Request};
-pub use vfio_hal_legacy::sys::{
+use vfio_hal_linux::sys::{io, ioctl_with_mut_ref, Errno, Request};
+pub use vfio_hal_linux::sys::{
     VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
 };
 

@@ -15,10 +15,10 @@ use vfio_hal::pci::cfg;
 use vfio_hal::prelude::*;
 use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange};
 use vfio_hal_iommufd::{
-    choose_backend, choose_backend_in, open_container, open_container_in, sys, Backend,
-    HwptOptions, IoasContainer, IommuType, Iommufd, PageTable, SysRoots, UnboundDevice,
+    sys, HwptOptions, IoasContainer, IommuType, Iommufd, PageTable, UnboundDevice,
 };
-use vfio_hal_legacy::devfd::{Backing, VfioDevice};
+use vfio_hal_linux::devfd::{Backing, VfioDevice};
+use vfio_hal_linux::Host;
 
 const PAGE: u64 = 4096;
 
@@ -84,48 +84,13 @@ impl Backing for NothingBehind {
     not(vfio_hal_guest),
     ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
 )]
-fn choose_backend_picks_iommufd_on_the_guest_kernel() {
-    let choice = choose_backend(&edu());
-    println!("choice for edu: {choice}");
-    assert_eq!(choice.backend, Backend::Iommufd, "{choice}");
-    let chosen = open_container(&edu()).expect("open the chosen container");
-    assert_eq!(chosen.choice.backend, Backend::Iommufd);
-    let device = chosen.container.open_device(&edu()).expect("open edu");
+fn the_guest_kernel_offers_edus_cdev_and_dev_iommu() {
+    let loc = Host::default().find_cdev(&edu()).expect("edu's cdev");
+    println!("edu: cdev {} at {}", loc.cdev, loc.node.display());
+    assert!(loc.node.exists(), "{}", loc.node.display());
+    let container = IoasContainer::open().expect("/dev/iommu and an IOAS");
+    let device = container.open_device(&edu()).expect("open edu");
     assert_eq!(device.vendor_id().expect("vendor id"), 0x1234);
-}
-
-/// Hides the cdev by pointing sysfs at a copy of edu's directory without
-/// `vfio-dev` (what a kernel without `VFIO_DEVICE_CDEV` shows): the legacy
-/// backend is chosen, says why, and opens the real device through its group.
-#[test]
-#[cfg_attr(
-    not(vfio_hal_guest),
-    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
-)]
-fn hiding_the_cdev_picks_legacy_which_then_works() {
-    let bdf = edu();
-    let fake = std::env::temp_dir().join(format!("iommufd-choice-{}", std::process::id()));
-    let dir = fake.join("bus/pci/devices").join(&bdf);
-    std::fs::create_dir_all(&dir).expect("mkdir fake sysfs");
-    let group = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
-        .expect("edu's iommu_group link");
-    std::os::unix::fs::symlink(&group, dir.join("iommu_group")).expect("symlink");
-    let roots = SysRoots::new(&fake, "/dev");
-
-    let choice = choose_backend_in(&roots, &bdf);
-    println!("choice with the cdev hidden: {choice}");
-    assert_eq!(choice.backend, Backend::Legacy, "{choice}");
-    assert!(choice.reason.contains("no VFIO device cdev"), "{choice}");
-
-    let chosen = open_container_in(&roots, &bdf).expect("legacy container");
-    let device = chosen
-        .container
-        .open_device(&bdf)
-        .expect("edu via its group");
-    assert_eq!(device.device_id().expect("device id"), 0x11e8);
-    drop(device);
-    drop(chosen);
-    std::fs::remove_dir_all(&fake).expect("clean up");
 }
 
 // ---------------------------------------------------------------------------
@@ -573,18 +538,18 @@ fn edu_msi_reaches_an_eventfd_exactly_once() {
     dev.set_bus_master(true).expect("bus master");
     let msi = dev.irq(MSI).expect("MSI");
     assert_eq!(msi.info().count, 1);
-    let efd = vfio_hal_legacy::sys::eventfd().expect("eventfd");
+    let efd = vfio_hal_linux::sys::eventfd().expect("eventfd");
     msi.set_eventfd(0, Some(efd.as_fd())).expect("route MSI");
     let bar0 = dev.region(0).expect("BAR0");
     bar0.write_at::<u32>(0x60, 1).expect("raise");
-    let fired = vfio_hal_legacy::sys::poll_readable(efd.as_fd(), 10_000).expect("poll");
+    let fired = vfio_hal_linux::sys::poll_readable(efd.as_fd(), 10_000).expect("poll");
     assert!(fired, "no MSI within 10 s");
     assert_eq!(
-        vfio_hal_legacy::sys::eventfd_read(efd.as_fd()).expect("read"),
+        vfio_hal_linux::sys::eventfd_read(efd.as_fd()).expect("read"),
         Some(1)
     );
     bar0.write_at::<u32>(0x64, 1).expect("ack");
-    assert!(!vfio_hal_legacy::sys::poll_readable(efd.as_fd(), 200).expect("poll"));
+    assert!(!vfio_hal_linux::sys::poll_readable(efd.as_fd(), 200).expect("poll"));
     msi.disable().expect("disable");
 }
 
@@ -632,11 +597,11 @@ fn the_msix_device_opens_through_the_cdev() {
         .find_capability(cfg::CAP_ID_MSIX)
         .expect("walk")
         .is_some());
-    let efd = vfio_hal_legacy::sys::eventfd().expect("eventfd");
+    let efd = vfio_hal_linux::sys::eventfd().expect("eventfd");
     msix.set_eventfd(0, Some(efd.as_fd()))
         .expect("route vector 0");
     msix.trigger(0, 1).expect("loopback trigger");
-    assert!(vfio_hal_legacy::sys::poll_readable(efd.as_fd(), 5_000).expect("poll"));
+    assert!(vfio_hal_linux::sys::poll_readable(efd.as_fd(), 5_000).expect("poll"));
     msix.disable().expect("disable");
 }
 
@@ -652,7 +617,7 @@ mod kernel_mock {
     use std::os::fd::AsFd;
 
     use vfio_hal_iommufd::Iommufd;
-    use vfio_hal_legacy::sys::{io, ioctl_with_mut_ref, Request};
+    use vfio_hal_linux::sys::{io, ioctl_with_mut_ref, Request};
 
     const IOMMU_TEST_CMD: Request = Request::new("IOMMU_TEST_CMD", io(b';', 0x80 + 32));
     const OP_MOCK_DOMAIN: u32 = 2;

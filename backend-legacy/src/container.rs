@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use vfio_bindings::bindings::vfio::{
@@ -39,11 +38,11 @@ use vfio_hal::caps::ChainKind;
 use vfio_hal::error::Buffer;
 use vfio_hal::{Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
 
-use crate::devfd::VfioDevice;
 use crate::group::{Group, GroupInner};
-use crate::info::{self, u32_at, u64_at};
-use crate::sys::{self, ArgszRequest, Errno};
-use crate::sysfs::Sysfs;
+use vfio_hal_linux::devfd::VfioDevice;
+use vfio_hal_linux::info::{self, u32_at, u64_at};
+use vfio_hal_linux::sys::{self, ArgszRequest, Errno};
+use vfio_hal_linux::Host;
 
 /// `VFIO_CHECK_EXTENSION` numbers (`include/uapi/linux/vfio.h`).
 pub mod extension {
@@ -97,19 +96,17 @@ impl IommuType {
 pub struct ContainerConfig {
     /// The IOMMU type set when the first group is attached.
     pub iommu_type: IommuType,
-    /// The VFIO node directory: `<dev_dir>/vfio` is the container,
-    /// `<dev_dir>/<N>` the groups. Default `/dev/vfio`.
-    pub dev_dir: PathBuf,
-    /// The sysfs tree in which devices are looked up.
-    pub sysfs: Sysfs,
+    /// The host trees: the container is [`Host::container_node`], the
+    /// groups [`Host::group_node`], devices are looked up in its sysfs.
+    /// Default `/sys` and `/dev`.
+    pub host: Host,
 }
 
 impl Default for ContainerConfig {
     fn default() -> Self {
         Self {
             iommu_type: IommuType::default(),
-            dev_dir: PathBuf::from("/dev/vfio"),
-            sysfs: Sysfs::default(),
+            host: Host::default(),
         }
     }
 }
@@ -151,7 +148,7 @@ impl ContainerInner {
 /// A type1 container: `/dev/vfio/vfio` with its groups and DMA mappings.
 ///
 /// Cheap to share by reference; devices opened from it keep the container
-/// (and their group) open through their [`Backing`](crate::devfd::Backing),
+/// (and their group) open through their [`Backing`](vfio_hal_linux::devfd::Backing),
 /// so dropping the container while devices live only drops this handle.
 #[derive(Debug)]
 pub struct LegacyContainer {
@@ -167,11 +164,11 @@ impl LegacyContainer {
         Self::open_with(ContainerConfig::default())
     }
 
-    /// Opens `<dev_dir>/vfio` with `config`: checks the API version and
+    /// Opens the container node of `config.host`: checks the API version and
     /// that the kernel offers the requested IOMMU type. The IOMMU itself is
     /// set when the first group is attached (the kernel needs a group first).
     pub fn open_with(config: ContainerConfig) -> Result<Self> {
-        let path = config.dev_dir.join("vfio");
+        let path = config.host.container_node();
         let fd: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -243,7 +240,7 @@ impl LegacyContainer {
     }
 
     /// The group `id`, attached to this container: returns the attached
-    /// one, or opens `<dev_dir>/<id>`, checks that it is viable
+    /// one, or opens the group node `<dev>/vfio/<id>`, checks that it is viable
     /// (`NotViable` otherwise), sets this container and, for the first
     /// group, sets the IOMMU type.
     pub fn group(&self, id: u32) -> Result<Group> {
@@ -259,7 +256,7 @@ impl LegacyContainer {
 
     /// The group of `device` (a PCI address or a sysfs path), attached.
     pub fn group_of(&self, device: &str) -> Result<Group> {
-        let id = self.inner.config.sysfs.iommu_group(device)?;
+        let id = self.inner.config.host.iommu_group(device)?;
         self.group(id)
     }
 
@@ -529,7 +526,7 @@ unsafe impl Container for LegacyContainer {
     /// [`group`](Self::group)) and gets the device fd by name. `name` is a
     /// PCI address or an absolute sysfs device path.
     fn open_device(&self, name: &str) -> Result<VfioDevice> {
-        let (_, device_name) = self.inner.config.sysfs.device(name)?;
+        let (_, device_name) = self.inner.config.host.device_dir(name)?;
         self.group_of(name)?.open_device(&device_name)
     }
 }
@@ -537,14 +534,14 @@ unsafe impl Container for LegacyContainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::tests::TempDir;
     use vfio_hal::ErrorKind;
+    use vfio_hal_linux::fake::TempDir;
 
     #[test]
     fn opening_an_absent_container_is_not_found_with_the_path() {
-        let t = TempDir::new("nodev");
+        let t = TempDir::new("nodev").expect("temp dir");
         let e = LegacyContainer::open_with(ContainerConfig {
-            dev_dir: t.0.clone(),
+            host: Host::new(t.path().join("sys"), t.path()),
             ..ContainerConfig::default()
         })
         .expect_err("no node");
@@ -552,7 +549,7 @@ mod tests {
         assert_eq!(e.errno(), Some(libc::ENOENT));
         assert!(
             e.to_string()
-                .contains(&t.0.join("vfio").display().to_string()),
+                .contains(&t.path().join("vfio/vfio").display().to_string()),
             "{e}"
         );
     }
@@ -560,10 +557,11 @@ mod tests {
     #[test]
     fn a_node_that_is_not_vfio_fails_typed() {
         // A regular file answers ioctls with ENOTTY.
-        let t = TempDir::new("notvfio");
-        std::fs::write(t.0.join("vfio"), b"").expect("create");
+        let t = TempDir::new("notvfio").expect("temp dir");
+        std::fs::create_dir_all(t.path().join("vfio")).expect("mkdir");
+        std::fs::write(t.path().join("vfio/vfio"), b"").expect("create");
         let e = LegacyContainer::open_with(ContainerConfig {
-            dev_dir: t.0.clone(),
+            host: Host::new(t.path().join("sys"), t.path()),
             ..ContainerConfig::default()
         })
         .expect_err("not a container");

@@ -16,9 +16,9 @@ use vfio_bindings::bindings::vfio::{VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_F
 use vfio_hal::{Error, Result, Target};
 
 use crate::container::{lock, ContainerInner};
-use crate::devfd::{Backing, VfioDevice};
-use crate::sys::{self, Errno};
-use crate::sysfs::check_name;
+use vfio_hal_linux::devfd::{Backing, VfioDevice};
+use vfio_hal_linux::host::check_name;
+use vfio_hal_linux::sys::{self, Errno};
 
 /// What `VFIO_GROUP_GET_STATUS` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,7 +66,7 @@ impl GroupInner {
         id: u32,
         first: bool,
     ) -> Result<Arc<Self>> {
-        let path = container.config.dev_dir.join(id.to_string());
+        let path = container.config.host.group_node(id);
         let fd: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -154,7 +154,7 @@ impl Group {
         self.inner.id
     }
 
-    /// The group fd (e.g. for [`KvmVfioDevice`](crate::kvm::KvmVfioDevice)
+    /// The group fd (e.g. for [`KvmVfioDevice`](vfio_hal_linux::kvm::KvmVfioDevice)
     /// or as proof of ownership for a PCI hot reset).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.inner.fd.as_fd()

@@ -1,25 +1,24 @@
 //! VFIO type1 backend for `vfio-hal`: the container/group API of
-//! `/dev/vfio/vfio` and `/dev/vfio/N`, and the device-fd code that the
-//! iommufd backend shares.
+//! `/dev/vfio/vfio` and `/dev/vfio/N`.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`container`] | [`LegacyContainer`]: API version, extensions, IOMMU type, IOMMU info, map/unmap, groups |
 //! | [`group`] | [`Group`]: viability, attach/detach, device fds by name |
-//! | [`devfd`] | [`VfioDevice`], [`VfioRegion`], [`VfioIrq`]: the device fd, reused unchanged by vfio-hal-iommufd |
-//! | [`sysfs`] | a device's IOMMU group (and VFIO cdev) from its PCI address or sysfs path |
-//! | [`sys`] | ioctl numbers and wrappers: the only place that calls `ioctl` |
-//! | `kvm` (feature `kvm`) | the KVM-VFIO pseudo device |
-//! | `crosvm` (feature `crosvm-ext`) | crosvm's out-of-tree extensions, opt-in |
+//!
+//! Devices are [`vfio_hal_linux::VfioDevice`]s: the device fd, its regions
+//! and irqs are the same whichever backend opened it, so they live in
+//! `vfio-hal-linux` with the ioctl layer and sysfs discovery.
 //!
 //! The same code runs against iommufd's compat mode (iommufd serving
 //! `/dev/vfio/vfio`); nothing in it assumes type1's exact page sizes.
 //!
 //! ```no_run
-//! use std::os::fd::AsFd;
 //! use vfio_hal::prelude::*;
 //! use vfio_hal::irq::index::MSI;
-//! use vfio_hal_legacy::{sys, LegacyContainer};
+//! use vfio_hal_legacy::LegacyContainer;
+//! use vfio_hal_linux::sys;
+//! use std::os::fd::AsFd;
 //!
 //! let container = LegacyContainer::open()?;
 //! let edu = container.open_device("0000:00:01.0")?;
@@ -34,17 +33,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod container;
-#[cfg(feature = "crosvm-ext")]
-pub mod crosvm;
-pub mod devfd;
 pub mod group;
-mod info;
-#[cfg(feature = "kvm")]
-pub mod kvm;
-pub mod sys;
-pub mod sysfs;
 
 pub use container::{ContainerConfig, IommuType, LegacyContainer};
-pub use devfd::{Backing, HotResetDevice, HotResetInfo, VfioDevice, VfioIrq, VfioRegion};
 pub use group::{Group, GroupStatus};
-pub use sysfs::Sysfs;

@@ -16,7 +16,8 @@ use vfio_hal::pci::{cfg, region::CONFIG};
 use vfio_hal::prelude::*;
 use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange};
 use vfio_hal_guest_tests as lane;
-use vfio_hal_legacy::{sys, LegacyContainer, VfioDevice};
+use vfio_hal_legacy::LegacyContainer;
+use vfio_hal_linux::{sys, VfioDevice};
 
 /// edu's identification register (BAR0 + 0).
 const EDU_IDENT: u32 = 0x0100_00ed;

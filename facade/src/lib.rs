@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | `mock` | [`mock`]: the in-memory backend with QEMU's edu and a copy engine | yes |
 //! | `legacy` | [`legacy`]: the VFIO type1 container/group backend | yes |
-//! | `iommufd` | [`iommufd`]: iommufd + the device cdev, and the kernel-probing [`Backend::Auto`] choice | yes |
+//! | `iommufd` | [`iommufd`]: iommufd + the device cdev | yes |
+//! | `kvm` | `linux::kvm`: the KVM-VFIO pseudo device, for group and cdev fds | no |
 //! | `vm-memory` | [`guest_memory`]: a `GuestMemoryMmap` mapped into a container at IOVA = GPA | no |
 //! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | with `cli` |
 //! | `cli` | the `vfio-hal` command-line tool (clap, serde_json, the conformance suite) | yes |
@@ -67,11 +68,15 @@ pub use vfio_hal_mock as mock;
 #[cfg(feature = "legacy")]
 pub use vfio_hal_legacy as legacy;
 
-/// The iommufd + device-cdev backend (`vfio-hal-iommufd`), with the
-/// kernel-probing backend choice ([`iommufd::choose_backend`]).
+/// The iommufd + device-cdev backend (`vfio-hal-iommufd`).
 #[cfg(feature = "iommufd")]
 pub use vfio_hal_iommufd as iommufd;
 
+/// The kernel plumbing under the real backends (`vfio-hal-linux`): the
+/// host model and its fake, the device fd, the KVM-VFIO hook.
+pub use vfio_hal_linux as linux;
+
 pub use backend::Backend;
+pub use backend::{auto_choice, Description, DESCRIPTIONS};
 pub use host::{Host, PciDevice, Problem};
 pub use open::{open, open_container, OpenError, OpenSpec, Opened, MOCK_DEVICES};

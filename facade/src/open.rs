@@ -17,8 +17,8 @@ use std::fmt;
 use vfio_hal::dynamic::{DynContainer, DynDevice};
 use vfio_hal::{Error, ErrorKind, Target};
 
-use crate::backend::Backend;
-use crate::host::{is_pci_address, Host, PciDevice, Problem};
+use crate::backend::{auto_choice, Backend};
+use crate::host::{check_device, check_nodes, is_pci_address, Host, Problem};
 
 /// The models the mock backend serves, by the names [`open()`] knows them.
 pub const MOCK_DEVICES: [&str; 2] = ["edu", "copy-engine"];
@@ -240,15 +240,18 @@ fn open_mock(_name: &str, _reason: String) -> Result<Opened, OpenError> {
 }
 
 fn open_real(host: &Host, name: &str, requested: Backend) -> Result<Opened, OpenError> {
-    let device = host.check_device(name)?;
+    let device = check_device(host, name)?;
     let (backend, reason) = match requested {
-        Backend::Auto => auto_choice(host, &device)?,
+        Backend::Auto => auto_choice(host, &device).ok_or(Problem::NotBuilt {
+            backend: Backend::Legacy,
+            feature: "legacy",
+        })?,
         b => (b, format!("asked for (--backend {b})")),
     };
     if let (false, Some(feature)) = (backend.compiled_in(), backend.feature()) {
         return Err(Problem::NotBuilt { backend, feature }.into());
     }
-    host.check_nodes(backend, &device)?;
+    check_nodes(host, backend, &device)?;
     let hal = |error: Error| OpenError::Hal {
         device: device.name.clone(),
         backend,
@@ -257,6 +260,7 @@ fn open_real(host: &Host, name: &str, requested: Backend) -> Result<Opened, Open
     };
     let container = open_container(host, backend, &[]).map_err(hal)?;
     let opened = vfio_hal::Container::open_device(&container, &device.name).map_err(hal)?;
+    log::info!("{}: {backend} backend: {reason}", device.name);
     Ok(Opened {
         device: opened,
         container,
@@ -264,35 +268,6 @@ fn open_real(host: &Host, name: &str, requested: Backend) -> Result<Opened, Open
         backend,
         reason,
     })
-}
-
-/// The kernel-probing choice of the iommufd crate, where it is built in.
-#[cfg(feature = "iommufd")]
-fn auto_choice(host: &Host, device: &PciDevice) -> Result<(Backend, String), OpenError> {
-    use vfio_hal_iommufd::{choose_backend_in, Backend as Chosen, SysRoots};
-    let choice = choose_backend_in(&SysRoots::new(host.sys(), host.dev()), &device.name);
-    let backend = match choice.backend {
-        Chosen::Iommufd => Backend::Iommufd,
-        Chosen::Legacy => Backend::Legacy,
-    };
-    Ok((backend, choice.reason))
-}
-
-#[cfg(all(feature = "legacy", not(feature = "iommufd")))]
-fn auto_choice(_host: &Host, _device: &PciDevice) -> Result<(Backend, String), OpenError> {
-    Ok((
-        Backend::Legacy,
-        "the only real backend in this build (cargo feature `iommufd` is off)".to_owned(),
-    ))
-}
-
-#[cfg(not(feature = "legacy"))]
-fn auto_choice(_host: &Host, _device: &PciDevice) -> Result<(Backend, String), OpenError> {
-    Err(Problem::NotBuilt {
-        backend: Backend::Legacy,
-        feature: "legacy",
-    }
-    .into())
 }
 
 /// A fresh, empty container of a real backend (`Legacy` or `Iommufd`)
@@ -308,38 +283,18 @@ pub fn open_container(
     backend: Backend,
     attach: &[&str],
 ) -> vfio_hal::Result<DynContainer> {
-    match backend {
-        #[cfg(feature = "legacy")]
-        Backend::Legacy => {
-            use vfio_hal_legacy::{ContainerConfig, LegacyContainer, Sysfs};
-            let container = LegacyContainer::open_with(ContainerConfig {
-                dev_dir: host.dev().join("vfio"),
-                sysfs: Sysfs::new(host.sys()),
-                ..ContainerConfig::default()
-            })?;
-            for device in attach {
-                container.attach(device)?;
-            }
-            Ok(vfio_hal::dynamic::erase_container(container))
-        }
-        #[cfg(feature = "iommufd")]
-        Backend::Iommufd => {
-            use vfio_hal_iommufd::{IoasContainer, SysRoots};
-            let container = IoasContainer::open_in(SysRoots::new(host.sys(), host.dev()))?;
-            Ok(vfio_hal::dynamic::erase_container(container))
-        }
-        other => {
-            let _ = (host, attach);
-            Err(Error::NotSupported {
-                op: "open container",
-                target: Target::None,
-                reason: match other {
-                    Backend::Auto => "resolve Backend::Auto first",
-                    Backend::Mock => "mock containers come with their models: use open()",
-                    _ => "the backend is not in this build",
-                },
-            })
-        }
+    let open = backend.description().and_then(|d| d.open_container);
+    match open {
+        Some(open) => open(host, attach),
+        None => Err(Error::NotSupported {
+            op: "open container",
+            target: Target::None,
+            reason: match backend {
+                Backend::Auto => "resolve Backend::Auto first",
+                Backend::Mock => "mock containers come with their models: use open()",
+                _ => "the backend is not in this build",
+            },
+        }),
     }
 }
 
@@ -385,9 +340,9 @@ fn remedy_for(host: &Host, error: &Error) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
     #[cfg(feature = "mock")]
     use vfio_hal::prelude::*;
+    use vfio_hal_linux::fake::FakeHost;
 
     #[cfg(feature = "mock")]
     #[test]

@@ -12,6 +12,7 @@
 use vfio_hal::prelude::*;
 use vfio_hal_conformance::runner::run_cases_to;
 use vfio_hal_facade::conformance::{select, RealFixture, Selection};
+use vfio_hal_facade::host::{check_device, offers};
 use vfio_hal_facade::{open, Backend, Host, OpenSpec};
 use vfio_hal_guest_tests::{self as lane, KernelFlavour};
 
@@ -40,10 +41,10 @@ fn sysfs_shows_the_lanes_devices_bound_and_viable() {
     let present = lane::pci_device_dir(&spare).exists().then_some(spare);
     for bdf in [edu(), msix()].into_iter().chain(present) {
         assert!(names.contains(&bdf), "{bdf} not in {names:?}");
-        let d = host.check_device(&bdf).expect("usable");
+        let d = check_device(&host, &bdf).expect("usable");
         assert!(d.group.is_some() && d.bound_to_vfio(), "{d:?}");
     }
-    let offers = host.offers();
+    let offers = offers(&host);
     let legacy = offers.iter().find(|o| o.backend == Backend::Legacy);
     assert!(legacy.is_some_and(|o| o.available), "{offers:?}");
 }
@@ -55,7 +56,7 @@ fn sysfs_shows_the_lanes_devices_bound_and_viable() {
 )]
 fn auto_picks_iommufd_where_the_cdev_and_dev_iommu_exist() {
     let host = Host::default();
-    let device = host.check_device(&edu()).expect("edu usable");
+    let device = check_device(&host, &edu()).expect("edu usable");
     let expect = if device.cdev.is_some() && host.iommu_node().exists() {
         Backend::Iommufd
     } else {
@@ -71,6 +72,43 @@ fn auto_picks_iommufd_where_the_cdev_and_dev_iommu_exist() {
     assert_eq!(opened.backend, expect, "{}", opened.reason);
     let bar0 = opened.device.region(0).expect("bar0");
     assert_eq!(bar0.read_at::<u32>(0).expect("id"), EDU_ID_VALUE);
+}
+
+/// Hides the cdev by pointing sysfs at a copy of edu's directory without
+/// `vfio-dev` (what a kernel without `VFIO_DEVICE_CDEV` shows): the
+/// automatic choice takes the legacy backend, says why, and it opens the
+/// real device through its group.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn hiding_the_cdev_makes_auto_pick_legacy_which_then_works() {
+    let bdf = edu();
+    let fake = std::env::temp_dir().join(format!("facade-choice-{}", std::process::id()));
+    let dir = fake.join("bus/pci/devices").join(&bdf);
+    std::fs::create_dir_all(&dir).expect("mkdir fake sysfs");
+    let real = lane::pci_device_dir(&bdf);
+    for link in ["iommu_group", "driver"] {
+        let target = std::fs::read_link(real.join(link)).expect("edu's sysfs link");
+        let target = real.join(target);
+        std::os::unix::fs::symlink(&target, dir.join(link)).expect("symlink");
+    }
+    let host = Host::new(&fake, "/dev");
+    let opened = open(&OpenSpec::new(bdf.clone()).with_host(host)).expect("legacy opens edu");
+    println!(
+        "auto with the cdev hidden: {} ({})",
+        opened.backend, opened.reason
+    );
+    assert_eq!(opened.backend, Backend::Legacy, "{}", opened.reason);
+    assert!(
+        opened.reason.contains("no VFIO device cdev"),
+        "{}",
+        opened.reason
+    );
+    assert_eq!(opened.device.device_id().expect("device id"), 0x11e8);
+    drop(opened);
+    std::fs::remove_dir_all(&fake).expect("clean up");
 }
 
 #[test]

@@ -158,7 +158,7 @@ fn raw_map_unmap(fd: i32, buf: &DmaBuffer, len: u64) {
     };
     // SAFETY: VFIO_IOMMU_MAP_DMA reads its struct; `buf` outlives the
     // mapping, which is undone below.
-    let rc = unsafe { libc::ioctl(fd, vfio_hal_legacy::sys::VFIO_IOMMU_MAP_DMA.code as _, &map) };
+    let rc = unsafe { libc::ioctl(fd, vfio_hal_linux::sys::VFIO_IOMMU_MAP_DMA.code as _, &map) };
     assert_eq!(rc, 0, "raw VFIO_IOMMU_MAP_DMA");
     let mut unmap = vfio::vfio_iommu_type1_dma_unmap {
         argsz: std::mem::size_of::<vfio::vfio_iommu_type1_dma_unmap>() as u32,
@@ -172,7 +172,7 @@ fn raw_map_unmap(fd: i32, buf: &DmaBuffer, len: u64) {
     let rc = unsafe {
         libc::ioctl(
             fd,
-            vfio_hal_legacy::sys::VFIO_IOMMU_UNMAP_DMA.code as _,
+            vfio_hal_linux::sys::VFIO_IOMMU_UNMAP_DMA.code as _,
             &mut unmap,
         )
     };

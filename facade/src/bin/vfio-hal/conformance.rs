@@ -186,8 +186,7 @@ pub fn run(ctx: &Ctx, args: &ConformanceArgs) -> Result<(), CliError> {
     drop(opened);
     let msix = match &args.msix {
         Some(m) => Some(
-            ctx.host
-                .check_device(m)
+            vfio_hal_facade::host::check_device(&ctx.host, m)
                 .map_err(vfio_hal_facade::OpenError::from)?
                 .name,
         ),

@@ -10,20 +10,12 @@ use crate::{CliError, Ctx};
 
 /// What `auto` would pick for a device, and why.
 fn auto_choice(ctx: &Ctx, device: &PciDevice) -> (String, String) {
-    #[cfg(feature = "iommufd")]
-    {
-        use vfio_hal_facade::iommufd::{choose_backend_in, SysRoots};
-        let choice =
-            choose_backend_in(&SysRoots::new(ctx.host.sys(), ctx.host.dev()), &device.name);
-        (choice.backend.to_string(), choice.reason)
-    }
-    #[cfg(not(feature = "iommufd"))]
-    {
-        let _ = (ctx, device);
-        (
-            Backend::Legacy.to_string(),
-            "the only real backend in this build".to_owned(),
-        )
+    match vfio_hal_facade::auto_choice(&ctx.host, device) {
+        Some((backend, why)) => (backend.to_string(), why),
+        None => (
+            "none".to_owned(),
+            "no real backend in this build".to_owned(),
+        ),
     }
 }
 
@@ -46,8 +38,8 @@ fn viability(blockers: &[Blocker]) -> String {
 /// Runs `list`.
 pub fn run(ctx: &Ctx) -> Result<(), CliError> {
     let host = &ctx.host;
-    let nodes = host.nodes();
-    let offers = host.offers();
+    let nodes = vfio_hal_facade::host::nodes(host);
+    let offers = vfio_hal_facade::host::offers(host);
     let devices: Vec<(PciDevice, Vec<Blocker>, (String, String))> = host
         .vfio_devices()
         .into_iter()

@@ -13,7 +13,7 @@
 //! # use std::os::fd::{OwnedFd, RawFd};
 //! # use std::sync::Arc;
 //! use vfio_hal::prelude::*;
-//! use vfio_hal_legacy::devfd::{Backing, VfioDevice};
+//! use vfio_hal_linux::devfd::{Backing, VfioDevice};
 //!
 //! /// What keeps the cdev binding alive (for illustration: an iommufd).
 //! #[derive(Debug)]
@@ -1064,7 +1064,7 @@ mod tests {
 
     fn temp_file(bytes: &[u8]) -> (File, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!(
-            "vfio-hal-legacy-devfd-{}-{:?}",
+            "vfio-hal-linux-devfd-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
         ));

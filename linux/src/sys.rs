@@ -8,8 +8,8 @@
 //!   [`ioctl_with_mut_ref`] and [`ioctl_with_bytes`]. They are `unsafe`
 //!   because their soundness depends on what the kernel does with the
 //!   argument for that request number (the vmm-sys-util convention); they are
-//!   public so that the iommufd backend can issue its own requests through
-//!   them;
+//!   public so that each backend issues its own requests (iommufd's
+//!   `IOMMU_*`, for one) through them;
 //! - safe, typed functions for every VFIO request this crate sends, each of
 //!   which upholds the wrapper's contract for its one request. Other modules
 //!   call only these.

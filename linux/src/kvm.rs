@@ -11,15 +11,18 @@
 //! so one request works on old and new kernels; only the sPAPR-only
 //! `KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE` (3) has no new name.
 //!
+//! It takes any VFIO file, so both backends use it: the legacy backend's
+//! group fd (`Group::fd`) and the iommufd backend's cdev device fd.
+//!
 //! ```no_run
+//! use std::os::fd::AsFd;
 //! use kvm_ioctls::Kvm;
-//! use vfio_hal_legacy::{kvm::KvmVfioDevice, LegacyContainer};
+//! use vfio_hal_linux::kvm::KvmVfioDevice;
 //!
 //! let vm = Kvm::new().expect("kvm").create_vm().expect("vm");
 //! let kvm_vfio = KvmVfioDevice::new(&vm)?;
-//! let container = LegacyContainer::open()?;
-//! let group = container.group_of("0000:00:01.0")?;
-//! kvm_vfio.add_group(&group)?;
+//! let group = std::fs::File::open("/dev/vfio/12").expect("group node");
+//! kvm_vfio.add_file(group.as_fd())?;
 //! # Ok::<(), vfio_hal::Error>(())
 //! ```
 
@@ -27,8 +30,6 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use kvm_ioctls::{DeviceFd, VmFd};
 use vfio_hal::{Error, Result, Target};
-
-use crate::group::Group;
 
 /// `KVM_DEV_TYPE_VFIO` (`enum kvm_device_type` in `include/uapi/linux/kvm.h`).
 pub const KVM_DEV_TYPE_VFIO: u32 = 4;
@@ -97,16 +98,6 @@ impl KvmVfioDevice {
     /// that was never added is `NotFound` (the kernel's ENOENT).
     pub fn del_file(&self, file: BorrowedFd<'_>) -> Result<()> {
         self.set("KVM_DEV_VFIO_FILE_DEL", KVM_DEV_VFIO_FILE_DEL, file)
-    }
-
-    /// Adds a group's fd.
-    pub fn add_group(&self, group: &Group) -> Result<()> {
-        self.add_file(group.fd())
-    }
-
-    /// Removes a group's fd.
-    pub fn del_group(&self, group: &Group) -> Result<()> {
-        self.del_file(group.fd())
     }
 }
 

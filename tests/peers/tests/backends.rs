@@ -82,8 +82,8 @@ fn raw_iommufd_op<'a>(fd: BorrowedFd<'a>, ioas: u32, buf: &'a DmaBuffer) -> impl
 
 /// `VFIO_IOMMU_MAP_DMA` + `VFIO_IOMMU_UNMAP_DMA` straight through `libc::ioctl`.
 fn raw_type1_op<'a>(fd: BorrowedFd<'a>, buf: &'a DmaBuffer) -> impl FnMut() + 'a {
-    let map_req = vfio_hal_legacy::sys::VFIO_IOMMU_MAP_DMA.code;
-    let unmap_req = vfio_hal_legacy::sys::VFIO_IOMMU_UNMAP_DMA.code;
+    let map_req = vfio_hal_linux::sys::VFIO_IOMMU_MAP_DMA.code;
+    let unmap_req = vfio_hal_linux::sys::VFIO_IOMMU_UNMAP_DMA.code;
     move || {
         let map = vfio::vfio_iommu_type1_dma_map {
             argsz: std::mem::size_of::<vfio::vfio_iommu_type1_dma_map>() as u32,

@@ -21,7 +21,7 @@ use crate::sys::{Errno, SysResult};
 const MAX_ROUNDS: usize = 4;
 
 /// Reads a native-endian `u32` at `at` (callers pass offsets inside the fixed struct).
-pub(crate) fn u32_at(buf: &[u8], at: usize) -> u32 {
+pub fn u32_at(buf: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     if let Some(s) = buf.get(at..at + 4) {
         b.copy_from_slice(s);
@@ -30,7 +30,7 @@ pub(crate) fn u32_at(buf: &[u8], at: usize) -> u32 {
 }
 
 /// Reads a native-endian `u64` at `at` (callers pass offsets inside the fixed struct).
-pub(crate) fn u64_at(buf: &[u8], at: usize) -> u64 {
+pub fn u64_at(buf: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     if let Some(s) = buf.get(at..at + 8) {
         b.copy_from_slice(s);
@@ -39,7 +39,7 @@ pub(crate) fn u64_at(buf: &[u8], at: usize) -> u64 {
 }
 
 /// Writes a native-endian `u32` at `at`.
-pub(crate) fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+pub fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     if let Some(s) = buf.get_mut(at..at + 4) {
         s.copy_from_slice(&v.to_ne_bytes());
     }
@@ -47,16 +47,17 @@ pub(crate) fn put_u32(buf: &mut [u8], at: usize, v: u32) {
 
 /// Why a query failed, before it is given an op name and target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum QueryError {
+pub enum QueryError {
     /// The ioctl failed.
     Sys(Errno),
     /// The kernel asked for more than [`MAX_INFO_SIZE`] bytes, or kept
-    /// asking for more after [`MAX_ROUNDS`] attempts.
+    /// asking for more after `MAX_ROUNDS` attempts.
     Malformed(ParseError),
 }
 
 impl QueryError {
-    pub(crate) fn into_error(self, op: &'static str, target: Target, buffer: Buffer) -> Error {
+    /// The typed HAL error: `op` on `target` failed reading `buffer`.
+    pub fn into_error(self, op: &'static str, target: Target, buffer: Buffer) -> Error {
         match self {
             Self::Sys(e) => e.into_error(op, target),
             Self::Malformed(source) => Error::Malformed { buffer, source },
@@ -67,7 +68,7 @@ impl QueryError {
 /// Runs an `argsz` query: a `fixed`-byte buffer, `init` writes the input
 /// fields (e.g. the region index), `call` performs the ioctl (setting
 /// `argsz` to the buffer length). Returns the buffer of the last call.
-pub(crate) fn query(
+pub fn query(
     fixed: usize,
     init: impl Fn(&mut [u8]),
     mut call: impl FnMut(&mut [u8]) -> SysResult<i32>,
@@ -97,7 +98,7 @@ pub(crate) fn query(
 }
 
 /// Parses the chain at `cap_offset` of a queried buffer (0: none).
-pub(crate) fn caps(
+pub fn caps(
     kind: ChainKind,
     buf: &[u8],
     cap_offset: u32,
