@@ -11,8 +11,10 @@
 //! | `legacy` | [`legacy`]: the VFIO type1 container/group backend | yes |
 //! | `iommufd` | [`iommufd`]: iommufd + the device cdev, and the kernel-probing [`Backend::Auto`] choice | yes |
 //! | `vm-memory` | [`guest_memory`]: a `GuestMemoryMmap` mapped into a container at IOVA = GPA | no |
-//! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | with `cli` |
-//! | `cli` | the `vfio-hal` command-line tool (clap, serde_json, the conformance suite) | yes |
+//! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | no |
+//!
+//! The `vfio-hal` command-line tool is its own crate, `vfio-hal-cli`, so a
+//! VMM depending on the facade does not build clap.
 //!
 //! A VMM that wants only the library and one backend writes
 //! `vfio-hal-facade = { version = "0.1", default-features = false, features = ["iommufd"] }`.
