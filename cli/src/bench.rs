@@ -16,6 +16,7 @@ use vfio_hal::prelude::*;
 use vfio_hal::{DmaAccess, DmaBuffer, IommuInfo};
 
 use crate::describe;
+use crate::output::say;
 use crate::table::{hex, Table};
 use crate::{parse_u64, CliError, Ctx};
 
@@ -149,7 +150,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<(), CliError> {
             })).collect::<Vec<_>>(),
         }));
     }
-    println!("{} ({} backend)", opened.name, opened.backend);
+    say!("{} ({} backend)\n", opened.name, opened.backend)?;
     let mut t = Table::new(&["BENCHMARK", "OPS", "SECONDS", "OPS/S", "NS/OP", "WHAT"]);
     for m in &results {
         t.row(vec![
@@ -161,8 +162,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<(), CliError> {
             m.what.clone(),
         ]);
     }
-    print!("{}", t.render());
-    Ok(())
+    say!("{}", t.render())
 }
 
 #[cfg(test)]

@@ -3,22 +3,25 @@
 //!
 //! See `docs/CLI.md` for every command with example output.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use vfio_hal::ErrorKind;
-use vfio_hal_facade::{open, Backend, Host, OpenError, OpenSpec, Opened};
+use serde_json::Value;
+use vfio_hal_facade::{open, Backend, Host, OpenSpec, Opened};
 
 mod access;
 mod bench;
 mod conformance;
 mod describe;
+mod error;
 mod info;
 mod list;
+mod output;
 mod table;
+
+pub use error::CliError;
+use output::say;
 
 /// Inspect, poke, benchmark and check VFIO devices through vfio-hal.
 ///
@@ -109,7 +112,10 @@ impl Ctx {
         .with_host(self.host.clone());
         let opened = open(&spec)?;
         if opened.backend == Backend::Mock && self.backend == Backend::Auto {
-            eprintln!("note: {}: mock backend: {}", opened.name, opened.reason);
+            output::note(format_args!(
+                "note: {}: mock backend: {}",
+                opened.name, opened.reason
+            ));
         }
         Ok(opened)
     }
@@ -118,85 +124,7 @@ impl Ctx {
     pub fn print_json(&self, value: &Value) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| CliError::Failed(format!("JSON encoding: {e}")))?;
-        println!("{text}");
-        Ok(())
-    }
-}
-
-/// Why a command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The device could not be opened.
-    #[error(transparent)]
-    Open(#[from] OpenError),
-    /// A hal call failed.
-    #[error("{what}: {error}")]
-    Hal {
-        /// What the command was doing.
-        what: String,
-        /// The error.
-        #[source]
-        error: vfio_hal::Error,
-    },
-    /// The request cannot be served as given.
-    #[error("{0}")]
-    Usage(String),
-    /// Something checked did not hold (conformance failures, a refused device).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CliError {
-    /// Wraps a hal error with what was being done.
-    pub fn hal(what: impl Into<String>) -> impl FnOnce(vfio_hal::Error) -> Self {
-        let what = what.into();
-        move |error| Self::Hal { what, error }
-    }
-
-    fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Self::Open(e) => Some(e.kind()),
-            Self::Hal { error, .. } => Some(error.kind()),
-            Self::Usage(_) => Some(ErrorKind::InvalidArgument),
-            Self::Failed(_) => None,
-        }
-    }
-
-    fn remedy(&self) -> Option<String> {
-        match self {
-            Self::Open(e) => e.remedy(),
-            Self::Hal { error, .. } if error.kind() == ErrorKind::PermissionDenied => {
-                Some("run as root, or raise RLIMIT_MEMLOCK (ulimit -l) for DMA mappings".to_owned())
-            }
-            _ => None,
-        }
-    }
-
-    fn errno(&self) -> Option<i32> {
-        match self {
-            Self::Open(e) => e.errno(),
-            Self::Hal { error, .. } => error.errno(),
-            _ => None,
-        }
-    }
-}
-
-fn report(ctx_json: bool, err: &CliError) {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {err}");
-    if let Some(remedy) = err.remedy() {
-        let _ = writeln!(stderr, "what to do: {remedy}");
-    }
-    if ctx_json {
-        let value = json!({
-            "error": {
-                "message": err.to_string(),
-                "kind": err.kind().map(|k| format!("{k:?}")),
-                "errno": err.errno(),
-                "remedy": err.remedy(),
-            }
-        });
-        println!("{value:#}");
+        say!("{text}\n")
     }
 }
 
@@ -217,10 +145,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            report(ctx.json, &e);
-            ExitCode::FAILURE
-        }
+        Err(e) => e.report(ctx.json),
     }
 }
 

@@ -10,25 +10,59 @@
 //! initramfs carries test binaries only, not the `vfio-hal` binary itself.
 #![cfg(not(vfio_hal_guest))]
 
-use std::process::{Command, Output};
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use vfio_hal_facade::host::fake::FakeHost;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfio-hal");
 
+/// The tool with `args`, pointed at `host`'s trees.
+fn command(host: &FakeHost, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--sys-root")
+        .arg(host.path("sys"))
+        .arg("--dev-root")
+        .arg(host.path("dev"));
+    cmd
+}
+
 /// Runs the tool against `host`'s trees.
 fn run(host: &FakeHost, args: &[&str]) -> Output {
-    let sys = host.path("sys");
-    let dev = host.path("dev");
-    Command::new(BIN)
-        .args(args)
-        .arg("--sys-root")
-        .arg(&sys)
-        .arg("--dev-root")
-        .arg(&dev)
+    command(host, args)
         .output()
         .expect("the vfio-hal binary runs")
+}
+
+/// Runs the tool with its stdout and stderr connected as given.
+fn run_with(host: &FakeHost, args: &[&str], stdout: Stdio, stderr: Stdio) -> Output {
+    command(host, args)
+        .stdout(stdout)
+        .stderr(stderr)
+        .output()
+        .expect("the vfio-hal binary runs")
+}
+
+/// The writing end of a pipe-like socket whose reader is already gone:
+/// every write to it fails with EPIPE, as `vfio-hal … | head -1` does once
+/// head has exited.
+fn closed_pipe() -> Stdio {
+    let (writer, reader) = UnixStream::pair().expect("a socket pair");
+    drop(reader);
+    Stdio::from(OwnedFd::from(writer))
+}
+
+/// `/dev/full`: every write fails with ENOSPC, like a full disk.
+fn full_disk() -> Stdio {
+    let full = OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full (Linux's always-full device) opens");
+    Stdio::from(full)
 }
 
 fn stdout(o: &Output) -> String {
@@ -382,4 +416,57 @@ fn unknown_names_say_what_to_do() {
         stderr(&o)
     );
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_quietly_with_the_sigpipe_status() {
+    let h = fresh();
+    for args in [
+        &["--backend", "mock", "info", "edu"][..],
+        &["--backend", "mock", "info", "edu", "--json"],
+        &["--backend", "mock", "list"],
+        &["--backend", "mock", "conformance", "edu", "--cases", "A0"],
+    ] {
+        let o = run_with(&h, args, closed_pipe(), Stdio::piped());
+        assert_eq!(
+            o.status.code(),
+            Some(141),
+            "vfio-hal {args:?}: 128 + SIGPIPE, as a shell reports for cat: {}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o), "", "vfio-hal {args:?} ends quietly");
+    }
+}
+
+#[test]
+fn a_full_disk_on_stdout_is_one_line_on_stderr_and_exit_1() {
+    let h = fresh();
+    for args in [
+        &["--backend", "mock", "info", "edu"][..],
+        &["--backend", "mock", "info", "edu", "--json"],
+        &["--backend", "mock", "read", "edu", "bar0", "0"],
+        &["--backend", "mock", "conformance", "edu", "--cases", "A0"],
+    ] {
+        let o = run_with(&h, args, full_disk(), Stdio::piped());
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "vfio-hal {args:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(
+            stderr(&o),
+            "error: writing to stdout: No space left on device (os error 28)\n",
+            "vfio-hal {args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_stderr_does_not_stop_the_command() {
+    let h = fresh();
+    // Without --backend the mock is announced on stderr, which is full.
+    let o = run_with(&h, &["info", "edu"], Stdio::piped(), full_disk());
+    assert!(o.status.success(), "{}", o.status);
+    assert!(stdout(&o).contains("1234:11e8"), "{}", stdout(&o));
 }
