@@ -37,6 +37,9 @@ pub enum CliError {
     /// Something checked did not hold (conformance failures, a refused device).
     #[error("{0}")]
     Failed(String),
+    /// A count `bench` does not take.
+    #[error(transparent)]
+    Count(#[from] crate::bench::CountOutOfRange),
     /// Stdout failed: its reader went away, or the disk is full.
     #[error("writing to stdout: {0}")]
     Output(#[source] io::Error),
@@ -54,6 +57,7 @@ impl CliError {
             Self::Open(e) => Some(e.kind()),
             Self::Hal { error, .. } => Some(error.kind()),
             Self::Usage(_) => Some(ErrorKind::InvalidArgument),
+            Self::Count(_) => Some(ErrorKind::OutOfRange),
             Self::Output(_) => Some(ErrorKind::Io),
             Self::Failed(_) => None,
         }

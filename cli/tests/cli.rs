@@ -14,6 +14,7 @@ use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vfio_hal_facade::host::fake::FakeHost;
@@ -63,6 +64,25 @@ fn full_disk() -> Stdio {
         .open("/dev/full")
         .expect("/dev/full (Linux's always-full device) opens");
     Stdio::from(full)
+}
+
+/// Runs the tool, killing it if it has not ended after `limit`.
+fn run_within(host: &FakeHost, args: &[&str], limit: Duration) -> Output {
+    let mut child = command(host, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the vfio-hal binary runs");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for vfio-hal").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vfio-hal {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("vfio-hal's output")
 }
 
 fn stdout(o: &Output) -> String {
@@ -281,6 +301,31 @@ fn bench_prints_throughput_per_second() {
         text.contains("OPS/S") && text.contains("map-unmap"),
         "{text}"
     );
+}
+
+#[test]
+fn bench_counts_beyond_their_maximum_are_refused_at_once() {
+    let h = fresh();
+    for (args, expected) in [
+        (
+            &["bench", "--reads", "18446744073709551615"][..],
+            "error: --reads 18446744073709551615 is out of range: it takes 1 to 10000000",
+        ),
+        (
+            &["bench", "--maps", "18446744073709551615", "--reads", "1"],
+            "error: --maps 18446744073709551615 is out of range: it takes 1 to 1000000",
+        ),
+        (
+            &["bench", "--maps", "0"],
+            "error: --maps 0 is out of range: it takes 1 to 1000000",
+        ),
+    ] {
+        // Generous for a loaded machine; the refusal itself takes
+        // milliseconds, the unbounded loop took hours.
+        let o = run_within(&h, args, Duration::from_secs(30));
+        assert_eq!(o.status.code(), Some(1), "vfio-hal {args:?}");
+        assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+    }
 }
 
 #[test]
