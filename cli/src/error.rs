@@ -2,6 +2,7 @@
 //! with `--json`), and the exit status it gives.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -10,6 +11,9 @@ use vfio_hal_facade::OpenError;
 
 /// The exit status of a command that failed.
 const FAILED: u8 = 1;
+
+/// The exit status of a command line that does not parse (clap's).
+const MALFORMED: u8 = 2;
 
 /// The exit status after stdout's reader went away: 128 + SIGPIPE, what a
 /// shell reports for `cat`, `ls` or `yes` killed by the signal in the same
@@ -40,6 +44,20 @@ pub enum CliError {
     /// A count `bench` does not take.
     #[error(transparent)]
     Count(#[from] crate::bench::CountOutOfRange),
+    /// The command line does not parse.
+    #[error("{}", command_line_message(.0))]
+    CommandLine(clap::Error),
+    /// A tree named by `--sys-root` or `--dev-root` cannot be read.
+    #[error("{option} {}: {error}", path.display())]
+    Root {
+        /// The option.
+        option: &'static str,
+        /// The directory it named.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        error: io::Error,
+    },
     /// Stdout failed: its reader went away, or the disk is full.
     #[error("writing to stdout: {0}")]
     Output(#[source] io::Error),
@@ -58,6 +76,12 @@ impl CliError {
             Self::Hal { error, .. } => Some(error.kind()),
             Self::Usage(_) => Some(ErrorKind::InvalidArgument),
             Self::Count(_) => Some(ErrorKind::OutOfRange),
+            Self::CommandLine(_) => Some(ErrorKind::InvalidArgument),
+            Self::Root { error, .. } => Some(
+                error
+                    .raw_os_error()
+                    .map_or(ErrorKind::Io, ErrorKind::from_errno),
+            ),
             Self::Output(_) => Some(ErrorKind::Io),
             Self::Failed(_) => None,
         }
@@ -69,6 +93,10 @@ impl CliError {
             Self::Hal { error, .. } if error.kind() == ErrorKind::PermissionDenied => {
                 Some("run as root, or raise RLIMIT_MEMLOCK (ulimit -l) for DMA mappings".to_owned())
             }
+            Self::CommandLine(_) => Some(
+                "`vfio-hal --help` lists the commands, `vfio-hal COMMAND --help` their options"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }
@@ -77,7 +105,7 @@ impl CliError {
         match self {
             Self::Open(e) => e.errno(),
             Self::Hal { error, .. } => error.errno(),
-            Self::Output(e) => e.raw_os_error(),
+            Self::Output(e) | Self::Root { error: e, .. } => e.raw_os_error(),
             _ => None,
         }
     }
@@ -94,9 +122,14 @@ impl CliError {
             return ExitCode::from(BROKEN_PIPE);
         }
         let mut stderr = io::stderr().lock();
-        let _ = writeln!(stderr, "error: {self}");
-        if let Some(remedy) = self.remedy() {
-            let _ = writeln!(stderr, "what to do: {remedy}");
+        if let Self::CommandLine(e) = self {
+            // clap's own text: the error, the usage and where help is.
+            let _ = write!(stderr, "{}", e.render());
+        } else {
+            let _ = writeln!(stderr, "error: {self}");
+            if let Some(remedy) = self.remedy() {
+                let _ = writeln!(stderr, "what to do: {remedy}");
+            }
         }
         if json && !matches!(self, Self::Output(_)) {
             let value = json!({
@@ -110,6 +143,18 @@ impl CliError {
             // Stdout failing now leaves the text on stderr as the report.
             let _ = crate::output::say!("{value:#}\n");
         }
-        ExitCode::from(FAILED)
+        ExitCode::from(if matches!(self, Self::CommandLine(_)) {
+            MALFORMED
+        } else {
+            FAILED
+        })
     }
+}
+
+/// The one-line gist of clap's error text: its first line, without the
+/// `error: ` clap puts in front.
+fn command_line_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }

@@ -3,6 +3,7 @@
 //!
 //! See `docs/CLI.md` for every command with example output.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,13 +41,14 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Read sysfs from this directory instead of /sys (tests, containers).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
-    sys_root: PathBuf,
+    /// Read sysfs from this directory instead of /sys (tests, containers);
+    /// it must exist.
+    #[arg(long, global = true, value_name = "DIR")]
+    sys_root: Option<PathBuf>,
 
-    /// Read device nodes from this directory instead of /dev.
-    #[arg(long, global = true, value_name = "DIR", default_value = "/dev")]
-    dev_root: PathBuf,
+    /// Read device nodes from this directory instead of /dev; it must exist.
+    #[arg(long, global = true, value_name = "DIR")]
+    dev_root: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -78,7 +80,7 @@ fn parse_backend(text: &str) -> Result<Backend, String> {
         .map_err(|e: vfio_hal_facade::backend::UnknownBackend| e.to_string())
 }
 
-/// Parses `0x1f`, `0b101`, `0o17`, `31` (underscores allowed).
+/// Parses `0x1f`, `0b101`, `0o17`, `31` (underscores allowed, no sign).
 pub fn parse_u64(text: &str) -> Result<u64, String> {
     let t = text.replace('_', "");
     let (digits, radix) = match t.get(..2) {
@@ -87,7 +89,40 @@ pub fn parse_u64(text: &str) -> Result<u64, String> {
         Some("0o" | "0O") => (&t[2..], 8),
         _ => (t.as_str(), 10),
     };
-    u64::from_str_radix(digits, radix).map_err(|e| format!("`{text}` is not a number: {e}"))
+    // from_str_radix also takes a leading `+`; a register offset or value
+    // with a sign is more likely a typo than meant.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(format!(
+            "`{text}` is not a number: base-{radix} digits expected (0x, 0b, 0o or no prefix, no sign)"
+        ));
+    }
+    u64::from_str_radix(digits, radix).map_err(|_| format!("`{text}` does not fit in 64 bits"))
+}
+
+/// `given` if it is a directory that can be read, else `default`: a tree
+/// named on the command line that is not there is an error, not an empty
+/// machine (where the mock would stand in).
+fn root(option: &'static str, given: Option<PathBuf>, default: &str) -> Result<PathBuf, CliError> {
+    let Some(path) = given else {
+        return Ok(PathBuf::from(default));
+    };
+    match std::fs::read_dir(&path) {
+        Ok(_) => Ok(path),
+        Err(error) => Err(CliError::Root {
+            option,
+            path,
+            error,
+        }),
+    }
+}
+
+/// Whether `--json` is on the command line (before a `--`), for telling a
+/// command line that does not parse.
+fn json_requested(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
 }
 
 /// Global options every command sees.
@@ -128,24 +163,45 @@ impl Ctx {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// The command line, or `None` when it asked for help or the version
+/// (printed here).
+fn parse(args: &[OsString]) -> Result<Option<Cli>, CliError> {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(Some(cli)),
+        Err(e) if !e.use_stderr() => say!("{}", e.render()).map(|()| None),
+        Err(e) => Err(CliError::CommandLine(e)),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
     let ctx = Ctx {
         backend: cli.backend,
         json: cli.json,
-        host: Host::new(cli.sys_root, cli.dev_root),
+        host: Host::new(
+            root("--sys-root", cli.sys_root, "/sys")?,
+            root("--dev-root", cli.dev_root, "/dev")?,
+        ),
     };
-    let result = match cli.command {
+    match cli.command {
         Command::List => list::run(&ctx),
         Command::Info { dev } => info::run(&ctx, dev.as_deref()),
         Command::Read(args) => access::read(&ctx, &args),
         Command::Write(args) => access::write(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
         Command::Conformance(args) => conformance::run(&ctx, &args),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let result = match parse(&args) {
+        Ok(Some(cli)) => run(cli),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => e.report(ctx.json),
+        Err(e) => e.report(json_requested(&args)),
     }
 }
 
@@ -162,6 +218,22 @@ mod tests {
         assert!(parse_u64("0x").is_err());
         assert!(parse_u64("ten").is_err());
         assert!(parse_u64("0x1_0000_0000_0000_0000").is_err());
+        for signed in ["+5", "0x+5", "-5", "+0b1", "0o+7"] {
+            assert!(parse_u64(signed).is_err(), "{signed}");
+        }
+        assert_eq!(
+            parse_u64("18446744073709551616"),
+            Err("`18446744073709551616` does not fit in 64 bits".to_owned())
+        );
+    }
+
+    #[test]
+    fn json_is_looked_for_before_the_end_of_options() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(json_requested(&args(&["vfio-hal", "read", "--json"])));
+        assert!(!json_requested(&args(&["vfio-hal", "read"])));
+        assert!(!json_requested(&args(&["vfio-hal", "--", "--json"])));
+        assert!(!json_requested(&args(&["--json"])), "not the program name");
     }
 
     #[test]

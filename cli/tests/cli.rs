@@ -491,6 +491,7 @@ fn a_full_disk_on_stdout_is_one_line_on_stderr_and_exit_1() {
         &["--backend", "mock", "info", "edu", "--json"],
         &["--backend", "mock", "read", "edu", "bar0", "0"],
         &["--backend", "mock", "conformance", "edu", "--cases", "A0"],
+        &["--help"],
     ] {
         let o = run_with(&h, args, full_disk(), Stdio::piped());
         assert_eq!(
@@ -514,4 +515,73 @@ fn a_failing_stderr_does_not_stop_the_command() {
     let o = run_with(&h, &["info", "edu"], Stdio::piped(), full_disk());
     assert!(o.status.success(), "{}", o.status);
     assert!(stdout(&o).contains("1234:11e8"), "{}", stdout(&o));
+}
+
+#[test]
+fn command_line_errors_are_json_too_with_json() {
+    let h = fresh();
+    for (args, expected) in [
+        (
+            &["read", "edu", "bar0", "0", "--width", "3", "--json"][..],
+            "width `3` is not one of 1, 2, 4, 8",
+        ),
+        (&["--json", "bogus"], "unrecognized subcommand 'bogus'"),
+        (
+            &["--json", "read", "edu"],
+            "required arguments were not provided",
+        ),
+    ] {
+        let o = run(&h, args);
+        assert_eq!(o.status.code(), Some(2), "vfio-hal {args:?}");
+        let v: Value = serde_json::from_str(&stdout(&o))
+            .unwrap_or_else(|e| panic!("vfio-hal {args:?}: not JSON ({e}): {}", stdout(&o)));
+        assert_eq!(v["error"]["kind"], "InvalidArgument", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(expected)),
+            "{v}"
+        );
+        assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    }
+    let o = run(&h, &["read", "edu", "bar0", "0", "--width", "3"]);
+    assert_eq!(stdout(&o), "", "without --json stdout stays empty");
+}
+
+#[test]
+fn numbers_with_a_sign_are_refused() {
+    let h = fresh();
+    for args in [
+        &["read", "edu", "bar0", "+0"][..],
+        &["read", "edu", "bar0", "0x+4"],
+        &["write", "edu", "bar0", "4", "+5"],
+        &["bench", "--reads", "+5"],
+    ] {
+        let o = run(&h, args);
+        assert_eq!(o.status.code(), Some(2), "vfio-hal {args:?}");
+        assert!(stderr(&o).contains("no sign"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_root_that_is_not_there_is_an_error_naming_it() {
+    let h = fresh();
+    let missing = h.path("no-such-tree");
+    for (option, other) in [("--sys-root", "--dev-root"), ("--dev-root", "--sys-root")] {
+        let o = Command::new(BIN)
+            .args(["info", "edu", option])
+            .arg(&missing)
+            .arg(other)
+            .arg(h.path("sys"))
+            .output()
+            .expect("the vfio-hal binary runs");
+        assert_eq!(o.status.code(), Some(1), "{option}: {}", stdout(&o));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "error: {option} {}: No such file or directory (os error 2)\n",
+                missing.display()
+            )
+        );
+    }
 }
