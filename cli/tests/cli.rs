@@ -585,3 +585,164 @@ fn a_root_that_is_not_there_is_an_error_naming_it() {
         );
     }
 }
+
+/// docs/CLI.md, whose examples and exit-status table these tests hold to
+/// the tool.
+const CLI_MD: &str = include_str!("../../docs/CLI.md");
+
+/// One `$ vfio-hal …` example of a text block: the arguments, and the
+/// lines shown after it (`…` for lines left out).
+struct Example {
+    args: Vec<String>,
+    shown: Vec<String>,
+}
+
+/// The examples of `doc` that can be run here: those whose command has no
+/// `# comment` (a comment says which other machine or run it comes from).
+fn runnable_examples(doc: &str) -> Vec<Example> {
+    let mut examples: Vec<Example> = Vec::new();
+    let mut in_text = false;
+    let mut current: Option<Example> = None;
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            in_text = !in_text && line == "```text";
+            examples.extend(current.take());
+            continue;
+        }
+        if !in_text {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix("$ ") {
+            examples.extend(current.take());
+            current = command
+                .strip_prefix("vfio-hal ")
+                .filter(|c| !c.contains('#'))
+                .map(|c| Example {
+                    args: c.split_whitespace().map(str::to_owned).collect(),
+                    shown: Vec::new(),
+                });
+        } else if let Some(example) = current.as_mut() {
+            example.shown.push(line.to_owned());
+        }
+    }
+    examples
+}
+
+/// Whether `shown`'s runs of lines between `…` lines appear in `actual`,
+/// each run as consecutive lines, the runs in order.
+fn shows(shown: &[String], actual: &[&str]) -> Result<(), String> {
+    let mut from = 0;
+    for run in shown.split(|l| l == "…").filter(|r| !r.is_empty()) {
+        let found = (from..actual.len()).find(|&at| {
+            actual
+                .get(at..at + run.len())
+                .is_some_and(|window| window.iter().zip(run).all(|(a, s)| a == s))
+        });
+        match found {
+            Some(at) => from = at + run.len(),
+            None => {
+                return Err(format!(
+                    "not in the output (after line {from}):\n{}",
+                    run.join("\n")
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_documented_examples_are_what_the_tool_prints() {
+    let h = fresh();
+    let examples = runnable_examples(CLI_MD);
+    assert!(
+        examples.len() >= 7,
+        "only {} runnable examples found in docs/CLI.md",
+        examples.len()
+    );
+    for example in &examples {
+        let args: Vec<&str> = example.args.iter().map(String::as_str).collect();
+        let o = run(&h, &args);
+        let text = format!("{}{}", stdout(&o), stderr(&o));
+        let actual: Vec<&str> = text.lines().collect();
+        if let Err(e) = shows(&example.shown, &actual) {
+            panic!(
+                "docs/CLI.md: `vfio-hal {}`: {e}\n--- the tool printed:\n{text}",
+                args.join(" ")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_matcher_needs_the_shown_lines_in_order() {
+    let lines = |list: &[&str]| list.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+    let actual = ["a", "b", "c", "d"];
+    assert!(shows(&lines(&["a", "b"]), &actual).is_ok());
+    assert!(shows(&lines(&["a", "…", "c", "d"]), &actual).is_ok());
+    assert!(shows(&lines(&["a", "c"]), &actual).is_err(), "consecutive");
+    assert!(
+        shows(&lines(&["c", "…", "a"]), &actual).is_err(),
+        "in order"
+    );
+    assert!(shows(&lines(&["d", "e"]), &actual).is_err(), "past the end");
+}
+
+/// The cells of a markdown table row, `\|` kept as `|`.
+fn cells(row: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut chars = row.trim().trim_matches('|').chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().expect("a cell").push('|');
+                chars.next();
+            }
+            '|' => cells.push(String::new()),
+            _ => cells.last_mut().expect("a cell").push(c),
+        }
+    }
+    cells.iter().map(|c| c.trim().to_owned()).collect()
+}
+
+#[test]
+fn the_documented_exit_statuses_are_the_tools() {
+    let h = fresh();
+    let rows: Vec<Vec<String>> = CLI_MD
+        .lines()
+        .skip_while(|l| !l.starts_with("| status | when | for example |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(cells)
+        .collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["0", "1", "2", "141"],
+        "docs/CLI.md's exit-status table"
+    );
+    for row in &rows {
+        let status: i32 = row[0].parse().expect("a status");
+        let example = row[2].trim_matches('`');
+        let command = example
+            .strip_prefix("vfio-hal ")
+            .expect("a vfio-hal command");
+        // `… | head -1` is a reader that leaves: the closed pipe, without the race.
+        let (command, reader_gone) = match command.strip_suffix(" | head -1") {
+            Some(c) => (c, true),
+            None => (command, false),
+        };
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let o = if reader_gone {
+            run_with(&h, &args, closed_pipe(), Stdio::piped())
+        } else {
+            run(&h, &args)
+        };
+        assert_eq!(
+            o.status.code(),
+            Some(status),
+            "docs/CLI.md: `{example}`: {}",
+            stderr(&o)
+        );
+    }
+}
