@@ -99,9 +99,9 @@ pub fn parse_u64(text: &str) -> Result<u64, String> {
     u64::from_str_radix(digits, radix).map_err(|_| format!("`{text}` does not fit in 64 bits"))
 }
 
-/// `given` if it is a directory that can be read, else `default`: a tree
-/// named on the command line that is not there is an error, not an empty
-/// machine (where the mock would stand in).
+/// The tree `given` on the command line, which must be a directory that
+/// can be read, or `default` when none was given: a named tree that is not
+/// there is an error, not an empty machine (where the mock would stand in).
 fn root(option: &'static str, given: Option<PathBuf>, default: &str) -> Result<PathBuf, CliError> {
     let Some(path) = given else {
         return Ok(PathBuf::from(default));
