@@ -12,8 +12,10 @@
 //! | `iommufd` | [`iommufd`]: iommufd + the device cdev | yes |
 //! | `kvm` | `linux::kvm`: the KVM-VFIO pseudo device, for group and cdev fds | no |
 //! | `vm-memory` | [`guest_memory`]: a `GuestMemoryMmap` mapped into a container at IOVA = GPA | no |
-//! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | with `cli` |
-//! | `cli` | the `vfio-hal` command-line tool (clap, serde_json, the conformance suite) | yes |
+//! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | no |
+//!
+//! The `vfio-hal` command-line tool is its own crate, `vfio-hal-cli`, so a
+//! VMM depending on the facade does not build clap.
 //!
 //! A VMM that wants only the library and one backend writes
 //! `vfio-hal-facade = { version = "0.1", default-features = false, features = ["iommufd"] }`.

@@ -42,7 +42,7 @@ GUEST_TEST_PACKAGES = [
 # Cargo features the lane turns on for a package's guest tests, beyond its
 # defaults (a guest test that needs an optional feature is gated on it).
 GUEST_TEST_FEATURES = {
-    "vfio-hal-facade": ["vm-memory"],
+    "vfio-hal-facade": ["vm-memory", "conformance"],
 }
 
 # Guest kernels: config fragments from tests/vm/kernel/, applied in order on

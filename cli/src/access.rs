@@ -14,6 +14,7 @@ use vfio_hal::prelude::*;
 use vfio_hal_facade::Opened;
 
 use crate::describe;
+use crate::output::say;
 use crate::table::{hex, Table};
 use crate::{parse_u64, CliError, Ctx};
 
@@ -114,8 +115,7 @@ pub fn read(ctx: &Ctx, args: &ReadArgs) -> Result<(), CliError> {
         args.width.to_string(),
         digits(value, args.width),
     ]);
-    print!("{}", t.render());
-    Ok(())
+    say!("{}", t.render())
 }
 
 /// Runs `write`.
@@ -168,6 +168,5 @@ pub fn write(ctx: &Ctx, args: &WriteArgs) -> Result<(), CliError> {
         digits(args.value, args.width),
         read_back.map_or_else(|| "-".to_owned(), |v| digits(v, args.width)),
     ]);
-    print!("{}", t.render());
-    Ok(())
+    say!("{}", t.render())
 }

@@ -3,22 +3,26 @@
 //!
 //! See `docs/CLI.md` for every command with example output.
 
-use std::io::Write;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use vfio_hal::ErrorKind;
-use vfio_hal_facade::{open, Backend, Host, OpenError, OpenSpec, Opened};
+use serde_json::Value;
+use vfio_hal_facade::{open, Backend, Host, OpenSpec, Opened};
 
 mod access;
 mod bench;
 mod conformance;
 mod describe;
+mod error;
 mod info;
 mod list;
+mod output;
 mod table;
+
+pub use error::CliError;
+use output::say;
 
 /// Inspect, poke, benchmark and check VFIO devices through vfio-hal.
 ///
@@ -37,13 +41,14 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Read sysfs from this directory instead of /sys (tests, containers).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
-    sys_root: PathBuf,
+    /// Read sysfs from this directory instead of /sys (tests, containers);
+    /// it must exist.
+    #[arg(long, global = true, value_name = "DIR")]
+    sys_root: Option<PathBuf>,
 
-    /// Read device nodes from this directory instead of /dev.
-    #[arg(long, global = true, value_name = "DIR", default_value = "/dev")]
-    dev_root: PathBuf,
+    /// Read device nodes from this directory instead of /dev; it must exist.
+    #[arg(long, global = true, value_name = "DIR")]
+    dev_root: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -75,7 +80,7 @@ fn parse_backend(text: &str) -> Result<Backend, String> {
         .map_err(|e: vfio_hal_facade::backend::UnknownBackend| e.to_string())
 }
 
-/// Parses `0x1f`, `0b101`, `0o17`, `31` (underscores allowed).
+/// Parses `0x1f`, `0b101`, `0o17`, `31` (underscores allowed, no sign).
 pub fn parse_u64(text: &str) -> Result<u64, String> {
     let t = text.replace('_', "");
     let (digits, radix) = match t.get(..2) {
@@ -84,7 +89,40 @@ pub fn parse_u64(text: &str) -> Result<u64, String> {
         Some("0o" | "0O") => (&t[2..], 8),
         _ => (t.as_str(), 10),
     };
-    u64::from_str_radix(digits, radix).map_err(|e| format!("`{text}` is not a number: {e}"))
+    // from_str_radix also takes a leading `+`; a register offset or value
+    // with a sign is more likely a typo than meant.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(format!(
+            "`{text}` is not a number: base-{radix} digits expected (0x, 0b, 0o or no prefix, no sign)"
+        ));
+    }
+    u64::from_str_radix(digits, radix).map_err(|_| format!("`{text}` does not fit in 64 bits"))
+}
+
+/// The tree `given` on the command line, which must be a directory that
+/// can be read, or `default` when none was given: a named tree that is not
+/// there is an error, not an empty machine (where the mock would stand in).
+fn root(option: &'static str, given: Option<PathBuf>, default: &str) -> Result<PathBuf, CliError> {
+    let Some(path) = given else {
+        return Ok(PathBuf::from(default));
+    };
+    match std::fs::read_dir(&path) {
+        Ok(_) => Ok(path),
+        Err(error) => Err(CliError::Root {
+            option,
+            path,
+            error,
+        }),
+    }
+}
+
+/// Whether `--json` is on the command line (before a `--`), for telling a
+/// command line that does not parse.
+fn json_requested(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
 }
 
 /// Global options every command sees.
@@ -109,7 +147,10 @@ impl Ctx {
         .with_host(self.host.clone());
         let opened = open(&spec)?;
         if opened.backend == Backend::Mock && self.backend == Backend::Auto {
-            eprintln!("note: {}: mock backend: {}", opened.name, opened.reason);
+            output::note(format_args!(
+                "note: {}: mock backend: {}",
+                opened.name, opened.reason
+            ));
         }
         Ok(opened)
     }
@@ -118,109 +159,49 @@ impl Ctx {
     pub fn print_json(&self, value: &Value) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| CliError::Failed(format!("JSON encoding: {e}")))?;
-        println!("{text}");
-        Ok(())
+        say!("{text}\n")
     }
 }
 
-/// Why a command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The device could not be opened.
-    #[error(transparent)]
-    Open(#[from] OpenError),
-    /// A hal call failed.
-    #[error("{what}: {error}")]
-    Hal {
-        /// What the command was doing.
-        what: String,
-        /// The error.
-        #[source]
-        error: vfio_hal::Error,
-    },
-    /// The request cannot be served as given.
-    #[error("{0}")]
-    Usage(String),
-    /// Something checked did not hold (conformance failures, a refused device).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CliError {
-    /// Wraps a hal error with what was being done.
-    pub fn hal(what: impl Into<String>) -> impl FnOnce(vfio_hal::Error) -> Self {
-        let what = what.into();
-        move |error| Self::Hal { what, error }
-    }
-
-    fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Self::Open(e) => Some(e.kind()),
-            Self::Hal { error, .. } => Some(error.kind()),
-            Self::Usage(_) => Some(ErrorKind::InvalidArgument),
-            Self::Failed(_) => None,
-        }
-    }
-
-    fn remedy(&self) -> Option<String> {
-        match self {
-            Self::Open(e) => e.remedy(),
-            Self::Hal { error, .. } if error.kind() == ErrorKind::PermissionDenied => {
-                Some("run as root, or raise RLIMIT_MEMLOCK (ulimit -l) for DMA mappings".to_owned())
-            }
-            _ => None,
-        }
-    }
-
-    fn errno(&self) -> Option<i32> {
-        match self {
-            Self::Open(e) => e.errno(),
-            Self::Hal { error, .. } => error.errno(),
-            _ => None,
-        }
+/// The command line, or `None` when it asked for help or the version
+/// (printed here).
+fn parse(args: &[OsString]) -> Result<Option<Cli>, CliError> {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(Some(cli)),
+        Err(e) if !e.use_stderr() => say!("{}", e.render()).map(|()| None),
+        Err(e) => Err(CliError::CommandLine(e)),
     }
 }
 
-fn report(ctx_json: bool, err: &CliError) {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {err}");
-    if let Some(remedy) = err.remedy() {
-        let _ = writeln!(stderr, "what to do: {remedy}");
-    }
-    if ctx_json {
-        let value = json!({
-            "error": {
-                "message": err.to_string(),
-                "kind": err.kind().map(|k| format!("{k:?}")),
-                "errno": err.errno(),
-                "remedy": err.remedy(),
-            }
-        });
-        println!("{value:#}");
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn run(cli: Cli) -> Result<(), CliError> {
     let ctx = Ctx {
         backend: cli.backend,
         json: cli.json,
-        host: Host::new(cli.sys_root, cli.dev_root),
+        host: Host::new(
+            root("--sys-root", cli.sys_root, "/sys")?,
+            root("--dev-root", cli.dev_root, "/dev")?,
+        ),
     };
-    let result = match cli.command {
+    match cli.command {
         Command::List => list::run(&ctx),
         Command::Info { dev } => info::run(&ctx, dev.as_deref()),
         Command::Read(args) => access::read(&ctx, &args),
         Command::Write(args) => access::write(&ctx, &args),
         Command::Bench(args) => bench::run(&ctx, &args),
         Command::Conformance(args) => conformance::run(&ctx, &args),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let result = match parse(&args) {
+        Ok(Some(cli)) => run(cli),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            report(ctx.json, &e);
-            ExitCode::FAILURE
-        }
+        Err(e) => e.report(json_requested(&args)),
     }
 }
 
@@ -237,6 +218,22 @@ mod tests {
         assert!(parse_u64("0x").is_err());
         assert!(parse_u64("ten").is_err());
         assert!(parse_u64("0x1_0000_0000_0000_0000").is_err());
+        for signed in ["+5", "0x+5", "-5", "+0b1", "0o+7"] {
+            assert!(parse_u64(signed).is_err(), "{signed}");
+        }
+        assert_eq!(
+            parse_u64("18446744073709551616"),
+            Err("`18446744073709551616` does not fit in 64 bits".to_owned())
+        );
+    }
+
+    #[test]
+    fn json_is_looked_for_before_the_end_of_options() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(json_requested(&args(&["vfio-hal", "read", "--json"])));
+        assert!(!json_requested(&args(&["vfio-hal", "read"])));
+        assert!(!json_requested(&args(&["vfio-hal", "--", "--json"])));
+        assert!(!json_requested(&args(&["--json"])), "not the program name");
     }
 
     #[test]

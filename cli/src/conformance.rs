@@ -19,6 +19,7 @@ use vfio_hal_conformance::{Fixture, Outcome};
 use vfio_hal_facade::conformance::{select, Plan, RealFixture, Selection};
 use vfio_hal_facade::Backend;
 
+use crate::output::{say, Latched};
 use crate::table::Table;
 use crate::{CliError, Ctx};
 
@@ -78,13 +79,14 @@ fn run_fixture<F: Fixture>(
         for (id, status) in all {
             t.row(vec![id.to_owned(), status]);
         }
-        print!("{}", t.render());
-        return Ok(());
+        return say!("{}", t.render());
     }
-    let summary = if ctx.json {
-        run_cases_to(fixture, &cases, &mut std::io::sink())
+    // The suite runs to the end even when stdout fails (each case undoes
+    // what it did to the device); the failure is told after it.
+    let (summary, printed) = if ctx.json {
+        (run_cases_to(fixture, &cases, &mut std::io::sink()), Ok(()))
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = Latched::new(std::io::stdout().lock());
         let _ = writeln!(
             out,
             "{device} ({backend} backend, mode {}): {} of {} cases selected ({})",
@@ -99,7 +101,8 @@ fn run_fixture<F: Fixture>(
                 let _ = writeln!(out, "  {id}: {why}");
             }
         }
-        run_cases_to(fixture, &cases, &mut out)
+        let summary = run_cases_to(fixture, &cases, &mut out);
+        (summary, out.finish())
     };
     if ctx.json {
         ctx.print_json(&json!({
@@ -118,8 +121,9 @@ fn run_fixture<F: Fixture>(
             "skipped": summary.skipped(),
         }))?;
     }
+    // A failed case is the news; a failed stdout otherwise.
     if summary.success() {
-        Ok(())
+        printed
     } else {
         Err(CliError::Failed(format!(
             "{} of {} conformance case(s) failed",

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use vfio_hal_facade::host::Blocker;
 use vfio_hal_facade::{Backend, PciDevice, MOCK_DEVICES};
 
+use crate::output::say;
 use crate::table::Table;
 use crate::{CliError, Ctx};
 
@@ -87,8 +88,7 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
             n.role.to_owned(),
         ]);
     }
-    print!("{}", t.render());
-    println!();
+    say!("{}\n", t.render())?;
 
     let mut t = Table::new(&["BACKEND", "AVAILABLE", "WHY"]);
     for o in &offers {
@@ -98,17 +98,15 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
             o.reason.clone(),
         ]);
     }
-    print!("{}", t.render());
-    println!();
+    say!("{}\n", t.render())?;
 
     if devices.is_empty() {
-        println!(
+        return say!(
             "No device is bound to vfio-pci on this machine. Commands given no device, \
-             or `{}`, use the built-in mock (--backend {}).",
+             or `{}`, use the built-in mock (--backend {}).\n",
             MOCK_DEVICES.join("` or `"),
             Backend::Mock
         );
-        return Ok(());
     }
     let mut t = Table::new(&["DEVICE", "ID", "GROUP", "VIABLE", "CDEV", "AUTO", "WHY"]);
     for (d, blockers, (backend, reason)) in &devices {
@@ -126,6 +124,5 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
             reason.clone(),
         ]);
     }
-    print!("{}", t.render());
-    Ok(())
+    say!("{}", t.render())
 }

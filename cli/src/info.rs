@@ -11,6 +11,7 @@ use vfio_hal::{IommuInfo, IrqInfo, RegionInfo};
 use vfio_hal_facade::Opened;
 
 use crate::describe::{self, capabilities_text, capability_json};
+use crate::output::say;
 use crate::table::{hex, names, size, Table};
 use crate::{CliError, Ctx};
 
@@ -211,8 +212,7 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
             t.row(vec!["iommu".into(), format!("error: {e}")]);
         }
     }
-    print!("{}", t.render());
-    println!();
+    say!("{}\n", t.render())?;
 
     let mut t = Table::new(&["REGION", "NAME", "SIZE", "OFFSET", "FLAGS", "CAPABILITIES"]);
     for (i, r) in &regions {
@@ -229,8 +229,7 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
             Err(e) => t.row(vec![i.to_string(), name, format!("error: {e}")]),
         };
     }
-    print!("{}", t.render());
-    println!();
+    say!("{}\n", t.render())?;
 
     let mut t = Table::new(&["IRQ", "NAME", "COUNT", "FLAGS"]);
     for (i, r) in &irqs {
@@ -245,8 +244,7 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
             Err(e) => t.row(vec![i.to_string(), name, format!("error: {e}")]),
         };
     }
-    print!("{}", t.render());
-    println!();
+    say!("{}\n", t.render())?;
 
     let mut t = Table::new(&["FEATURE", "NAME", "GET", "SET"]);
     let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
@@ -265,6 +263,5 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
             ]),
         };
     }
-    print!("{}", t.render());
-    Ok(())
+    say!("{}", t.render())
 }
