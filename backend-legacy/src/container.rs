@@ -92,7 +92,7 @@ impl IommuType {
 }
 
 /// Where a container finds its nodes and which IOMMU type it selects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerConfig {
     /// The IOMMU type set when the first group is attached.
     pub iommu_type: IommuType,
@@ -100,15 +100,6 @@ pub struct ContainerConfig {
     /// groups [`Host::group_node`], devices are looked up in its sysfs.
     /// Default `/sys` and `/dev`.
     pub host: Host,
-}
-
-impl Default for ContainerConfig {
-    fn default() -> Self {
-        Self {
-            iommu_type: IommuType::default(),
-            host: Host::default(),
-        }
-    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

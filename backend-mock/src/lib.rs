@@ -21,6 +21,9 @@
 //!   capability chains (sparse mmap, region type).
 //! - Time is virtual ([`clock`]): no test sleeps.
 //!
+//! The decorators that wrap any backend — fault injection and tracing —
+//! are `vfio_hal::decorate`'s; the mock is their usual inner backend.
+//!
 //! # Deviations from vfio-pci
 //! All deliberate, all documented where they apply:
 //! - Handler-backed BARs (edu's registers) are not flagged `MMAP`: their
@@ -72,11 +75,9 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
-// Test doubles that wrap any backend (owned by their own module files).
+// mockall expectation mocks of the hal traits.
 #[cfg(feature = "mockall")]
 pub mod expect;
-pub mod inject;
-pub mod trace;
 
 pub mod clock;
 mod container;
@@ -91,11 +92,9 @@ mod sys;
 pub use clock::MockClock;
 pub use container::{MockContainer, INCIDENT_LOG_CAPACITY};
 pub use device::{MockDevice, MockIrq, MockRegion};
-pub use inject::{sweep, FaultInjector, Op, Plan};
 pub use iommu::{
     DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu, FAULT_LOG_CAPACITY,
 };
 pub use layout::{BarKind, BarLayout, DeviceRegionLayout, MsiLayout, MsixLayout, PciLayout};
 pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident};
 pub use pci::interrupts::IrqMode;
-pub use trace::Tracer;

@@ -7,6 +7,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 
+use vfio_hal::decorate::inject::{sweep, FaultInjector, Injection, OpFilter, Plan, Sweep};
+use vfio_hal::decorate::trace::{Outcome, Tracer};
+use vfio_hal::decorate::{Args, IrqCall, IrqDataSummary, Object, Op};
 use vfio_hal::error::{check_bounds, check_index};
 use vfio_hal::irq::{index, ParsedIrqData};
 use vfio_hal::prelude::*;
@@ -14,8 +17,6 @@ use vfio_hal::{
     DeviceInfo, DmaAccess, DmaBuffer, Error, ErrorKind, FeatureOp, IommuInfo, IrqData, IrqInfo,
     IrqSet, MmapArea, RegionInfo, Result, Target,
 };
-use vfio_hal_mock::inject::{sweep, FaultInjector, Injection, Op, OpFilter, Plan, Sweep};
-use vfio_hal_mock::trace::{Args, IrqCall, IrqDataSummary, Outcome, Tracer};
 
 // ---------------------------------------------------------------------------
 // A fake backend: just enough behaviour to see what reaches it.
@@ -437,7 +438,7 @@ fn a_filter_fails_every_matching_op_and_nothing_else() {
 #[test]
 fn nth_counts_only_the_selected_ops() {
     let fd = eventfd_stand_in();
-    let plan = Plan::fail_nth(2).only(OpFilter::object(vfio_hal_mock::inject::Object::Device));
+    let plan = Plan::fail_nth(2).only(OpFilter::object(Object::Device));
     let inj = FaultInjector::with_plan(FakeContainer::default(), plan);
     // Device ops in bring_up: device.region (1st), device.irq (2nd).
     let err = bring_up(&inj, fd.as_fd()).expect_err("2nd device op fails");

@@ -70,7 +70,7 @@ pub trait Fixture {
     /// Injection points *inside* backend calls (below the hal traits), where
     /// the fixture has them: in the real-kernel lane, the kernel's per-thread
     /// `fail-nth`. Whole hal calls are failed by
-    /// `vfio_hal_mock::inject::FaultInjector`, which wraps any backend and
+    /// `vfio_hal::decorate::inject::FaultInjector`, which wraps any backend and
     /// needs no hook.
     fn step_faults(&self) -> Option<&dyn StepFaults> {
         None

@@ -44,6 +44,9 @@ pub struct Need {
     pub role: &'static str,
 }
 
+/// Opens an empty container of one backend on a host, attaching devices first.
+pub type OpenContainer = fn(&Host, &[&str]) -> vfio_hal::Result<DynContainer>;
+
 /// How the facade knows one backend; see the module docs.
 #[derive(Clone, Copy)]
 pub struct Description {
@@ -66,7 +69,7 @@ pub struct Description {
     /// IOMMU context the container needs before any device is opened (type1
     /// has no IOMMU until a group is attached). `None` for the mock, whose
     /// containers come with their models, and for backends not built in.
-    pub open_container: Option<fn(&Host, &[&str]) -> vfio_hal::Result<DynContainer>>,
+    pub open_container: Option<OpenContainer>,
 }
 
 impl fmt::Debug for Description {

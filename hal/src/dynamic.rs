@@ -1,4 +1,4 @@
-//! Forwarding impls and type erasure: choosing a backend at run time.
+//! Type erasure: choosing a backend at run time.
 //!
 //! Static dispatch is the default: VMM code is generic over `C: Container`
 //! and pays nothing. When the backend is only known at run time (legacy or
@@ -12,14 +12,12 @@
 //! indirect call per operation, next to an ioctl of several hundred ns.
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::Arc;
 
 use crate::container::{Container, DmaAccess, IommuInfo};
 use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport};
 use crate::error::Result;
-use crate::irq::{Irq, IrqInfo, IrqSet};
-use crate::memory::MmapArea;
-use crate::region::{Region, RegionInfo};
+use crate::irq::Irq;
+use crate::region::Region;
 use crate::revoke::Revoker;
 
 /// A region of any backend.
@@ -30,108 +28,6 @@ pub type DynIrq = Box<dyn Irq + Send + Sync>;
 pub type DynDevice = Box<dyn Device<Region = DynRegion, Irq = DynIrq> + Send + Sync>;
 /// A container of any backend.
 pub type DynContainer = Box<dyn Container<Device = DynDevice> + Send + Sync>;
-
-macro_rules! forward_all {
-    ($($ptr:ident),*) => {$(
-        forward_all!(@one $ptr);
-    )*};
-    (@one $wrap:ident) => {
-        impl<R: Region + ?Sized> Region for $wrap<R> {
-            fn info(&self) -> &RegionInfo { (**self).info() }
-            fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { (**self).read(offset, buf) }
-            fn write(&self, offset: u64, data: &[u8]) -> Result<()> { (**self).write(offset, data) }
-            fn mmap(&self) -> Result<Vec<MmapArea>> { (**self).mmap() }
-        }
-
-        impl<I: Irq + ?Sized> Irq for $wrap<I> {
-            fn info(&self) -> IrqInfo { (**self).info() }
-            fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> { (**self).set_irqs(set) }
-            fn set_eventfds(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> Result<()> { (**self).set_eventfds(start, fds) }
-            fn set_eventfd(&self, vector: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> { (**self).set_eventfd(vector, fd) }
-            fn disable(&self) -> Result<()> { (**self).disable() }
-            fn mask(&self, start: u32, count: u32) -> Result<()> { (**self).mask(start, count) }
-            fn unmask(&self, start: u32, count: u32) -> Result<()> { (**self).unmask(start, count) }
-            fn trigger(&self, start: u32, count: u32) -> Result<()> { (**self).trigger(start, count) }
-            fn set_resample(&self, fd: Option<BorrowedFd<'_>>) -> Result<()> { (**self).set_resample(fd) }
-        }
-
-        impl<D: Device + ?Sized> Device for $wrap<D> {
-            type Region = D::Region;
-            type Irq = D::Irq;
-            fn info(&self) -> &DeviceInfo { (**self).info() }
-            fn region(&self, index: u32) -> Result<Self::Region> { (**self).region(index) }
-            fn irq(&self, index: u32) -> Result<Self::Irq> { (**self).irq(index) }
-            fn reset(&self) -> Result<()> { (**self).reset() }
-            fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> { (**self).feature(op, feature, data) }
-            fn keep_fds(&self) -> Vec<RawFd> { (**self).keep_fds() }
-            fn revoker(&self) -> Result<Revoker> { (**self).revoker() }
-            fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> { (**self).probe_feature(feature) }
-            fn low_power_entry(&self) -> Result<()> { (**self).low_power_entry() }
-            fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }
-            fn low_power_exit(&self) -> Result<()> { (**self).low_power_exit() }
-        }
-
-        // SAFETY: every call is forwarded unchanged, so each unmap answer is
-        // the inner implementation's, which keeps Container's promise.
-        unsafe impl<C: Container + ?Sized> Container for $wrap<C> {
-            type Device = C::Device;
-            fn iommu_info(&self) -> Result<IommuInfo> { (**self).iommu_info() }
-            unsafe fn map_dma_raw(&self, iova: u64, host: *mut u8, len: u64, access: DmaAccess) -> Result<()> {
-                // SAFETY: the caller upholds map_dma_raw's contract, which we pass on unchanged.
-                unsafe { (**self).map_dma_raw(iova, host, len, access) }
-            }
-            fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> { (**self).unmap_dma(iova, len) }
-            fn unmap_all(&self) -> Result<u64> { (**self).unmap_all() }
-            fn open_device(&self, name: &str) -> Result<Self::Device> { (**self).open_device(name) }
-        }
-    };
-}
-
-forward_all!(Box, Arc);
-
-// `&T` needs a lifetime parameter, so its two most used impls are spelled out.
-impl<R: Region + ?Sized> Region for &R {
-    fn info(&self) -> &RegionInfo {
-        (**self).info()
-    }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        (**self).read(offset, buf)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        (**self).write(offset, data)
-    }
-    fn mmap(&self) -> Result<Vec<MmapArea>> {
-        (**self).mmap()
-    }
-}
-
-// SAFETY: every call is forwarded unchanged, so each unmap answer is the
-// inner implementation's, which keeps Container's promise.
-unsafe impl<C: Container + ?Sized> Container for &C {
-    type Device = C::Device;
-    fn iommu_info(&self) -> Result<IommuInfo> {
-        (**self).iommu_info()
-    }
-    unsafe fn map_dma_raw(
-        &self,
-        iova: u64,
-        host: *mut u8,
-        len: u64,
-        access: DmaAccess,
-    ) -> Result<()> {
-        // SAFETY: the caller upholds map_dma_raw's contract, which we pass on unchanged.
-        unsafe { (**self).map_dma_raw(iova, host, len, access) }
-    }
-    fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> {
-        (**self).unmap_dma(iova, len)
-    }
-    fn unmap_all(&self) -> Result<u64> {
-        (**self).unmap_all()
-    }
-    fn open_device(&self, name: &str) -> Result<Self::Device> {
-        (**self).open_device(name)
-    }
-}
 
 /// Wraps a concrete backend type so that it erases to the `Dyn*` types.
 #[derive(Debug)]

@@ -43,9 +43,11 @@
 
 pub mod caps;
 pub mod container;
+pub mod decorate;
 pub mod device;
 pub mod dynamic;
 pub mod error;
+mod forward;
 pub mod iova;
 pub mod irq;
 pub mod memory;

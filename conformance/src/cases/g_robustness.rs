@@ -16,10 +16,11 @@
 
 use std::os::fd::AsFd;
 
+use vfio_hal::decorate::inject::{FaultInjector, OpFilter, Plan};
+use vfio_hal::decorate::Op;
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
 use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, Error, ErrorKind, Irq, RegionExt};
-use vfio_hal_mock::inject::{FaultInjector, Op, OpFilter, Plan};
 
 use super::{dma_page, edu_device, edu_device_for_msi, filled, fresh, iova};
 use crate::edu::{reg, DriverError, EduDriver};

@@ -1,30 +1,14 @@
 //! Fault injection: a decorator that makes chosen operations of any backend fail.
 //!
 //! [`FaultInjector<B>`] wraps a container, device, region or irq of *any*
-//! backend — this crate's in-memory one, type1, iommufd, a test fake — and
-//! implements the same hal trait (smoltcp's `FaultInjector<D>` idea). Every
-//! object opened through a wrapped container (its devices, their regions and
-//! irqs) is wrapped too and shares one [`Plan`] and one call counter, so "fail
-//! the 5th operation" counts across the whole tree.
+//! backend — the in-memory mock, type1, iommufd, a test fake — and
+//! implements the same hal trait (a [`Decorated`] with the [`Faults`] hook).
+//! Every object opened through a wrapped container (its devices, their
+//! regions and irqs) is wrapped too and shares one [`Plan`] and one call
+//! counter, so "fail the 5th operation" counts across the whole tree.
 //!
-//! # What counts as an operation
-//! - Every call of a **fallible** trait method (one returning `Result`) on any
-//!   wrapper of the tree counts once, whether it fails or not. Its name is an
-//!   [`Op`].
-//! - Provided trait methods (`Irq::set_eventfd`, `Device::probe_feature`, …)
-//!   are forwarded to the inner object, not re-derived through the trait
-//!   defaults: the count is the number of calls that reach the backend's API,
-//!   and a backend that overrides a provided method keeps its own behaviour.
-//!   So `irq.set_eventfd(0, fd)` is one [`Op::SetEventfd`], not also an
-//!   [`Op::SetIrqs`].
-//! - The infallible getters (`info()` of every trait, `Device::keep_fds`) do
-//!   not count: nothing can be injected there, and counting them would make a
-//!   step number depend on how often code rereads cached information.
-//! - `Container::map_buffer` is the one exception to forwarding: its guard
-//!   ([`vfio_hal::DmaMapping`]) must hold the *wrapper* so that its unmap
-//!   goes through the injector too, so it runs the trait's default, which
-//!   makes one [`Op::MapDma`] now and one [`Op::UnmapDma`] when the guard is
-//!   dropped or unmapped.
+//! What counts as an operation is the [decorator rules](super): every
+//! fallible trait method, one [`Op`] each.
 //!
 //! # What a failure does
 //! The error is [`Error::Injected`], carrying the operation's name, the
@@ -35,7 +19,7 @@
 //!
 //! One exception keeps the lie safe: an injected [`ErrorKind::NotMapped`] on
 //! [`Op::UnmapDma`] first unmaps in the backend, because a
-//! [`vfio_hal::DmaMapping`] guard frees its buffer on NotMapped ("already
+//! [`crate::DmaMapping`] guard frees its buffer on NotMapped ("already
 //! gone"), and the backend must not keep pointing at freed memory. Any other
 //! kind leaves the mapping in place and the guard leaks its buffer, as it
 //! does after a real failed unmap.
@@ -47,115 +31,10 @@
 //! "fail the 1st, 2nd, 3rd… step until none is hit".
 
 use std::fmt;
-use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use vfio_hal::{
-    Container, Device, DeviceInfo, DmaAccess, Error, ErrorKind, FeatureOp, FeatureSupport,
-    IommuInfo, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo, Result,
-};
-
-/// Which hal object an [`Op`] belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Object {
-    /// [`vfio_hal::Container`].
-    Container,
-    /// [`vfio_hal::Device`].
-    Device,
-    /// [`vfio_hal::Region`].
-    Region,
-    /// [`vfio_hal::Irq`].
-    Irq,
-}
-
-macro_rules! ops {
-    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $object:ident; )*) => {
-        /// One fallible hal trait method: what the fault injector counts and
-        /// the tracer records.
-        ///
-        /// The [`Display`](fmt::Display) name (also [`Op::name`], and the `op`
-        /// of [`Error::Injected`]) is the method's name, prefixed with its
-        /// object where the bare name would be vague (`region.read`,
-        /// `device.irq`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[non_exhaustive]
-        pub enum Op {
-            $( $(#[$doc])* $variant, )*
-        }
-
-        impl Op {
-            /// Every operation, in declaration order.
-            pub const ALL: &'static [Op] = &[$(Op::$variant),*];
-
-            /// The operation's name, e.g. `"map_dma_raw"` or `"region.read"`.
-            pub const fn name(self) -> &'static str {
-                match self { $(Op::$variant => $name,)* }
-            }
-
-            /// The object whose method this is.
-            pub const fn object(self) -> Object {
-                match self { $(Op::$variant => Object::$object,)* }
-            }
-        }
-    };
-}
-
-ops! {
-    /// `Container::iommu_info`.
-    IommuInfo = "iommu_info", Container;
-    /// `Container::map_dma_raw` (also what `map_buffer` calls).
-    MapDma = "map_dma_raw", Container;
-    /// `Container::unmap_dma` (also what a `DmaMapping` guard calls).
-    UnmapDma = "unmap_dma", Container;
-    /// `Container::unmap_all`.
-    UnmapAll = "unmap_all", Container;
-    /// `Container::open_device`.
-    OpenDevice = "open_device", Container;
-    /// `Device::region`.
-    Region = "device.region", Device;
-    /// `Device::irq`.
-    Irq = "device.irq", Device;
-    /// `Device::reset`.
-    Reset = "reset", Device;
-    /// `Device::feature`.
-    Feature = "feature", Device;
-    /// `Device::probe_feature`.
-    ProbeFeature = "probe_feature", Device;
-    /// `Device::low_power_entry`.
-    LowPowerEntry = "low_power_entry", Device;
-    /// `Device::low_power_entry_with_wakeup`.
-    LowPowerEntryWithWakeup = "low_power_entry_with_wakeup", Device;
-    /// `Device::low_power_exit`.
-    LowPowerExit = "low_power_exit", Device;
-    /// `Region::read`.
-    RegionRead = "region.read", Region;
-    /// `Region::write`.
-    RegionWrite = "region.write", Region;
-    /// `Region::mmap`.
-    RegionMmap = "region.mmap", Region;
-    /// `Irq::set_irqs`.
-    SetIrqs = "set_irqs", Irq;
-    /// `Irq::set_eventfds`.
-    SetEventfds = "set_eventfds", Irq;
-    /// `Irq::set_eventfd`.
-    SetEventfd = "set_eventfd", Irq;
-    /// `Irq::disable`.
-    Disable = "irq.disable", Irq;
-    /// `Irq::mask`.
-    Mask = "mask", Irq;
-    /// `Irq::unmask`.
-    Unmask = "unmask", Irq;
-    /// `Irq::trigger`.
-    Trigger = "trigger", Irq;
-    /// `Irq::set_resample`.
-    SetResample = "set_resample", Irq;
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use super::{Args, Decorated, Hook, Object, Op};
+use crate::{Error, ErrorKind, Result};
 
 /// A set of [`Op`]s: which operations a [`Plan`] applies to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -262,7 +141,7 @@ pub enum Trigger {
 ///
 /// ```
 /// use vfio_hal::ErrorKind;
-/// use vfio_hal_mock::inject::{Op, Plan};
+/// use vfio_hal::decorate::{inject::Plan, Op};
 ///
 /// // The 3rd operation of any kind fails with the default kind (Io).
 /// let third = Plan::fail_nth(3);
@@ -402,19 +281,42 @@ impl Shared {
     }
 }
 
-/// A decorator that fails operations of the wrapped backend object as its
-/// [`Plan`] says; see the [module docs](self) for what counts.
-///
-/// `FaultInjector<C>` is a [`Container`] whose devices are
-/// `FaultInjector<C::Device>`, whose regions and irqs are wrapped in turn;
-/// all of them share the plan and counters of the injector they came from.
-#[derive(Debug, Clone)]
-pub struct FaultInjector<B> {
-    inner: B,
-    shared: Arc<Shared>,
+/// The [`Hook`] of a [`FaultInjector`]: the plan and counters one injector
+/// tree shares.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Shared>);
+
+impl Hook for Faults {
+    fn around<T>(
+        &self,
+        op: Op,
+        _args: Args,
+        inner: impl FnOnce() -> Result<T>,
+        _value: impl FnOnce(&T) -> Option<u64>,
+    ) -> Result<T> {
+        match self.0.enter(op) {
+            Ok(()) => inner(),
+            // `DmaMapping` frees its buffer when an unmap reports NotMapped,
+            // so that answer must be true: undo the mapping first (the one
+            // injected failure that reaches the backend; see the module docs).
+            Err(injected) if op == Op::UnmapDma && injected.kind() == ErrorKind::NotMapped => {
+                inner()?;
+                Err(injected)
+            }
+            Err(injected) => Err(injected),
+        }
+    }
 }
 
-impl<B> FaultInjector<B> {
+/// A decorator that fails operations of the wrapped backend object as its
+/// [`Plan`] says; see the [module docs](self).
+///
+/// `FaultInjector<C>` is a [`crate::Container`] whose devices are
+/// `FaultInjector<C::Device>`, whose regions and irqs are wrapped in turn;
+/// all of them share the plan and counters of the injector they came from.
+pub type FaultInjector<B> = Decorated<B, Faults>;
+
+impl<B> Decorated<B, Faults> {
     /// Wraps `inner` in counting mode ([`Plan::count_only`]).
     pub fn new(inner: B) -> Self {
         Self::with_plan(inner, Plan::count_only())
@@ -426,39 +328,17 @@ impl<B> FaultInjector<B> {
             plan,
             ..State::default()
         };
-        Self {
-            inner,
-            shared: Arc::new(Shared(Mutex::new(state))),
-        }
-    }
-
-    /// Wraps another object into this injector's tree (same plan, same
-    /// counters), e.g. a device opened before the injector existed.
-    pub fn wrap<T>(&self, inner: T) -> FaultInjector<T> {
-        FaultInjector {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-
-    /// The wrapped object.
-    pub fn inner(&self) -> &B {
-        &self.inner
-    }
-
-    /// Unwraps; other wrappers of the tree keep the shared plan.
-    pub fn into_inner(self) -> B {
-        self.inner
+        Self::with_hook(inner, Faults(Arc::new(Shared(Mutex::new(state)))))
     }
 
     /// The plan now in force.
     pub fn plan(&self) -> Plan {
-        self.shared.lock().plan
+        self.hook().0.lock().plan
     }
 
     /// Installs `plan` and zeroes every counter (re-arming for a new run).
     pub fn arm(&self, plan: Plan) {
-        let mut s = self.shared.lock();
+        let mut s = self.hook().0.lock();
         *s = State {
             plan,
             ..State::default()
@@ -467,7 +347,7 @@ impl<B> FaultInjector<B> {
 
     /// Zeroes every counter and keeps the plan, so a `fail_nth` fires again.
     ///
-    /// (Not `reset`: that name is [`Device::reset`], which the wrapper implements.)
+    /// (Not `reset`: that name is [`crate::Device::reset`], which the wrapper implements.)
     pub fn rearm(&self) {
         let plan = self.plan();
         self.arm(plan);
@@ -475,209 +355,29 @@ impl<B> FaultInjector<B> {
 
     /// Switches to counting mode, keeping the counters.
     pub fn disarm(&self) {
-        self.shared.lock().plan.trigger = Trigger::Never;
+        self.hook().0.lock().plan.trigger = Trigger::Never;
     }
 
     /// Operations of every kind that reached the tree since the last
     /// [`arm`](Self::arm) or [`rearm`](Self::rearm), failed ones included.
     pub fn calls(&self) -> u64 {
-        self.shared.lock().calls
+        self.hook().0.lock().calls
     }
 
     /// Operations the plan's filter selected (equals [`calls`](Self::calls)
     /// when the filter is [`OpFilter::ALL`]).
     pub fn selected_calls(&self) -> u64 {
-        self.shared.lock().selected
+        self.hook().0.lock().selected
     }
 
     /// How many operations were failed.
     pub fn injected(&self) -> u64 {
-        self.shared.lock().injected
+        self.hook().0.lock().injected
     }
 
     /// The most recent injected failure.
     pub fn last_injection(&self) -> Option<Injection> {
-        self.shared.lock().last
-    }
-
-    fn enter(&self, op: Op) -> Result<()> {
-        self.shared.enter(op)
-    }
-}
-
-// SAFETY: an injected unmap failure is an error; the one kind the promise
-// covers, NotMapped, is only injected after the inner container really
-// unmapped the range (its own error is returned if that fails). Everything
-// else is the inner implementation's answer.
-unsafe impl<C: Container> Container for FaultInjector<C> {
-    type Device = FaultInjector<C::Device>;
-
-    fn iommu_info(&self) -> Result<IommuInfo> {
-        self.enter(Op::IommuInfo)?;
-        self.inner.iommu_info()
-    }
-
-    unsafe fn map_dma_raw(
-        &self,
-        iova: u64,
-        host: *mut u8,
-        len: u64,
-        access: DmaAccess,
-    ) -> Result<()> {
-        self.enter(Op::MapDma)?;
-        // SAFETY: the caller upholds map_dma_raw's contract, which we pass on unchanged.
-        unsafe { self.inner.map_dma_raw(iova, host, len, access) }
-    }
-
-    fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> {
-        match self.enter(Op::UnmapDma) {
-            Ok(()) => self.inner.unmap_dma(iova, len),
-            // `DmaMapping` frees its buffer when an unmap reports NotMapped,
-            // so that answer must be true: undo the mapping first (the one
-            // injected failure that reaches the backend; see the module docs).
-            Err(injected) if injected.kind() == ErrorKind::NotMapped => {
-                self.inner.unmap_dma(iova, len)?;
-                Err(injected)
-            }
-            Err(injected) => Err(injected),
-        }
-    }
-
-    fn unmap_all(&self) -> Result<u64> {
-        self.enter(Op::UnmapAll)?;
-        self.inner.unmap_all()
-    }
-
-    fn open_device(&self, name: &str) -> Result<Self::Device> {
-        self.enter(Op::OpenDevice)?;
-        Ok(self.wrap(self.inner.open_device(name)?))
-    }
-
-    // `map_buffer` keeps the trait default on purpose: see the module docs.
-}
-
-impl<D: Device> Device for FaultInjector<D> {
-    type Region = FaultInjector<D::Region>;
-    type Irq = FaultInjector<D::Irq>;
-
-    fn info(&self) -> &DeviceInfo {
-        self.inner.info()
-    }
-
-    fn region(&self, index: u32) -> Result<Self::Region> {
-        self.enter(Op::Region)?;
-        Ok(self.wrap(self.inner.region(index)?))
-    }
-
-    fn irq(&self, index: u32) -> Result<Self::Irq> {
-        self.enter(Op::Irq)?;
-        Ok(self.wrap(self.inner.irq(index)?))
-    }
-
-    fn reset(&self) -> Result<()> {
-        self.enter(Op::Reset)?;
-        self.inner.reset()
-    }
-
-    fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> {
-        self.enter(Op::Feature)?;
-        self.inner.feature(op, feature, data)
-    }
-
-    fn keep_fds(&self) -> Vec<RawFd> {
-        self.inner.keep_fds()
-    }
-
-    /// The inner device's revoker; the injector does not fail revocations.
-    fn revoker(&self) -> Result<vfio_hal::Revoker> {
-        self.inner.revoker()
-    }
-
-    fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
-        self.enter(Op::ProbeFeature)?;
-        self.inner.probe_feature(feature)
-    }
-
-    fn low_power_entry(&self) -> Result<()> {
-        self.enter(Op::LowPowerEntry)?;
-        self.inner.low_power_entry()
-    }
-
-    fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> {
-        self.enter(Op::LowPowerEntryWithWakeup)?;
-        self.inner.low_power_entry_with_wakeup(wakeup)
-    }
-
-    fn low_power_exit(&self) -> Result<()> {
-        self.enter(Op::LowPowerExit)?;
-        self.inner.low_power_exit()
-    }
-}
-
-impl<R: Region> Region for FaultInjector<R> {
-    fn info(&self) -> &RegionInfo {
-        self.inner.info()
-    }
-
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.enter(Op::RegionRead)?;
-        self.inner.read(offset, buf)
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.enter(Op::RegionWrite)?;
-        self.inner.write(offset, data)
-    }
-
-    fn mmap(&self) -> Result<Vec<MmapArea>> {
-        self.enter(Op::RegionMmap)?;
-        self.inner.mmap()
-    }
-}
-
-impl<I: Irq> Irq for FaultInjector<I> {
-    fn info(&self) -> IrqInfo {
-        self.inner.info()
-    }
-
-    fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
-        self.enter(Op::SetIrqs)?;
-        self.inner.set_irqs(set)
-    }
-
-    fn set_eventfds(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> Result<()> {
-        self.enter(Op::SetEventfds)?;
-        self.inner.set_eventfds(start, fds)
-    }
-
-    fn set_eventfd(&self, vector: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> {
-        self.enter(Op::SetEventfd)?;
-        self.inner.set_eventfd(vector, fd)
-    }
-
-    fn disable(&self) -> Result<()> {
-        self.enter(Op::Disable)?;
-        self.inner.disable()
-    }
-
-    fn mask(&self, start: u32, count: u32) -> Result<()> {
-        self.enter(Op::Mask)?;
-        self.inner.mask(start, count)
-    }
-
-    fn unmask(&self, start: u32, count: u32) -> Result<()> {
-        self.enter(Op::Unmask)?;
-        self.inner.unmask(start, count)
-    }
-
-    fn trigger(&self, start: u32, count: u32) -> Result<()> {
-        self.enter(Op::Trigger)?;
-        self.inner.trigger(start, count)
-    }
-
-    fn set_resample(&self, fd: Option<BorrowedFd<'_>>) -> Result<()> {
-        self.enter(Op::SetResample)?;
-        self.inner.set_resample(fd)
+        self.hook().0.lock().last
     }
 }
 
@@ -770,7 +470,7 @@ impl Sweep {
 ///
 /// ```
 /// use vfio_hal::{prelude::*, Error, Result};
-/// use vfio_hal_mock::inject::{sweep, FaultInjector};
+/// use vfio_hal::decorate::inject::{sweep, FaultInjector};
 ///
 /// /// The code under test: open a device and route MSI-X vector 0.
 /// fn bring_up<C: Container>(c: &C, fd: std::os::fd::BorrowedFd<'_>) -> Result<C::Device> {

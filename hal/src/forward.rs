@@ -1,0 +1,146 @@
+//! The traits through pointers: `&T`, `Box<T>` and `Arc<T>` implement
+//! [`Container`], [`Device`], [`Region`] and [`Irq`] when `T` does (the
+//! embedded-hal habit), forwarding every method, provided ones included, so
+//! a backend's overrides are kept. Written once, for all four traits and all
+//! three pointers: `Box<dyn Region>` is a region, `&device` a device.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Arc;
+
+use crate::container::{Container, DmaAccess, IommuInfo};
+use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport};
+use crate::error::Result;
+use crate::irq::{Irq, IrqInfo, IrqSet};
+use crate::memory::MmapArea;
+use crate::region::{Region, RegionInfo};
+use crate::revoke::Revoker;
+
+/// `forward! { <generics> Pointer<T>; ... }`: the four trait impls for each
+/// pointer type, `T` naming the pointee.
+macro_rules! forward {
+    ($(<$($lt:lifetime,)? $t:ident> $ptr:ty;)*) => {$(
+        impl<$($lt,)? $t: Region + ?Sized> Region for $ptr {
+            fn info(&self) -> &RegionInfo { (**self).info() }
+            fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { (**self).read(offset, buf) }
+            fn write(&self, offset: u64, data: &[u8]) -> Result<()> { (**self).write(offset, data) }
+            fn mmap(&self) -> Result<Vec<MmapArea>> { (**self).mmap() }
+        }
+
+        impl<$($lt,)? $t: Irq + ?Sized> Irq for $ptr {
+            fn info(&self) -> IrqInfo { (**self).info() }
+            fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> { (**self).set_irqs(set) }
+            fn set_eventfds(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> Result<()> { (**self).set_eventfds(start, fds) }
+            fn set_eventfd(&self, vector: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> { (**self).set_eventfd(vector, fd) }
+            fn disable(&self) -> Result<()> { (**self).disable() }
+            fn mask(&self, start: u32, count: u32) -> Result<()> { (**self).mask(start, count) }
+            fn unmask(&self, start: u32, count: u32) -> Result<()> { (**self).unmask(start, count) }
+            fn trigger(&self, start: u32, count: u32) -> Result<()> { (**self).trigger(start, count) }
+            fn set_resample(&self, fd: Option<BorrowedFd<'_>>) -> Result<()> { (**self).set_resample(fd) }
+        }
+
+        impl<$($lt,)? $t: Device + ?Sized> Device for $ptr {
+            type Region = <$t as Device>::Region;
+            type Irq = <$t as Device>::Irq;
+            fn info(&self) -> &DeviceInfo { (**self).info() }
+            fn region(&self, index: u32) -> Result<Self::Region> { (**self).region(index) }
+            fn irq(&self, index: u32) -> Result<Self::Irq> { (**self).irq(index) }
+            fn reset(&self) -> Result<()> { (**self).reset() }
+            fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> { (**self).feature(op, feature, data) }
+            fn keep_fds(&self) -> Vec<RawFd> { (**self).keep_fds() }
+            fn revoker(&self) -> Result<Revoker> { (**self).revoker() }
+            fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> { (**self).probe_feature(feature) }
+            fn low_power_entry(&self) -> Result<()> { (**self).low_power_entry() }
+            fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }
+            fn low_power_exit(&self) -> Result<()> { (**self).low_power_exit() }
+        }
+
+        // SAFETY: every call is forwarded unchanged, so each unmap answer is
+        // the inner implementation's, which keeps Container's promise.
+        unsafe impl<$($lt,)? $t: Container + ?Sized> Container for $ptr {
+            type Device = <$t as Container>::Device;
+            fn iommu_info(&self) -> Result<IommuInfo> { (**self).iommu_info() }
+            unsafe fn map_dma_raw(&self, iova: u64, host: *mut u8, len: u64, access: DmaAccess) -> Result<()> {
+                // SAFETY: the caller upholds map_dma_raw's contract, which we pass on unchanged.
+                unsafe { (**self).map_dma_raw(iova, host, len, access) }
+            }
+            fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> { (**self).unmap_dma(iova, len) }
+            fn unmap_all(&self) -> Result<u64> { (**self).unmap_all() }
+            fn open_device(&self, name: &str) -> Result<Self::Device> { (**self).open_device(name) }
+        }
+    )*};
+}
+
+forward! {
+    <'a, T> &'a T;
+    <T> Box<T>;
+    <T> Arc<T>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    /// A device whose provided `probe_feature` is overridden: forwarding
+    /// must reach the override, not re-run the trait default.
+    struct Probed(DeviceInfo);
+
+    impl Device for Probed {
+        type Region = Box<dyn Region>;
+        type Irq = Box<dyn Irq>;
+        fn info(&self) -> &DeviceInfo {
+            &self.0
+        }
+        fn region(&self, index: u32) -> Result<Self::Region> {
+            Err(Error::sys(
+                "region",
+                crate::Target::Region(index),
+                libc::EINVAL,
+            ))
+        }
+        fn irq(&self, index: u32) -> Result<Self::Irq> {
+            Err(Error::sys("irq", crate::Target::Irq(index), libc::EINVAL))
+        }
+        fn reset(&self) -> Result<()> {
+            Ok(())
+        }
+        fn feature(&self, _: FeatureOp, _: u32, _: &mut [u8]) -> Result<()> {
+            Err(Error::sys("feature", crate::Target::None, libc::ENOTTY))
+        }
+        fn keep_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+        fn probe_feature(&self, _feature: u32) -> Result<FeatureSupport> {
+            Ok(FeatureSupport {
+                get: true,
+                set: false,
+            })
+        }
+    }
+
+    fn probe<D: Device>(d: D) -> Result<FeatureSupport> {
+        d.probe_feature(3)
+    }
+
+    #[test]
+    fn every_pointer_reaches_the_override() {
+        let info = DeviceInfo {
+            name: "probed".into(),
+            flags: 0,
+            num_regions: 0,
+            num_irqs: 0,
+            caps: Vec::new(),
+        };
+        let dev = Probed(info);
+        let want = FeatureSupport {
+            get: true,
+            set: false,
+        };
+        // The trait default would call `feature`, which fails.
+        assert_eq!(probe(&dev).ok(), Some(want));
+        assert_eq!(probe(Arc::new(&dev)).ok(), Some(want));
+        assert_eq!(probe(Box::new(&&dev)).ok(), Some(want));
+        let erased: Box<dyn Device<Region = Box<dyn Region>, Irq = Box<dyn Irq>>> = Box::new(dev);
+        assert_eq!(probe(&erased).ok(), Some(want));
+    }
+}
