@@ -45,7 +45,7 @@ pub struct Offer {
 }
 
 /// Why a device cannot be opened, found before any VFIO node is touched,
-/// or a request that names no usable device. [`fmt::Display`] says what is
+/// or a request that names no usable device. [`std::fmt::Display`] says what is
 /// wrong; [`Problem::remedy`] says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

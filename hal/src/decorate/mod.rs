@@ -44,13 +44,13 @@ pub mod trace;
 /// Which hal object an [`Op`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Object {
-    /// [`vfio_hal::Container`].
+    /// [`crate::Container`].
     Container,
-    /// [`vfio_hal::Device`].
+    /// [`crate::Device`].
     Device,
-    /// [`vfio_hal::Region`].
+    /// [`crate::Region`].
     Region,
-    /// [`vfio_hal::Irq`].
+    /// [`crate::Irq`].
     Irq,
 }
 

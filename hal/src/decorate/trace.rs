@@ -1,6 +1,6 @@
 //! Call tracing: a decorator that records every call to any backend and its result.
 //!
-//! [`Tracer<B>`] is a [`Decorated`] with the [`Trace`] hook, like
+//! [`Tracer<B>`] is a [`Decorated`] with the [`TraceLog`] hook, like
 //! [`FaultInjector`](super::inject::FaultInjector) (smoltcp's `Tracer<D>`):
 //! it wraps a container, device, region or irq of any backend, implements
 //! the same hal trait, and wraps whatever it opens, so one [`TraceLog`]
@@ -15,7 +15,7 @@
 //! infallible getters (`info`, `keep_fds`) are not recorded, and never
 //! called by the tracer itself, so it also wraps expectation mocks that
 //! would reject an unexpected `info()`. An irq convenience call is
-//! summarised as the `SET_IRQS` request it stands for ([`IrqCall`]).
+//! summarised as the `SET_IRQS` request it stands for ([`super::IrqCall`]).
 //!
 //! An event is appended when its call returns, so with several threads the
 //! log is in completion order.
