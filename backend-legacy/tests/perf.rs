@@ -1,4 +1,4 @@
-//! Ratios for issue 6, measured in the lane's guest (`bash tests/vm/lane.sh`)
+//! The HAL's overhead over the raw calls, measured in the lane's guest (`bash tests/vm/lane.sh`)
 //! in one boot; ignored on the host. Prints one `perf(...)` line per
 //! comparison. Figures mean something only from an optimised build (the
 //! lane builds unoptimised test binaries); there the HAL's overhead over

@@ -1,4 +1,4 @@
-//! The cases, one module per group of issue 4 (A–G), plus the copy-engine group H.
+//! The cases, one module per group (A–G), plus the copy-engine group H.
 //!
 //! Every case is a `pub fn name<F: Fixture>(f: &F) -> CaseResult`, takes a
 //! fresh container from the fixture, and cleans up by dropping what it made.
