@@ -1,7 +1,7 @@
 //! A driver for the mock's MSI-X DMA copy engine, written against the hal traits.
 //!
-//! The engine (`vfio_hal_mock::models::copy_engine`, whose module docs hold
-//! the register map) has the contract of the DMA engines the kernel
+//! The engine (the mock's `vfio_hal_mock::models::copy_engine`, whose
+//! module docs describe the device) has the contract of the DMA engines the kernel
 //! selftests drive: a copy succeeds with exactly one MSI-X interrupt; a copy
 //! from or to an unmapped IOVA corrupts nothing and raises no interrupt.
 //! Only fixtures that name a copy engine ([`crate::Fixture::copy_engine`])
@@ -10,10 +10,55 @@
 use std::time::{Duration, Instant};
 
 use vfio_hal::{Device, PciConfig, RegionExt};
-use vfio_hal_mock::models::copy_engine::{reg, DEVICE_ID, ID_VALUE, VENDOR_ID};
 
 use crate::edu::DriverError;
 use crate::msix::MsixDriver;
+
+/// PCI vendor id of the copy engine.
+pub const VENDOR_ID: u16 = 0x1234;
+/// PCI device id of the copy engine.
+pub const DEVICE_ID: u16 = 0x0c0e;
+/// Value of the identification register.
+pub const ID_VALUE: u32 = 0x0c0e_0001;
+
+/// BAR 0 register offsets and bits: the driver's own copy, read from the
+/// device's documentation as for real hardware (the test `register_maps`
+/// checks it against the model's).
+pub mod reg {
+    /// Identification (RO u32).
+    pub const ID: u64 = 0x00;
+    /// Source IOVA (RW u64).
+    pub const SRC: u64 = 0x08;
+    /// Destination IOVA (RW u64).
+    pub const DST: u64 = 0x10;
+    /// Length in bytes (RW u32).
+    pub const LEN: u64 = 0x18;
+    /// MSI-X vector raised on completion (RW u32).
+    pub const VECTOR: u64 = 0x1c;
+    /// Doorbell (WO u32).
+    pub const DOORBELL: u64 = 0x20;
+    /// Status (RW u32).
+    pub const STATUS: u64 = 0x24;
+    /// Error code of the last failed request (RO u32), one of [`super::err`].
+    pub const ERROR: u64 = 0x28;
+
+    /// Doorbell: start the copy.
+    pub const DOORBELL_GO: u32 = 1 << 0;
+    /// Status: a copy is in progress.
+    pub const STATUS_BUSY: u32 = 1 << 0;
+    /// Status: the last copy completed (write 1 to clear).
+    pub const STATUS_DONE: u32 = 1 << 1;
+    /// Status: the last copy failed (write 1 to clear).
+    pub const STATUS_ERROR: u32 = 1 << 2;
+}
+
+/// Error codes of the error register.
+pub mod err {
+    /// Reading the source faulted in the IOMMU.
+    pub const SRC_FAULT: u32 = 1;
+    /// Writing the destination faulted in the IOMMU.
+    pub const DST_FAULT: u32 = 2;
+}
 
 /// How a copy request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +66,7 @@ pub enum CopyStatus {
     /// The data was copied.
     Done,
     /// The engine refused or faulted, with its error code
-    /// (`vfio_hal_mock::models::copy_engine::err`).
+    /// ([`err`]).
     Failed(u32),
 }
 

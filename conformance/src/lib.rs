@@ -25,6 +25,14 @@
 //!   written once against the hal traits: the same code drives the mock's
 //!   models and the real devices.
 //!
+//! The drivers are independent readers of their devices, as a driver is of
+//! real hardware: each keeps its own register map ([`edu::reg`],
+//! [`copy_engine::reg`]) and imports nothing from the mock's models, so a
+//! bug in a model cannot hide from the suite behind a shared constant. The
+//! edu map's names and widths follow QEMU's `hw/misc/edu.c`, as the mock
+//! model's do, and the test `register_maps` checks that the driver's and
+//! the model's maps agree name for name and value for value.
+//!
 //! ```
 //! use vfio_hal_conformance::{mock::MockFixture, run_suite};
 //!

@@ -2,11 +2,10 @@
 //! for fixtures with a copy engine ([`Fixture::copy_engine`]).
 
 use vfio_hal::{Container, DmaAccess, DmaBuffer};
-use vfio_hal_mock::models::copy_engine::err;
 
 use super::c_dma::expect_fault_recorded;
 use super::{count_signals, dma_page, filled, fresh, iova, quiet, Dev};
-use crate::copy_engine::{CopyEngineDriver, CopyStatus};
+use crate::copy_engine::{err, CopyEngineDriver, CopyStatus};
 use crate::fixture::Fixture;
 use crate::outcome::{expect_eq, fail, not_applicable, CaseError, CaseResult, Context};
 
