@@ -66,7 +66,7 @@ pub mod scratch;
 pub use fail_nth::KernelFailNth;
 pub use fixture::{Capabilities, Fixture, SplitUnmap, StepFaults, Unplug};
 pub use outcome::{CaseError, CaseResult, Outcome};
-pub use runner::{run_suite, Case, Summary};
+pub use runner::{run_suite, Case, Effects, Summary};
 
 /// Stamps out one `#[test]` per case of the suite for a fixture, in a module
 /// named `$mode`.
