@@ -34,7 +34,9 @@ use vfio_hal::{
     Container, Device, DmaAccess, DmaBuffer, ErrorKind, Irq, MapBufferError, PciConfig, RegionExt,
 };
 
+use crate::dma_engine::{Completion, DmaEngine, EngineKind};
 use crate::eventfd::EventFd;
+use crate::fixture::Fixture;
 use reg::{
     DMA_IRQ, DMA_SIZE, DMA_START, EDU_DMA_DIR, EDU_DMA_IRQ, EDU_DMA_RUN, EDU_STATUS_COMPUTING,
     EDU_STATUS_IRQFACT, FACT_IRQ, ID_VALUE,
@@ -371,14 +373,34 @@ impl<D: Device> EduDriver<D> {
         offset: u64,
         len: u64,
     ) -> Result<(), DriverError> {
+        let with_irq = self.irq.is_some();
+        if with_irq {
+            self.drain_irq()?;
+        }
+        self.dma_start(direction, iova, offset, len, with_irq)?;
+        self.dma_idle("DMA")?;
+        if with_irq {
+            self.await_irq("DMA interrupt", DMA_IRQ)?;
+        }
+        Ok(())
+    }
+
+    /// Starts one transfer (after the previous one ended), asking for the
+    /// completion interrupt if `irq`.
+    fn dma_start(
+        &self,
+        direction: Direction,
+        iova: u64,
+        offset: u64,
+        len: u64,
+        irq: bool,
+    ) -> Result<(), DriverError> {
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > DMA_SIZE) {
             return Err(DriverError::InvalidRequest(
                 "DMA must lie inside the 4 KiB device buffer and move at least one byte",
             ));
         }
-        self.wait_until("previous DMA", || {
-            Ok(u64::from(self.bar.read_at::<u32>(reg::DMA_CMD)?) & EDU_DMA_RUN == 0)
-        })?;
+        self.dma_idle("previous DMA")?;
         let device = DMA_START + offset;
         let (src, dst, dir) = match direction {
             Direction::ToDevice => (iova, device, 0),
@@ -387,19 +409,15 @@ impl<D: Device> EduDriver<D> {
         self.write_addr(reg::DMA_SRC, src)?;
         self.write_addr(reg::DMA_DST, dst)?;
         self.write_addr(reg::DMA_CNT, len)?;
-        let with_irq = self.irq.is_some();
-        if with_irq {
-            self.drain_irq()?;
-        }
-        let irq_bit = if with_irq { EDU_DMA_IRQ } else { 0 };
-        self.write_addr(reg::DMA_CMD, EDU_DMA_RUN | dir | irq_bit)?;
-        self.wait_until("DMA", || {
+        let irq_bit = if irq { EDU_DMA_IRQ } else { 0 };
+        self.write_addr(reg::DMA_CMD, EDU_DMA_RUN | dir | irq_bit)
+    }
+
+    /// Waits until no transfer runs.
+    fn dma_idle(&self, what: &'static str) -> Result<(), DriverError> {
+        self.wait_until(what, || {
             Ok(u64::from(self.bar.read_at::<u32>(reg::DMA_CMD)?) & EDU_DMA_RUN == 0)
-        })?;
-        if with_irq {
-            self.await_irq("DMA interrupt", DMA_IRQ)?;
-        }
-        Ok(())
+        })
     }
 
     /// A DMA round trip through the IOMMU: maps a source (read-only for the
@@ -534,6 +552,73 @@ impl<D: Device> EduDriver<D> {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+}
+
+/// edu as a [`DmaEngine`]: a copy is two transfers through the device
+/// buffer (source → buffer, then buffer → destination, the second with
+/// the completion interrupt), so it moves at most 4 KiB, and edu cannot see
+/// IOMMU faults: a faulted read leaves the buffer's old bytes to be copied
+/// out.
+impl<D: Device> DmaEngine for EduDriver<D> {
+    fn max_memcpy_size(&self) -> u64 {
+        DMA_SIZE
+    }
+
+    fn reports_faults(&self) -> bool {
+        false
+    }
+
+    fn memcpy_start(&mut self, src: u64, dst: u64, len: u64) -> Result<(), DriverError> {
+        if len == 0 || len > DMA_SIZE {
+            return Err(DriverError::InvalidRequest(
+                "an edu copy moves 1 to 4096 bytes",
+            ));
+        }
+        self.dma_start(Direction::ToDevice, src, 0, len, false)?;
+        self.dma_idle("DMA into the device buffer")?;
+        self.dma_start(Direction::ToRam, dst, 0, len, self.irq.is_some())
+    }
+
+    fn memcpy_wait(&mut self) -> Result<Completion, DriverError> {
+        self.dma_idle("DMA out of the device buffer")?;
+        if self.irq.is_some() {
+            self.acknowledge(DMA_IRQ)?;
+        }
+        Ok(Completion::Done)
+    }
+
+    fn send_msi(&mut self) -> Result<(), DriverError> {
+        if self.irq.is_none() {
+            return Err(DriverError::InvalidRequest("send_msi needs MSI routed"));
+        }
+        self.raise(DMA_IRQ)?;
+        self.acknowledge(DMA_IRQ)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        self.irq.as_ref()
+    }
+}
+
+/// QEMU's edu as a DMA engine of the H cases: the fixture's edu device,
+/// with its MSI routed.
+#[derive(Debug, Clone, Copy)]
+pub struct EduEngine;
+
+impl EngineKind for EduEngine {
+    const NAME: &'static str = "edu";
+
+    type Driver<D: Device> = EduDriver<D>;
+
+    fn device_name<F: Fixture>(fixture: &F) -> Option<&str> {
+        Some(fixture.edu())
+    }
+
+    fn open<D: Device>(device: D, timeout: Duration) -> Result<EduDriver<D>, DriverError> {
+        let mut driver = EduDriver::open(device)?.with_timeout(timeout);
+        driver.enable_msi()?;
+        Ok(driver)
     }
 }
 

@@ -66,8 +66,8 @@ fn edu_maps_agree_value_for_value() {
 fn copy_engine_map_agrees_with_the_model() {
     same!(drv_ce::reg, mock_ce::reg;
         ID, SRC, DST, LEN, VECTOR, DOORBELL, STATUS, ERROR,
-        DOORBELL_GO, STATUS_BUSY, STATUS_DONE, STATUS_ERROR,
+        DOORBELL_GO, DOORBELL_SRC_SRAM, DOORBELL_DST_SRAM, STATUS_BUSY, STATUS_DONE, STATUS_ERROR,
     );
     same!(drv_ce::err, mock_ce::err; SRC_FAULT, DST_FAULT);
-    same!(drv_ce, mock_ce; VENDOR_ID, DEVICE_ID, ID_VALUE);
+    same!(drv_ce, mock_ce; VENDOR_ID, DEVICE_ID, ID_VALUE, MAX_LEN);
 }

@@ -22,7 +22,7 @@ pub mod d_device;
 pub mod e_interrupts;
 pub mod f_device_dma;
 pub mod g_robustness;
-pub mod h_copy_engine;
+pub mod h_dma_engine;
 
 /// The device type a fixture's container opens.
 pub type Dev<F> = <<F as Fixture>::Container as Container>::Device;
@@ -40,7 +40,7 @@ pub fn all<F: Fixture>() -> Vec<Case<F>> {
 #[macro_export]
 macro_rules! __for_each_case {
     ($($how:tt)*) => {
-        $crate::__expand_cases! { [$($how)*]
+        $crate::__expand_cases! { [$($how)*] cases [
             A01_bad_region_index a_hygiene::bad_region_index [],
             A02_bad_irq_index a_hygiene::bad_irq_index [],
             A03_region_offset_past_end a_hygiene::region_offset_past_end [],
@@ -116,10 +116,21 @@ macro_rules! __for_each_case {
             G06_sweep_msix_route g_robustness::sweep_msix_route [FAULT_SWEEP NEEDS_MSIX],
             G07_failed_unmap_keeps_mapping g_robustness::failed_unmap_keeps_mapping [FAULT_SWEEP],
             G08_sweep_inside g_robustness::sweep_inside [FAULT_SWEEP],
-            H01_copy_succeeds h_copy_engine::copy_succeeds [DEVICE_DMA NEEDS_COPY_ENGINE],
-            H02_copy_from_unmapped h_copy_engine::copy_from_unmapped [DEVICE_DMA NEEDS_COPY_ENGINE],
-            H03_copy_to_unmapped h_copy_engine::copy_to_unmapped [DEVICE_DMA NEEDS_COPY_ENGINE],
-            H04_one_msi_per_request h_copy_engine::one_msi_per_request [DEVICE_DMA NEEDS_COPY_ENGINE],
+        ]
+        // The DMA engines the H cases run on: `name kind [EFFECTS]`, one
+        // line per engine (its driver implements `dma_engine::DmaEngine`).
+        engines [
+            edu $crate::edu::EduEngine [],
+            copy_engine $crate::copy_engine::CopyEngine [NEEDS_COPY_ENGINE],
+        ]
+        // The cases run once per engine, with ids `<ID>_<engine>`.
+        engine_cases {
+            H01_copy_succeeds h_dma_engine::copy_succeeds [DEVICE_DMA],
+            H02_copy_from_unmapped h_dma_engine::copy_from_unmapped [DEVICE_DMA],
+            H03_copy_to_unmapped h_dma_engine::copy_to_unmapped [DEVICE_DMA],
+            H04_one_msi_per_request h_dma_engine::one_msi_per_request [DEVICE_DMA],
+            H05_send_msi h_dma_engine::send_msi_once [DEVICE_DMA],
+        }
         }
     };
 }
@@ -127,22 +138,73 @@ macro_rules! __for_each_case {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __expand_cases {
-    ([list $F:ty] $($id:ident $($path:ident)::+ [$($effect:ident)*],)*) => {
-        ::std::vec![$(
+    ([list $F:ty]
+        cases [$($id:ident $($path:ident)::+ [$($effect:ident)*],)*]
+        engines [$($engine:ident $kind:path [$($needs:ident)*],)*]
+        engine_cases $engine_cases:tt
+    ) => {{
+        let mut cases = ::std::vec![$(
             $crate::runner::Case::<$F> {
                 id: ::std::stringify!($id),
                 effects: $crate::runner::Effects::NONE$(.union($crate::runner::Effects::$effect))*,
                 run: $crate::cases::$($path)::+::<$F>,
             },
+        )*];
+        $(
+            cases.extend($crate::__expand_cases!(
+                [engine list $F] $engine $kind [$($needs)*] $engine_cases
+            ));
+        )*
+        cases
+    }};
+    ([engine list $F:ty] $engine:ident $kind:path [$($needs:ident)*]
+        { $($id:ident $($path:ident)::+ [$($effect:ident)*],)* }
+    ) => {{
+        let engine = $crate::runner::Effects::NONE$(.union($crate::runner::Effects::$needs))*;
+        [$(
+            $crate::runner::Case::<$F> {
+                id: ::std::concat!(::std::stringify!($id), "_", ::std::stringify!($engine)),
+                effects: engine$(.union($crate::runner::Effects::$effect))*,
+                run: $crate::cases::$($path)::+::<$kind, $F>,
+            },
         )*]
+    }};
+    ([tests $fixture:expr]
+        cases [$($id:ident $($path:ident)::+ [$($effect:ident)*],)*]
+        engines [$($engine:ident $kind:path [$($needs:ident)*],)*]
+        engine_cases $engine_cases:tt
+    ) => {
+        $(
+            #[test]
+            #[allow(non_snake_case)]
+            fn $id() {
+                $crate::runner::run_test(&$fixture, ::std::stringify!($id), $crate::cases::$($path)::+);
+            }
+        )*
+        $(
+            $crate::__expand_cases!([engine tests $fixture] $engine $kind $engine_cases);
+        )*
     };
-    ([tests $fixture:expr] $($id:ident $($path:ident)::+ [$($effect:ident)*],)*) => {$(
-        #[test]
-        #[allow(non_snake_case)]
-        fn $id() {
-            $crate::runner::run_test(&$fixture, ::std::stringify!($id), $crate::cases::$($path)::+);
+    ([engine tests $fixture:expr] $engine:ident $kind:path
+        { $($id:ident $($path:ident)::+ [$($effect:ident)*],)* }
+    ) => {
+        /// The DMA-engine cases on this engine.
+        mod $engine {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $id() {
+                    $crate::runner::run_test(
+                        &$fixture,
+                        ::std::concat!(::std::stringify!($id), "_", ::std::stringify!($engine)),
+                        $crate::cases::$($path)::+::<$kind, _>,
+                    );
+                }
+            )*
         }
-    )*};
+    };
 }
 
 /// A fresh container from the fixture.
