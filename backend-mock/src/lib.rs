@@ -60,13 +60,13 @@
 //! let dst = container.map_buffer(0x20_0000, DmaBuffer::new(4096)?, DmaAccess::WriteOnly)?;
 //! src.buffer().write(0, b"hello, edu")?;
 //! let bar0 = edu.region(0)?;
-//! for (from, to, cmd) in [(0x10_0000, reg::DMA_BUFFER, reg::DMA_START),
-//!                         (reg::DMA_BUFFER, 0x20_0000, reg::DMA_START | reg::DMA_TO_RAM)] {
+//! for (from, to, cmd) in [(0x10_0000, reg::DMA_START, reg::EDU_DMA_RUN),
+//!                         (reg::DMA_START, 0x20_0000, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR)] {
 //!     bar0.write_at::<u64>(reg::DMA_SRC, from)?;
 //!     bar0.write_at::<u64>(reg::DMA_DST, to)?;
-//!     bar0.write_at::<u64>(reg::DMA_COUNT, 10)?;
+//!     bar0.write_at::<u64>(reg::DMA_CNT, 10)?;
 //!     bar0.write_at::<u64>(reg::DMA_CMD, cmd)?;
-//!     while bar0.read_at::<u64>(reg::DMA_CMD)? & reg::DMA_START != 0 {}
+//!     while bar0.read_at::<u64>(reg::DMA_CMD)? & reg::EDU_DMA_RUN != 0 {}
 //! }
 //! let mut out = [0u8; 10];
 //! dst.buffer().read(0, &mut out)?;

@@ -219,7 +219,7 @@ fn factorial_wraps_at_32_bits(#[case] n: u32, #[case] expect: u32) {
     let (_c, dev) = edu().expect("edu");
     set_reg32(&dev, reg::FACTORIAL, n);
     assert_eq!(
-        reg32(&dev, reg::STATUS) & reg::STATUS_COMPUTING,
+        reg32(&dev, reg::STATUS) & reg::EDU_STATUS_COMPUTING,
         0,
         "done on the first poll"
     );
@@ -233,8 +233,8 @@ fn factorial_shows_computing_and_ignores_writes_until_done_on_a_manual_clock() {
     clock.set_manual(true);
     set_reg32(&dev, reg::FACTORIAL, 5);
     assert_eq!(
-        reg32(&dev, reg::STATUS) & reg::STATUS_COMPUTING,
-        reg::STATUS_COMPUTING
+        reg32(&dev, reg::STATUS) & reg::EDU_STATUS_COMPUTING,
+        reg::EDU_STATUS_COMPUTING
     );
     assert_eq!(
         reg32(&dev, reg::FACTORIAL),
@@ -243,7 +243,7 @@ fn factorial_shows_computing_and_ignores_writes_until_done_on_a_manual_clock() {
     );
     set_reg32(&dev, reg::FACTORIAL, 3);
     clock.advance(edu::FACTORIAL_DELAY);
-    assert_eq!(reg32(&dev, reg::STATUS) & reg::STATUS_COMPUTING, 0);
+    assert_eq!(reg32(&dev, reg::STATUS) & reg::EDU_STATUS_COMPUTING, 0);
     assert_eq!(
         reg32(&dev, reg::FACTORIAL),
         120,
@@ -255,7 +255,7 @@ fn factorial_shows_computing_and_ignores_writes_until_done_on_a_manual_clock() {
 fn status_bit_7_is_writable_and_bit_0_is_not() {
     let (_c, dev) = edu().expect("edu");
     set_reg32(&dev, reg::STATUS, 0xffff_ffff);
-    assert_eq!(reg32(&dev, reg::STATUS), reg::STATUS_IRQ_FACTORIAL);
+    assert_eq!(reg32(&dev, reg::STATUS), reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::STATUS, 0x01);
     assert_eq!(reg32(&dev, reg::STATUS), 0);
 }
@@ -294,12 +294,12 @@ fn factorial_interrupt_goes_out_as_msi_when_msi_is_enabled() {
     let (_c, dev) = edu().expect("edu");
     let msi = EventFd::new();
     route_msi(&dev, &msi);
-    set_reg32(&dev, reg::STATUS, reg::STATUS_IRQ_FACTORIAL);
+    set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::FACTORIAL, 6);
     assert_eq!(msi.take(), 1, "one MSI");
-    assert_eq!(reg32(&dev, reg::IRQ_STATUS), reg::IRQ_FACTORIAL);
+    assert_eq!(reg32(&dev, reg::IRQ_STATUS), reg::FACT_IRQ);
     assert_eq!(reg32(&dev, reg::FACTORIAL), 720);
-    set_reg32(&dev, reg::IRQ_ACK, reg::IRQ_FACTORIAL);
+    set_reg32(&dev, reg::IRQ_ACK, reg::FACT_IRQ);
     assert_eq!(reg32(&dev, reg::IRQ_STATUS), 0);
     assert_eq!(msi.take(), 0, "no further message");
 }
@@ -415,26 +415,26 @@ impl Dma {
     fn start(&self, src: u64, dst: u64, count: u64, cmd: u64) {
         set_reg64(&self.dev, reg::DMA_SRC, src);
         set_reg64(&self.dev, reg::DMA_DST, dst);
-        set_reg64(&self.dev, reg::DMA_COUNT, count);
+        set_reg64(&self.dev, reg::DMA_CNT, count);
         set_reg64(&self.dev, reg::DMA_CMD, cmd);
     }
 
     fn wait(&self) {
         let bar = bar0(&self.dev);
-        while bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::DMA_START != 0 {}
+        while bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::EDU_DMA_RUN != 0 {}
     }
 
     fn to_device(&self, iova: u64, offset: u64, count: u64) {
-        self.start(iova, reg::DMA_BUFFER + offset, count, reg::DMA_START);
+        self.start(iova, reg::DMA_START + offset, count, reg::EDU_DMA_RUN);
         self.wait();
     }
 
     fn to_ram(&self, offset: u64, iova: u64, count: u64) {
         self.start(
-            reg::DMA_BUFFER + offset,
+            reg::DMA_START + offset,
             iova,
             count,
-            reg::DMA_START | reg::DMA_TO_RAM,
+            reg::EDU_DMA_RUN | reg::EDU_DMA_DIR,
         );
         self.wait();
     }
@@ -466,18 +466,18 @@ fn dma_round_trip_with_msi_and_data_check() {
     let t0 = d.container.clock().now();
     d.start(
         0x10_0000,
-        reg::DMA_BUFFER,
+        reg::DMA_START,
         4096,
-        reg::DMA_START | reg::DMA_IRQ,
+        reg::EDU_DMA_RUN | reg::EDU_DMA_IRQ,
     );
     assert_eq!(msi.take(), 1, "one MSI for the first transfer");
-    assert_eq!(reg32(&d.dev, reg::IRQ_STATUS), reg::IRQ_DMA);
-    set_reg32(&d.dev, reg::IRQ_ACK, reg::IRQ_DMA);
+    assert_eq!(reg32(&d.dev, reg::IRQ_STATUS), reg::DMA_IRQ);
+    set_reg32(&d.dev, reg::IRQ_ACK, reg::DMA_IRQ);
     d.start(
-        reg::DMA_BUFFER,
+        reg::DMA_START,
         0x20_0000,
         4096,
-        reg::DMA_START | reg::DMA_TO_RAM | reg::DMA_IRQ,
+        reg::EDU_DMA_RUN | reg::EDU_DMA_DIR | reg::EDU_DMA_IRQ,
     );
     assert_eq!(msi.take(), 1, "one MSI for the second transfer");
     assert_eq!(dst.buffer().to_vec(), pattern);
@@ -502,26 +502,26 @@ fn a_transfer_takes_100ms_of_virtual_time_and_ignores_register_writes_meanwhile(
         )
         .expect("map");
     buf.buffer().write(0, &[0xab; 16]).expect("fill");
-    d.start(0x10_0000, reg::DMA_BUFFER, 16, reg::DMA_START);
+    d.start(0x10_0000, reg::DMA_START, 16, reg::EDU_DMA_RUN);
     let bar = bar0(&d.dev);
     assert_eq!(
-        bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::DMA_START,
-        reg::DMA_START
+        bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::EDU_DMA_RUN,
+        reg::EDU_DMA_RUN
     );
     // Ignored while running: every DMA register, and a second start.
     set_reg64(&d.dev, reg::DMA_SRC, 0x30_0000);
-    set_reg64(&d.dev, reg::DMA_DST, reg::DMA_BUFFER + 0x100);
-    set_reg64(&d.dev, reg::DMA_COUNT, 1);
-    set_reg64(&d.dev, reg::DMA_CMD, reg::DMA_START | reg::DMA_TO_RAM);
+    set_reg64(&d.dev, reg::DMA_DST, reg::DMA_START + 0x100);
+    set_reg64(&d.dev, reg::DMA_CNT, 1);
+    set_reg64(&d.dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
     assert_eq!(bar.read_at::<u64>(reg::DMA_SRC).expect("src"), 0x10_0000);
     assert_eq!(
         bar.read_at::<u64>(reg::DMA_DST).expect("dst"),
-        reg::DMA_BUFFER
+        reg::DMA_START
     );
-    assert_eq!(bar.read_at::<u64>(reg::DMA_COUNT).expect("count"), 16);
+    assert_eq!(bar.read_at::<u64>(reg::DMA_CNT).expect("count"), 16);
     clock.advance(edu::DMA_DELAY - Duration::from_millis(1));
     assert_ne!(
-        bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::DMA_START,
+        bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::EDU_DMA_RUN,
         0,
         "99 ms: still running"
     );
@@ -544,7 +544,7 @@ fn a_transfer_takes_100ms_of_virtual_time_and_ignores_register_writes_meanwhile(
 #[test]
 fn a_command_without_the_start_bit_is_ignored() {
     let d = Dma::new();
-    set_reg64(&d.dev, reg::DMA_CMD, reg::DMA_TO_RAM | reg::DMA_IRQ);
+    set_reg64(&d.dev, reg::DMA_CMD, reg::EDU_DMA_DIR | reg::EDU_DMA_IRQ);
     assert_eq!(bar0(&d.dev).read_at::<u64>(reg::DMA_CMD).expect("cmd"), 0);
 }
 
@@ -599,19 +599,19 @@ fn a_transfer_outside_the_device_buffer_is_refused_safely() {
     buf.buffer().fill(0x11);
     d.start(
         0x10_0000,
-        reg::DMA_BUFFER + 0xff0,
+        reg::DMA_START + 0xff0,
         0x20,
-        reg::DMA_START | reg::DMA_IRQ,
+        reg::EDU_DMA_RUN | reg::EDU_DMA_IRQ,
     );
     d.wait();
     d.start(
-        reg::DMA_BUFFER,
+        reg::DMA_START,
         0x10_0000,
         8192,
-        reg::DMA_START | reg::DMA_TO_RAM,
+        reg::EDU_DMA_RUN | reg::EDU_DMA_DIR,
     );
     d.wait();
-    d.start(u64::MAX, 0x10_0000, 2, reg::DMA_START | reg::DMA_TO_RAM);
+    d.start(u64::MAX, 0x10_0000, 2, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
     d.wait();
     assert!(
         buf.buffer().to_vec().iter().all(|&b| b == 0x11),
@@ -637,14 +637,14 @@ fn without_bus_mastering_nothing_moves_and_it_is_recorded() {
             DmaAccess::ReadWrite,
         )
         .expect("map");
-    set_reg64(&dev, reg::DMA_SRC, reg::DMA_BUFFER);
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
     set_reg64(&dev, reg::DMA_DST, 0x10_0000);
-    set_reg64(&dev, reg::DMA_COUNT, 64);
+    set_reg64(&dev, reg::DMA_CNT, 64);
     buf.buffer().fill(0x22);
-    set_reg64(&dev, reg::DMA_CMD, reg::DMA_START | reg::DMA_TO_RAM);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
     assert_eq!(
         bar0(&dev).read_at::<u64>(reg::DMA_CMD).expect("cmd"),
-        reg::DMA_TO_RAM
+        reg::EDU_DMA_DIR
     );
     assert!(buf.buffer().to_vec().iter().all(|&b| b == 0x22));
     assert_eq!(
@@ -714,11 +714,11 @@ fn dropping_the_container_unmaps_so_a_late_device_dma_faults() {
     set_reg32(&dev, reg::LIVENESS, 0);
     drop(c);
     // The device is still open; its DMA must not reach `mem` any more.
-    set_reg64(&dev, reg::DMA_SRC, reg::DMA_BUFFER);
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
     set_reg64(&dev, reg::DMA_DST, 0x10_0000);
-    set_reg64(&dev, reg::DMA_COUNT, 16);
+    set_reg64(&dev, reg::DMA_CNT, 16);
     mem.fill(0x44);
-    set_reg64(&dev, reg::DMA_CMD, reg::DMA_START | reg::DMA_TO_RAM);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
     assert!(mem.to_vec().iter().all(|&b| b == 0x44));
 }
 
@@ -731,7 +731,7 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
     route_msi(&dev, &msi);
     dev.set_bus_master(true).expect("bus master");
     set_reg32(&dev, reg::LIVENESS, 7);
-    set_reg32(&dev, reg::STATUS, reg::STATUS_IRQ_FACTORIAL);
+    set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::IRQ_RAISE, 0x40);
     set_reg64(&dev, reg::DMA_SRC, 0x1234);
     assert_eq!(msi.take(), 1);

@@ -291,20 +291,20 @@ fn devices_in_one_container_share_its_iommu() {
         .write_at::<u64>(reg::DMA_SRC, 0x10_1000)
         .expect("src");
     edu_bar
-        .write_at::<u64>(reg::DMA_DST, reg::DMA_BUFFER)
+        .write_at::<u64>(reg::DMA_DST, reg::DMA_START)
         .expect("dst");
-    edu_bar.write_at::<u64>(reg::DMA_COUNT, 6).expect("count");
+    edu_bar.write_at::<u64>(reg::DMA_CNT, 6).expect("count");
     edu_bar
-        .write_at::<u64>(reg::DMA_CMD, reg::DMA_START)
+        .write_at::<u64>(reg::DMA_CMD, reg::EDU_DMA_RUN)
         .expect("cmd");
     edu_bar
-        .write_at::<u64>(reg::DMA_SRC, reg::DMA_BUFFER)
+        .write_at::<u64>(reg::DMA_SRC, reg::DMA_START)
         .expect("src");
     edu_bar
         .write_at::<u64>(reg::DMA_DST, 0x10_0100)
         .expect("dst");
     edu_bar
-        .write_at::<u64>(reg::DMA_CMD, reg::DMA_START | reg::DMA_TO_RAM)
+        .write_at::<u64>(reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR)
         .expect("cmd");
     let mut out = [0u8; 6];
     buf.buffer().read(0x100, &mut out).expect("read");

@@ -1,7 +1,7 @@
 //! A driver for the mock's MSI-X DMA copy engine, written against the hal traits.
 //!
-//! The engine (`vfio_hal_mock::models::copy_engine`, whose module docs hold
-//! the register map) has the contract of the DMA engines the kernel
+//! The engine (the mock's `vfio_hal_mock::models::copy_engine`, whose
+//! module docs describe the device) has the contract of the DMA engines the kernel
 //! selftests drive: a copy succeeds with exactly one MSI-X interrupt; a copy
 //! from or to an unmapped IOVA corrupts nothing and raises no interrupt.
 //! Only fixtures that name a copy engine ([`crate::Fixture::copy_engine`])
@@ -10,20 +10,67 @@
 use std::time::{Duration, Instant};
 
 use vfio_hal::{Device, PciConfig, RegionExt};
-use vfio_hal_mock::models::copy_engine::{reg, DEVICE_ID, ID_VALUE, VENDOR_ID};
 
+use crate::dma_engine::{Completion, DmaEngine, EngineKind};
 use crate::edu::DriverError;
+use crate::eventfd::EventFd;
+use crate::fixture::Fixture;
 use crate::msix::MsixDriver;
 
-/// How a copy request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyStatus {
-    /// The data was copied.
-    Done,
-    /// The engine refused or faulted, with its error code
-    /// (`vfio_hal_mock::models::copy_engine::err`).
-    Failed(u32),
+/// PCI vendor id of the copy engine.
+pub const VENDOR_ID: u16 = 0x1234;
+/// PCI device id of the copy engine.
+pub const DEVICE_ID: u16 = 0x0c0e;
+/// Value of the identification register.
+pub const ID_VALUE: u32 = 0x0c0e_0001;
+
+/// BAR 0 register offsets and bits: the driver's own copy, read from the
+/// device's documentation as for real hardware (the test `register_maps`
+/// checks it against the model's).
+pub mod reg {
+    /// Identification (RO u32).
+    pub const ID: u64 = 0x00;
+    /// Source IOVA (RW u64).
+    pub const SRC: u64 = 0x08;
+    /// Destination IOVA (RW u64).
+    pub const DST: u64 = 0x10;
+    /// Length in bytes (RW u32).
+    pub const LEN: u64 = 0x18;
+    /// MSI-X vector raised on completion (RW u32).
+    pub const VECTOR: u64 = 0x1c;
+    /// Doorbell (WO u32).
+    pub const DOORBELL: u64 = 0x20;
+    /// Status (RW u32).
+    pub const STATUS: u64 = 0x24;
+    /// Error code of the last failed request (RO u32), one of [`super::err`].
+    pub const ERROR: u64 = 0x28;
+
+    /// Doorbell: start the copy.
+    pub const DOORBELL_GO: u32 = 1 << 0;
+    /// Doorbell: the source is an SRAM offset in BAR2.
+    pub const DOORBELL_SRC_SRAM: u32 = 1 << 1;
+    /// Doorbell: the destination is an SRAM offset in BAR2.
+    pub const DOORBELL_DST_SRAM: u32 = 1 << 2;
+    /// Status: a copy is in progress.
+    pub const STATUS_BUSY: u32 = 1 << 0;
+    /// Status: the last copy completed (write 1 to clear).
+    pub const STATUS_DONE: u32 = 1 << 1;
+    /// Status: the last copy failed (write 1 to clear).
+    pub const STATUS_ERROR: u32 = 1 << 2;
 }
+
+/// Error codes of the error register.
+pub mod err {
+    /// Reading the source faulted in the IOMMU.
+    pub const SRC_FAULT: u32 = 1;
+    /// Writing the destination faulted in the IOMMU.
+    pub const DST_FAULT: u32 = 2;
+}
+
+/// Largest copy, in bytes.
+pub const MAX_LEN: u32 = 1 << 20;
+/// The MSI-X vector the driver asks for on completion.
+pub const COMPLETION_VECTOR: u32 = 0;
 
 /// A driver for one copy engine: its registers plus its MSI-X vectors.
 pub struct CopyEngineDriver<D: Device> {
@@ -72,20 +119,20 @@ impl<D: Device> CopyEngineDriver<D> {
         &self.msix
     }
 
-    /// Copies `len` bytes from IOVA `src` to IOVA `dst`, asking for
-    /// `vector` on completion, and waits until the engine is idle.
-    pub fn copy(
-        &self,
-        src: u64,
-        dst: u64,
-        len: u32,
-        vector: u32,
-    ) -> Result<CopyStatus, DriverError> {
+    /// Writes one request and rings the doorbell with `doorbell` flags.
+    fn start(&self, src: u64, dst: u64, len: u32, doorbell: u32) -> Result<(), DriverError> {
         self.bar.write_at(reg::SRC, src)?;
         self.bar.write_at(reg::DST, dst)?;
         self.bar.write_at(reg::LEN, len)?;
-        self.bar.write_at(reg::VECTOR, vector)?;
-        self.bar.write_at(reg::DOORBELL, reg::DOORBELL_GO)?;
+        self.bar.write_at(reg::VECTOR, COMPLETION_VECTOR)?;
+        self.bar
+            .write_at(reg::DOORBELL, reg::DOORBELL_GO | doorbell)?;
+        Ok(())
+    }
+
+    /// Waits until the engine is idle, reads how the request ended and
+    /// clears the status.
+    fn wait(&self) -> Result<Completion, DriverError> {
         let deadline = Instant::now() + self.timeout;
         let status = loop {
             let status = self.bar.read_at::<u32>(reg::STATUS)?;
@@ -101,9 +148,9 @@ impl<D: Device> CopyEngineDriver<D> {
             std::thread::sleep(Duration::from_millis(1));
         };
         let outcome = if status & reg::STATUS_ERROR != 0 {
-            CopyStatus::Failed(self.bar.read_at::<u32>(reg::ERROR)?)
+            Completion::Faulted(self.bar.read_at::<u32>(reg::ERROR)?)
         } else if status & reg::STATUS_DONE != 0 {
-            CopyStatus::Done
+            Completion::Done
         } else {
             return Err(DriverError::Unexpected {
                 what: "copy engine status after a request (neither done nor error)",
@@ -114,5 +161,68 @@ impl<D: Device> CopyEngineDriver<D> {
         self.bar
             .write_at(reg::STATUS, reg::STATUS_DONE | reg::STATUS_ERROR)?;
         Ok(outcome)
+    }
+}
+
+/// The copy engine as a [`DmaEngine`]: it checks the whole source and
+/// destination in the IOMMU before a byte moves, and raises
+/// [`COMPLETION_VECTOR`] when a copy completes.
+impl<D: Device> DmaEngine for CopyEngineDriver<D> {
+    fn max_memcpy_size(&self) -> u64 {
+        u64::from(MAX_LEN)
+    }
+
+    fn reports_faults(&self) -> bool {
+        true
+    }
+
+    fn memcpy_start(&mut self, src: u64, dst: u64, len: u64) -> Result<(), DriverError> {
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|l| (1..=MAX_LEN).contains(l))
+            .ok_or(DriverError::InvalidRequest(
+                "a copy-engine copy moves 1 byte to 1 MiB",
+            ))?;
+        self.start(src, dst, len, 0)
+    }
+
+    fn memcpy_wait(&mut self) -> Result<Completion, DriverError> {
+        self.wait()
+    }
+
+    /// A one-byte copy inside the engine's SRAM: the completion MSI with no
+    /// memory access through the IOMMU.
+    fn send_msi(&mut self) -> Result<(), DriverError> {
+        self.start(0, 1, 1, reg::DOORBELL_SRC_SRAM | reg::DOORBELL_DST_SRAM)?;
+        match self.wait()? {
+            Completion::Done => Ok(()),
+            Completion::Faulted(code) => Err(DriverError::Unexpected {
+                what: "copy engine SRAM copy for an MSI",
+                expected: 0,
+                got: u64::from(code),
+            }),
+        }
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        self.msix.eventfd(COMPLETION_VECTOR)
+    }
+}
+
+/// The fixture's copy engine as a DMA engine of the H cases.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyEngine;
+
+impl EngineKind for CopyEngine {
+    const NAME: &'static str = "copy engine";
+
+    type Driver<D: Device> = CopyEngineDriver<D>;
+
+    fn device_name<F: Fixture>(fixture: &F) -> Option<&str> {
+        fixture.copy_engine()
+    }
+
+    fn open<D: Device>(device: D, timeout: Duration) -> Result<CopyEngineDriver<D>, DriverError> {
+        CopyEngineDriver::open(device, timeout)
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! The device (QEMU `hw/misc/edu.c`): BAR 0 holds 32-bit registers below
 //! 0x80 and 32/64-bit DMA registers from 0x80; one MSI vector; a 4 KiB
-//! buffer at device address [`DEVICE_BUFFER`]. Completions are polled with
+//! buffer at device address [`reg::DMA_START`]. Completions are polled with
 //! bounded timeouts and short sleeps — the real device finishes a DMA after
 //! 100 ms of virtual time, the mock when it is polled — so correctness never
 //! depends on how long anything sleeps.
@@ -34,7 +34,13 @@ use vfio_hal::{
     Container, Device, DmaAccess, DmaBuffer, ErrorKind, Irq, MapBufferError, PciConfig, RegionExt,
 };
 
+use crate::dma_engine::{Completion, DmaEngine, EngineKind};
 use crate::eventfd::EventFd;
+use crate::fixture::Fixture;
+use reg::{
+    DMA_IRQ, DMA_SIZE, DMA_START, EDU_DMA_DIR, EDU_DMA_IRQ, EDU_DMA_RUN, EDU_STATUS_COMPUTING,
+    EDU_STATUS_IRQFACT, FACT_IRQ, ID_VALUE,
+};
 
 /// PCI vendor id of edu.
 pub const VENDOR_ID: u16 = 0x1234;
@@ -42,22 +48,27 @@ pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x11e8;
 /// PCI revision of edu.
 pub const REVISION: u8 = 0x10;
-/// Device address of the DMA buffer.
-pub const DEVICE_BUFFER: u64 = 0x40000;
-/// Size of the DMA buffer.
-pub const DEVICE_BUFFER_LEN: u64 = 4096;
-/// edu masks RAM addresses of a DMA to 28 bits.
+/// edu masks RAM addresses of a DMA to 28 bits (QEMU's default `dma_mask`).
 pub const DMA_MASK: u64 = (1 << 28) - 1;
 
-/// BAR 0 register offsets.
+/// BAR 0 register offsets and bits.
+///
+/// This driver reads the device as a driver reads real hardware, from its
+/// own copy of the register map: it shares no constant with the mock's
+/// model (`vfio_hal_mock::models::edu::reg`), so a bug in the model cannot
+/// hide from the suite. Names and widths follow QEMU's `hw/misc/edu.c` in
+/// both copies (its `#define`s; `dma_addr_t`, 64 bits, for the DMA
+/// registers and their command bits; offsets named after the fields they
+/// hold), and the test `register_maps` checks that the copies agree name
+/// for name and value for value.
 pub mod reg {
-    /// Identification, `0x010000ed` (RO).
+    /// Identification, [`ID_VALUE`] (RO).
     pub const ID: u64 = 0x00;
     /// Liveness: reads back the bitwise NOT of what was written.
     pub const LIVENESS: u64 = 0x04;
     /// Factorial: a write starts computing n!; a read gives the result.
     pub const FACTORIAL: u64 = 0x08;
-    /// Status: bit 0 computing (RO), bit 7 raise an interrupt after a factorial.
+    /// Status: [`EDU_STATUS_COMPUTING`] (RO), [`EDU_STATUS_IRQFACT`].
     pub const STATUS: u64 = 0x20;
     /// Interrupt status (RO).
     pub const IRQ_STATUS: u64 = 0x24;
@@ -70,27 +81,32 @@ pub mod reg {
     /// DMA destination address.
     pub const DMA_DST: u64 = 0x88;
     /// DMA byte count.
-    pub const DMA_COUNT: u64 = 0x90;
+    pub const DMA_CNT: u64 = 0x90;
     /// DMA command.
     pub const DMA_CMD: u64 = 0x98;
-}
 
-/// The identification register's value.
-pub const ID_VALUE: u32 = 0x0100_00ed;
-/// Status: a factorial is being computed.
-pub const STATUS_COMPUTING: u32 = 0x01;
-/// Status: raise interrupt [`IRQ_FACTORIAL`] when the factorial finishes.
-pub const STATUS_IRQ_ON_FACTORIAL: u32 = 0x80;
-/// Interrupt status bit of a finished factorial.
-pub const IRQ_FACTORIAL: u32 = 0x001;
-/// Interrupt status bit of a finished DMA.
-pub const IRQ_DMA: u32 = 0x100;
-/// DMA command: start (reads as 1 while the transfer runs).
-pub const DMA_START: u32 = 0x1;
-/// DMA command: direction device buffer → RAM (clear: RAM → device buffer).
-pub const DMA_TO_RAM: u32 = 0x2;
-/// DMA command: raise interrupt [`IRQ_DMA`] when done.
-pub const DMA_IRQ: u32 = 0x4;
+    /// The identification register's value.
+    pub const ID_VALUE: u32 = 0x0100_00ed;
+    /// Status: a factorial is being computed.
+    pub const EDU_STATUS_COMPUTING: u32 = 0x01;
+    /// Status: raise interrupt [`FACT_IRQ`] when the factorial finishes.
+    pub const EDU_STATUS_IRQFACT: u32 = 0x80;
+    /// Interrupt status bit of a finished factorial.
+    pub const FACT_IRQ: u32 = 0x001;
+    /// Interrupt status bit of a finished DMA.
+    pub const DMA_IRQ: u32 = 0x100;
+    /// DMA command: start (reads as 1 while the transfer runs).
+    pub const EDU_DMA_RUN: u64 = 0x1;
+    /// DMA command: the direction bit (`EDU_DMA_DIR(cmd)`); set
+    /// (`EDU_DMA_TO_PCI`) = device buffer → RAM, clear = RAM → device buffer.
+    pub const EDU_DMA_DIR: u64 = 0x2;
+    /// DMA command: raise interrupt [`DMA_IRQ`] when done.
+    pub const EDU_DMA_IRQ: u64 = 0x4;
+    /// Device address of the DMA buffer.
+    pub const DMA_START: u64 = 0x40000;
+    /// Size of the DMA buffer.
+    pub const DMA_SIZE: u64 = 4096;
+}
 
 /// How long the driver waits for the device unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -325,19 +341,19 @@ impl<D: Device> EduDriver<D> {
     /// for the completion interrupt, waits for it and acknowledges it.
     pub fn factorial(&self, n: u32) -> Result<u32, DriverError> {
         self.wait_until("previous factorial", || {
-            Ok(self.bar.read_at::<u32>(reg::STATUS)? & STATUS_COMPUTING == 0)
+            Ok(self.bar.read_at::<u32>(reg::STATUS)? & EDU_STATUS_COMPUTING == 0)
         })?;
         let with_irq = self.irq.is_some();
         if with_irq {
             self.drain_irq()?;
-            self.bar.write_at(reg::STATUS, STATUS_IRQ_ON_FACTORIAL)?;
+            self.bar.write_at(reg::STATUS, EDU_STATUS_IRQFACT)?;
         }
         self.bar.write_at(reg::FACTORIAL, n)?;
         self.wait_until("factorial", || {
-            Ok(self.bar.read_at::<u32>(reg::STATUS)? & STATUS_COMPUTING == 0)
+            Ok(self.bar.read_at::<u32>(reg::STATUS)? & EDU_STATUS_COMPUTING == 0)
         })?;
         if with_irq {
-            self.await_irq("factorial interrupt", IRQ_FACTORIAL)?;
+            self.await_irq("factorial interrupt", FACT_IRQ)?;
             self.bar.write_at(reg::STATUS, 0u32)?;
         }
         Ok(self.bar.read_at::<u32>(reg::FACTORIAL)?)
@@ -357,39 +373,51 @@ impl<D: Device> EduDriver<D> {
         offset: u64,
         len: u64,
     ) -> Result<(), DriverError> {
-        if len == 0
-            || offset
-                .checked_add(len)
-                .is_none_or(|end| end > DEVICE_BUFFER_LEN)
-        {
-            return Err(DriverError::InvalidRequest(
-                "DMA must lie inside the 4 KiB device buffer and move at least one byte",
-            ));
-        }
-        self.wait_until("previous DMA", || {
-            Ok(self.bar.read_at::<u32>(reg::DMA_CMD)? & DMA_START == 0)
-        })?;
-        let device = DEVICE_BUFFER + offset;
-        let (src, dst, dir) = match direction {
-            Direction::ToDevice => (iova, device, 0),
-            Direction::ToRam => (device, iova, DMA_TO_RAM),
-        };
-        self.write_addr(reg::DMA_SRC, src)?;
-        self.write_addr(reg::DMA_DST, dst)?;
-        self.write_addr(reg::DMA_COUNT, len)?;
         let with_irq = self.irq.is_some();
         if with_irq {
             self.drain_irq()?;
         }
-        let irq_bit = if with_irq { DMA_IRQ } else { 0 };
-        self.bar.write_at(reg::DMA_CMD, DMA_START | dir | irq_bit)?;
-        self.wait_until("DMA", || {
-            Ok(self.bar.read_at::<u32>(reg::DMA_CMD)? & DMA_START == 0)
-        })?;
+        self.dma_start(direction, iova, offset, len, with_irq)?;
+        self.dma_idle("DMA")?;
         if with_irq {
-            self.await_irq("DMA interrupt", IRQ_DMA)?;
+            self.await_irq("DMA interrupt", DMA_IRQ)?;
         }
         Ok(())
+    }
+
+    /// Starts one transfer (after the previous one ended), asking for the
+    /// completion interrupt if `irq`.
+    fn dma_start(
+        &self,
+        direction: Direction,
+        iova: u64,
+        offset: u64,
+        len: u64,
+        irq: bool,
+    ) -> Result<(), DriverError> {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > DMA_SIZE) {
+            return Err(DriverError::InvalidRequest(
+                "DMA must lie inside the 4 KiB device buffer and move at least one byte",
+            ));
+        }
+        self.dma_idle("previous DMA")?;
+        let device = DMA_START + offset;
+        let (src, dst, dir) = match direction {
+            Direction::ToDevice => (iova, device, 0),
+            Direction::ToRam => (device, iova, EDU_DMA_DIR),
+        };
+        self.write_addr(reg::DMA_SRC, src)?;
+        self.write_addr(reg::DMA_DST, dst)?;
+        self.write_addr(reg::DMA_CNT, len)?;
+        let irq_bit = if irq { EDU_DMA_IRQ } else { 0 };
+        self.write_addr(reg::DMA_CMD, EDU_DMA_RUN | dir | irq_bit)
+    }
+
+    /// Waits until no transfer runs.
+    fn dma_idle(&self, what: &'static str) -> Result<(), DriverError> {
+        self.wait_until(what, || {
+            Ok(u64::from(self.bar.read_at::<u32>(reg::DMA_CMD)?) & EDU_DMA_RUN == 0)
+        })
     }
 
     /// A DMA round trip through the IOMMU: maps a source (read-only for the
@@ -405,7 +433,7 @@ impl<D: Device> EduDriver<D> {
     ) -> Result<(), DriverError> {
         let count = u64::try_from(len)
             .ok()
-            .filter(|&l| l > 0 && l <= DEVICE_BUFFER_LEN)
+            .filter(|&l| l > 0 && l <= DMA_SIZE)
             .ok_or(DriverError::InvalidRequest(
                 "a round trip moves 1 to 4096 bytes",
             ))?;
@@ -413,10 +441,7 @@ impl<D: Device> EduDriver<D> {
             .map(|i| (i as u64 * 31 + iova / 4096 * 7 + 1) as u8)
             .collect();
         // Whole IOMMU pages, whatever the host page size.
-        let page = container
-            .iommu_info()?
-            .min_page_size()
-            .unwrap_or(DEVICE_BUFFER_LEN);
+        let page = container.iommu_info()?.min_page_size().unwrap_or(DMA_SIZE);
         let size = usize::try_from(count.next_multiple_of(page))
             .map_err(|_| DriverError::InvalidRequest("the IOMMU page does not fit in memory"))?;
         let src = DmaBuffer::new(size)?;
@@ -527,6 +552,73 @@ impl<D: Device> EduDriver<D> {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+}
+
+/// edu as a [`DmaEngine`]: a copy is two transfers through the device
+/// buffer (source → buffer, then buffer → destination, the second with
+/// the completion interrupt), so it moves at most 4 KiB, and edu cannot see
+/// IOMMU faults: a faulted read leaves the buffer's old bytes to be copied
+/// out.
+impl<D: Device> DmaEngine for EduDriver<D> {
+    fn max_memcpy_size(&self) -> u64 {
+        DMA_SIZE
+    }
+
+    fn reports_faults(&self) -> bool {
+        false
+    }
+
+    fn memcpy_start(&mut self, src: u64, dst: u64, len: u64) -> Result<(), DriverError> {
+        if len == 0 || len > DMA_SIZE {
+            return Err(DriverError::InvalidRequest(
+                "an edu copy moves 1 to 4096 bytes",
+            ));
+        }
+        self.dma_start(Direction::ToDevice, src, 0, len, false)?;
+        self.dma_idle("DMA into the device buffer")?;
+        self.dma_start(Direction::ToRam, dst, 0, len, self.irq.is_some())
+    }
+
+    fn memcpy_wait(&mut self) -> Result<Completion, DriverError> {
+        self.dma_idle("DMA out of the device buffer")?;
+        if self.irq.is_some() {
+            self.acknowledge(DMA_IRQ)?;
+        }
+        Ok(Completion::Done)
+    }
+
+    fn send_msi(&mut self) -> Result<(), DriverError> {
+        if self.irq.is_none() {
+            return Err(DriverError::InvalidRequest("send_msi needs MSI routed"));
+        }
+        self.raise(DMA_IRQ)?;
+        self.acknowledge(DMA_IRQ)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        self.irq.as_ref()
+    }
+}
+
+/// QEMU's edu as a DMA engine of the H cases: the fixture's edu device,
+/// with its MSI routed.
+#[derive(Debug, Clone, Copy)]
+pub struct EduEngine;
+
+impl EngineKind for EduEngine {
+    const NAME: &'static str = "edu";
+
+    type Driver<D: Device> = EduDriver<D>;
+
+    fn device_name<F: Fixture>(fixture: &F) -> Option<&str> {
+        Some(fixture.edu())
+    }
+
+    fn open<D: Device>(device: D, timeout: Duration) -> Result<EduDriver<D>, DriverError> {
+        let mut driver = EduDriver::open(device)?.with_timeout(timeout);
+        driver.enable_msi()?;
+        Ok(driver)
     }
 }
 

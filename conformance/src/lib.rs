@@ -13,7 +13,8 @@
 //!   checked — refused with the right kind — never skipped.
 //! - [`cases`] holds the cases, one module per group: A hygiene, B
 //!   lifecycle, C DMA map/unmap, D device, E interrupts, F device DMA, G
-//!   robustness (fault sweeps), H the copy engine's DMA contract. Each ends
+//!   robustness (fault sweeps), H the DMA engines' contract, run on every
+//!   engine ([`dma_engine::DmaEngine`]: edu and the copy engine). Each ends
 //!   as passed, failed (what was expected, what came back, with the error's
 //!   kind and errno) or not applicable (why it cannot apply at all).
 //! - [`conformance_tests!`] stamps out one `#[test]` per case for a fixture,
@@ -23,7 +24,18 @@
 //! - [`edu::EduDriver`], [`msix::MsixDriver`] and
 //!   [`copy_engine::CopyEngineDriver`] are the drivers the cases use,
 //!   written once against the hal traits: the same code drives the mock's
-//!   models and the real devices.
+//!   models and the real devices. The DMA engines among them implement one
+//!   driver interface, [`dma_engine::DmaEngine`] (the kernel VFIO
+//!   selftests' `memcpy_start`, `memcpy_wait`, `send_msi`); a new engine is
+//!   one file and one line in the case registry.
+//!
+//! The drivers are independent readers of their devices, as a driver is of
+//! real hardware: each keeps its own register map ([`edu::reg`],
+//! [`copy_engine::reg`]) and imports nothing from the mock's models, so a
+//! bug in a model cannot hide from the suite behind a shared constant. The
+//! edu map's names and widths follow QEMU's `hw/misc/edu.c`, as the mock
+//! model's do, and the test `register_maps` checks that the driver's and
+//! the model's maps agree name for name and value for value.
 //!
 //! ```
 //! use vfio_hal_conformance::{mock::MockFixture, run_suite};
@@ -44,6 +56,7 @@
 
 pub mod cases;
 pub mod copy_engine;
+pub mod dma_engine;
 pub mod edu;
 pub mod eventfd;
 pub mod fail_nth;
@@ -58,7 +71,7 @@ pub mod scratch;
 pub use fail_nth::KernelFailNth;
 pub use fixture::{Capabilities, Fixture, SplitUnmap, StepFaults, Unplug};
 pub use outcome::{CaseError, CaseResult, Outcome};
-pub use runner::{run_suite, Case, Summary};
+pub use runner::{run_suite, Case, Effects, Summary};
 
 /// Stamps out one `#[test]` per case of the suite for a fixture, in a module
 /// named `$mode`.

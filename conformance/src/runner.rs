@@ -9,10 +9,127 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::fixture::Fixture;
 use crate::outcome::{CaseResult, Outcome};
 
+/// What a case does to the device beyond reading it and routing its
+/// interrupts, and what it needs from the fixture: declared where the case
+/// is registered (`__for_each_case!`), so that a runner can leave out the
+/// destructive cases on an operator's device without a list of its own.
+///
+/// The test `declared_effects` runs every case on the mock under the
+/// `Tracer` and fails when a case resets, unplugs or revokes the device, or
+/// injects faults, without declaring it.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Effects(u16);
+
+impl Effects {
+    /// Reads, maps host memory, toggles bus mastering, routes and raises
+    /// interrupts; all undone by the end of the case.
+    pub const NONE: Self = Self(0);
+    /// Resets the device (`Device::reset`).
+    pub const RESETS: Self = Self(1 << 0);
+    /// Unplugs the device (politely or by surprise) through the fixture.
+    pub const UNPLUGS: Self = Self(1 << 1);
+    /// Revokes the device's handles.
+    pub const REVOKES: Self = Self(1 << 2);
+    /// Makes the device DMA: it writes host memory and its own memory.
+    pub const DEVICE_DMA: Self = Self(1 << 3);
+    /// Fails hal calls halfway through operations (fault sweeps), which may
+    /// leave the device in any state its driver reaches on an error path.
+    pub const FAULT_SWEEP: Self = Self(1 << 4);
+    /// Needs the fixture's MSI-X device ([`Fixture::msix_device`]).
+    pub const NEEDS_MSIX: Self = Self(1 << 8);
+    /// Needs the fixture's copy engine ([`Fixture::copy_engine`]).
+    pub const NEEDS_COPY_ENGINE: Self = Self(1 << 9);
+    /// Needs the fixture's unplug mechanism ([`Fixture::unplug`]).
+    pub const NEEDS_UNPLUG: Self = Self(1 << 10);
+
+    /// The effects that make a case destructive.
+    pub const DESTRUCTIVE: Self = Self(
+        Self::RESETS.0
+            | Self::UNPLUGS.0
+            | Self::REVOKES.0
+            | Self::DEVICE_DMA.0
+            | Self::FAULT_SWEEP.0,
+    );
+
+    const NAMES: [(Self, &'static str); 8] = [
+        (Self::RESETS, "resets the device"),
+        (Self::UNPLUGS, "unplugs the device"),
+        (Self::REVOKES, "revokes the device"),
+        (Self::DEVICE_DMA, "makes the device DMA"),
+        (
+            Self::FAULT_SWEEP,
+            "fails hal calls halfway through operations (fault sweeps)",
+        ),
+        (Self::NEEDS_MSIX, "needs an MSI-X device"),
+        (Self::NEEDS_COPY_ENGINE, "needs a copy engine"),
+        (Self::NEEDS_UNPLUG, "needs an unplug mechanism"),
+    ];
+
+    /// Both sets of effects.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// These effects without `other`.
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// Whether every effect of `other` is declared here.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any effect is destructive.
+    pub const fn is_destructive(self) -> bool {
+        self.0 & Self::DESTRUCTIVE.0 != 0
+    }
+
+    /// What the destructive effects do, e.g. `resets the device, makes the
+    /// device DMA`; `None` for a non-destructive case.
+    pub fn destructive_reason(self) -> Option<String> {
+        let reason = Self(self.0 & Self::DESTRUCTIVE.0).to_string();
+        self.is_destructive().then_some(reason)
+    }
+}
+
+impl std::ops::BitOr for Effects {
+    type Output = Self;
+
+    fn bitor(self, other: Self) -> Self {
+        self.union(other)
+    }
+}
+
+impl fmt::Display for Effects {
+    /// The effects in words, comma-separated; `none` for none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Self::NAMES
+            .iter()
+            .filter(|(e, _)| self.contains(*e))
+            .map(|&(_, name)| name);
+        match names.next() {
+            None => f.write_str("none"),
+            Some(first) => {
+                f.write_str(first)?;
+                names.try_for_each(|n| write!(f, ", {n}"))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Effects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Effects({self})")
+    }
+}
+
 /// One case of the suite for fixture type `F`.
 pub struct Case<F: Fixture> {
     /// The case's id, e.g. `C02_unmap_nothing`: group letter, number, what it checks.
     pub id: &'static str,
+    /// What the case does to the device and needs from the fixture.
+    pub effects: Effects,
     /// The case itself.
     pub run: fn(&F) -> CaseResult,
 }
@@ -27,7 +144,10 @@ impl<F: Fixture> Copy for Case<F> {}
 
 impl<F: Fixture> fmt::Debug for Case<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Case").field("id", &self.id).finish()
+        f.debug_struct("Case")
+            .field("id", &self.id)
+            .field("effects", &self.effects)
+            .finish()
     }
 }
 

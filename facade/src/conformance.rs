@@ -3,14 +3,14 @@
 //! [`RealFixture`] makes any real backend a `vfio_hal_conformance::Fixture`
 //! for a QEMU edu (and optionally an MSI-X device) given by PCI address,
 //! declaring what the backend does where backends legitimately differ
-//! from one probe of the kernel. [`select`] picks the cases to run: the
-//! conformance crate has no notion of destructive cases, so the selection
-//! is made here, by case id ([`DESTRUCTIVE`]). A case is destructive when
-//! it resets or unplugs the device, makes it DMA, or fails hal calls
-//! halfway through an operation (the fault sweeps). What remains reads
-//! info and config space, maps host buffers into the IOMMU, toggles bus
-//! mastering and routes and raises interrupts — all undone by the end of
-//! each case.
+//! from one probe of the kernel. [`select`] picks the cases to run from
+//! the effects each case declares where it is registered
+//! ([`vfio_hal_conformance::Effects`]): [`Selection::NonDestructive`]
+//! leaves out every case that resets, unplugs or revokes the device, makes
+//! it DMA, or fails hal calls halfway through an operation (the fault
+//! sweeps). What remains reads info and config space, maps host buffers
+//! into the IOMMU, toggles bus mastering and routes and raises interrupts —
+//! all undone by the end of each case.
 //!
 //! ```
 //! use vfio_hal_conformance::mock::MockFixture;
@@ -35,27 +35,13 @@ use crate::backend::Backend;
 use crate::host::Host;
 use crate::open::open_container;
 
-/// Case-id prefixes that [`Selection::NonDestructive`] leaves out, and why.
-pub const DESTRUCTIVE: [(&str, &str); 8] = [
-    ("B04", "makes the device DMA (reopen + round trip)"),
-    ("B05", "unplugs the device"),
-    ("B06", "unplugs the device"),
-    ("C15", "makes the device DMA"),
-    ("D07", "resets the device"),
-    ("F", "makes the device DMA"),
-    (
-        "G",
-        "fails hal calls halfway through operations (fault sweeps), with resets and DMA",
-    ),
-    ("H", "makes the copy engine DMA"),
-];
-
 /// Which cases run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// Every case.
     All,
-    /// Every case but the [`DESTRUCTIVE`] ones.
+    /// Every case whose declared effects are not destructive
+    /// ([`vfio_hal_conformance::Effects::is_destructive`]).
     NonDestructive,
     /// The cases whose ids start with one of these prefixes (ASCII case ignored).
     Prefixes(Vec<String>),
@@ -70,14 +56,6 @@ impl Selection {
             Self::Prefixes(_) => "cases",
         }
     }
-}
-
-/// Why case `id` is destructive, if it is.
-pub fn destructive(id: &str) -> Option<&'static str> {
-    DESTRUCTIVE
-        .iter()
-        .find(|(prefix, _)| id.starts_with(prefix))
-        .map(|&(_, why)| why)
 }
 
 fn starts_with_ignore_case(id: &str, prefix: &str) -> bool {
@@ -125,7 +103,10 @@ pub fn select<F: Fixture>(
     for case in cases {
         let why = match selection {
             Selection::All => None,
-            Selection::NonDestructive => destructive(case.id).map(|w| format!("destructive: {w}")),
+            Selection::NonDestructive => case
+                .effects
+                .destructive_reason()
+                .map(|w| format!("destructive: {w}")),
             Selection::Prefixes(p) => (!p.iter().any(|p| starts_with_ignore_case(case.id, p)))
                 .then(|| "not among the selected prefixes".to_owned()),
         };
@@ -267,22 +248,39 @@ mod tests {
             left_out: left,
         } = select(all, &Selection::NonDestructive).expect("selects");
         assert_eq!(run.len() + left.len(), total);
-        let run = ids(&run);
         for kept in [
             "A01_bad_region_index",
             "C01_map_unmap_one_page",
             "E02_msi_once_per_raise",
         ] {
-            assert!(run.contains(&kept), "{kept} should run: {run:?}");
+            assert!(
+                run.iter().any(|c| c.id == kept),
+                "{kept} should run: {run:?}"
+            );
         }
+        for case in &run {
+            assert!(!case.effects.is_destructive(), "{case:?} is destructive");
+        }
+        let run = ids(&run);
         for id in &run {
-            assert!(destructive(id).is_none(), "{id} is destructive");
             assert!(
                 !id.starts_with('F') && !id.starts_with('G') && *id != "D07_reset",
                 "{id}"
             );
         }
-        assert!(left.iter().any(|(id, _)| *id == "D07_reset"));
+        for (id, effect) in [
+            ("D07_reset", "resets"),
+            ("B05_unplug_request", "unplugs"),
+            ("B07_revoke", "revokes"),
+            ("F01_edu_round_trip", "DMA"),
+            ("G04_sweep_reset", "fault sweeps"),
+        ] {
+            assert!(
+                left.iter()
+                    .any(|(left, why)| *left == id && why.contains(effect)),
+                "{id} should be left out because it {effect}: {left:?}"
+            );
+        }
     }
 
     #[test]

@@ -207,14 +207,18 @@ mod tests {
         let bar0 = edu.region(0).expect("bar0");
         // GPA 0x10_0040 -> edu's buffer -> GPA 0x20_0100, both by IOVA = GPA.
         for (src, dst, cmd) in [
-            (0x10_0040, reg::DMA_BUFFER, reg::DMA_START),
-            (reg::DMA_BUFFER, 0x20_0100, reg::DMA_START | reg::DMA_TO_RAM),
+            (0x10_0040, reg::DMA_START, reg::EDU_DMA_RUN),
+            (
+                reg::DMA_START,
+                0x20_0100,
+                reg::EDU_DMA_RUN | reg::EDU_DMA_DIR,
+            ),
         ] {
             bar0.write_at::<u64>(reg::DMA_SRC, src).expect("src");
             bar0.write_at::<u64>(reg::DMA_DST, dst).expect("dst");
-            bar0.write_at::<u64>(reg::DMA_COUNT, 10).expect("count");
+            bar0.write_at::<u64>(reg::DMA_CNT, 10).expect("count");
             bar0.write_at::<u64>(reg::DMA_CMD, cmd).expect("cmd");
-            while bar0.read_at::<u64>(reg::DMA_CMD).expect("poll") & reg::DMA_START != 0 {}
+            while bar0.read_at::<u64>(reg::DMA_CMD).expect("poll") & reg::EDU_DMA_RUN != 0 {}
         }
         let mut out = [0u8; 10];
         ram.read_slice(&mut out, GuestAddress(0x20_0100))

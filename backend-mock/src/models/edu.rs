@@ -79,6 +79,14 @@ pub const FACTORIAL_DELAY: Duration = Duration::from_micros(1);
 pub const DEFAULT_DMA_MASK: u64 = (1 << 28) - 1;
 
 /// Register offsets and bits.
+///
+/// Names and widths follow QEMU's `hw/misc/edu.c` (its `#define`s, and
+/// `dma_addr_t`, 64 bits, for the DMA registers and their command bits;
+/// offsets are named after the fields they hold, without the `EDU_` prefix).
+/// The conformance suite's edu driver keeps its own copy of this map, as an
+/// independent reader of the device: a test there checks that the two agree
+/// name for name and value for value, so a model bug cannot hide behind a
+/// shared constant.
 pub mod reg {
     /// Identification (RO).
     pub const ID: u64 = 0x00;
@@ -99,30 +107,33 @@ pub mod reg {
     /// DMA destination address.
     pub const DMA_DST: u64 = 0x88;
     /// DMA byte count.
-    pub const DMA_COUNT: u64 = 0x90;
+    pub const DMA_CNT: u64 = 0x90;
     /// DMA command.
     pub const DMA_CMD: u64 = 0x98;
 
     /// The identification value.
     pub const ID_VALUE: u32 = 0x0100_00ed;
     /// Status bit 0: computing the factorial.
-    pub const STATUS_COMPUTING: u32 = 0x01;
-    /// Status bit 7: raise [`IRQ_FACTORIAL`] when the factorial is done.
-    pub const STATUS_IRQ_FACTORIAL: u32 = 0x80;
+    pub const EDU_STATUS_COMPUTING: u32 = 0x01;
+    /// Status bit 7: raise [`FACT_IRQ`] when the factorial is done.
+    pub const EDU_STATUS_IRQFACT: u32 = 0x80;
     /// Interrupt status bit of a finished factorial.
-    pub const IRQ_FACTORIAL: u32 = 0x001;
+    pub const FACT_IRQ: u32 = 0x001;
     /// Interrupt status bit of a finished DMA transfer.
-    pub const IRQ_DMA: u32 = 0x100;
+    pub const DMA_IRQ: u32 = 0x100;
     /// DMA command bit 0: start (reads 1 while running).
-    pub const DMA_START: u64 = 1 << 0;
-    /// DMA command bit 1: direction; set = device buffer to RAM.
-    pub const DMA_TO_RAM: u64 = 1 << 1;
-    /// DMA command bit 2: raise [`IRQ_DMA`] when done.
-    pub const DMA_IRQ: u64 = 1 << 2;
-    /// Device address of the DMA buffer.
-    pub const DMA_BUFFER: u64 = 0x40000;
+    pub const EDU_DMA_RUN: u64 = 1 << 0;
+    /// DMA command bit 1, the direction QEMU's `EDU_DMA_DIR(cmd)` reads:
+    /// set (`EDU_DMA_TO_PCI`) = device buffer to RAM, clear
+    /// (`EDU_DMA_FROM_PCI`) = RAM to device buffer.
+    pub const EDU_DMA_DIR: u64 = 1 << 1;
+    /// DMA command bit 2: raise [`DMA_IRQ`] when done.
+    pub const EDU_DMA_IRQ: u64 = 1 << 2;
+    /// Device address of the DMA buffer (QEMU's name; the command bit that
+    /// starts a transfer is [`EDU_DMA_RUN`]).
+    pub const DMA_START: u64 = 0x40000;
     /// Size of the DMA buffer.
-    pub const DMA_BUFFER_SIZE: u64 = 4096;
+    pub const DMA_SIZE: u64 = 4096;
 }
 
 /// The edu device model. See the module docs for the register map.
@@ -178,7 +189,7 @@ impl Edu {
             dma_dst: 0,
             dma_count: 0,
             dma_cmd: 0,
-            buffer: vec![0; reg::DMA_BUFFER_SIZE as usize].into_boxed_slice(),
+            buffer: vec![0; reg::DMA_SIZE as usize].into_boxed_slice(),
             factorial_due: None,
             dma_due: None,
         }
@@ -203,7 +214,7 @@ impl Edu {
     }
 
     fn dma_running(&self) -> bool {
-        self.dma_cmd & reg::DMA_START != 0
+        self.dma_cmd & reg::EDU_DMA_RUN != 0
     }
 
     fn mmio_read(&self, addr: u64, size: usize) -> u64 {
@@ -222,7 +233,7 @@ impl Edu {
             reg::IRQ_STATUS => u64::from(self.irq_status),
             reg::DMA_SRC => self.dma_src,
             reg::DMA_DST => self.dma_dst,
-            reg::DMA_COUNT => self.dma_count,
+            reg::DMA_CNT => self.dma_count,
             reg::DMA_CMD => self.dma_cmd,
             _ => u64::MAX,
         }
@@ -235,24 +246,24 @@ impl Edu {
         }
         match addr {
             reg::LIVENESS => self.liveness = !(val as u32),
-            reg::FACTORIAL if self.status & reg::STATUS_COMPUTING == 0 => {
+            reg::FACTORIAL if self.status & reg::EDU_STATUS_COMPUTING == 0 => {
                 self.factorial = val as u32;
-                self.status |= reg::STATUS_COMPUTING;
+                self.status |= reg::EDU_STATUS_COMPUTING;
                 self.factorial_due = Some(ctx.now() + FACTORIAL_DELAY);
             }
             reg::STATUS => {
-                if val as u32 & reg::STATUS_IRQ_FACTORIAL != 0 {
-                    self.status |= reg::STATUS_IRQ_FACTORIAL;
+                if val as u32 & reg::EDU_STATUS_IRQFACT != 0 {
+                    self.status |= reg::EDU_STATUS_IRQFACT;
                 } else {
-                    self.status &= !reg::STATUS_IRQ_FACTORIAL;
+                    self.status &= !reg::EDU_STATUS_IRQFACT;
                 }
             }
             reg::IRQ_RAISE => self.raise_irq(ctx, val as u32),
             reg::IRQ_ACK => self.lower_irq(ctx, val as u32),
             reg::DMA_SRC if !self.dma_running() => self.dma_src = val,
             reg::DMA_DST if !self.dma_running() => self.dma_dst = val,
-            reg::DMA_COUNT if !self.dma_running() => self.dma_count = val,
-            reg::DMA_CMD if val & reg::DMA_START != 0 && !self.dma_running() => {
+            reg::DMA_CNT if !self.dma_running() => self.dma_count = val,
+            reg::DMA_CMD if val & reg::EDU_DMA_RUN != 0 && !self.dma_running() => {
                 self.dma_cmd = val;
                 self.dma_due = Some(ctx.now() + DMA_DELAY);
             }
@@ -263,18 +274,18 @@ impl Edu {
     fn finish_factorial(&mut self, ctx: &mut DeviceContext<'_>) {
         self.factorial_due = None;
         self.factorial = factorial(self.factorial);
-        self.status &= !reg::STATUS_COMPUTING;
-        if self.status & reg::STATUS_IRQ_FACTORIAL != 0 {
-            self.raise_irq(ctx, reg::IRQ_FACTORIAL);
+        self.status &= !reg::EDU_STATUS_COMPUTING;
+        if self.status & reg::EDU_STATUS_IRQFACT != 0 {
+            self.raise_irq(ctx, reg::FACT_IRQ);
         }
     }
 
     /// The buffer indices of a transfer, if it lies inside the buffer.
     fn buffer_range(addr: u64, count: u64) -> Option<std::ops::Range<usize>> {
         let end = addr.checked_add(count)?;
-        let limit = reg::DMA_BUFFER + reg::DMA_BUFFER_SIZE;
-        (addr >= reg::DMA_BUFFER && end <= limit)
-            .then(|| (addr - reg::DMA_BUFFER) as usize..(end - reg::DMA_BUFFER) as usize)
+        let limit = reg::DMA_START + reg::DMA_SIZE;
+        (addr >= reg::DMA_START && end <= limit)
+            .then(|| (addr - reg::DMA_START) as usize..(end - reg::DMA_START) as usize)
     }
 
     fn clamp(&self, addr: u64) -> u64 {
@@ -291,7 +302,7 @@ impl Edu {
         if !self.dma_running() {
             return;
         }
-        let to_ram = self.dma_cmd & reg::DMA_TO_RAM != 0;
+        let to_ram = self.dma_cmd & reg::EDU_DMA_DIR != 0;
         let (buffer_addr, ram_addr) = if to_ram {
             (self.dma_src, self.dma_dst)
         } else {
@@ -301,8 +312,8 @@ impl Edu {
             None => ctx.refuse(format!(
                 "edu: DMA range {buffer_addr:#x}+{:#x} is outside the device buffer [{:#x}, {:#x})",
                 self.dma_count,
-                reg::DMA_BUFFER,
-                reg::DMA_BUFFER + reg::DMA_BUFFER_SIZE
+                reg::DMA_START,
+                reg::DMA_START + reg::DMA_SIZE
             )),
             Some(range) => {
                 let ram = self.clamp(ram_addr);
@@ -318,9 +329,9 @@ impl Edu {
                 }
             }
         }
-        self.dma_cmd &= !reg::DMA_START;
-        if self.dma_cmd & reg::DMA_IRQ != 0 {
-            self.raise_irq(ctx, reg::IRQ_DMA);
+        self.dma_cmd &= !reg::EDU_DMA_RUN;
+        if self.dma_cmd & reg::EDU_DMA_IRQ != 0 {
+            self.raise_irq(ctx, reg::DMA_IRQ);
         }
     }
 }

@@ -247,7 +247,7 @@ pub fn revoke<F: Fixture>(f: &F) -> CaseResult {
         for area in user_maps.iter().filter(|a| a.region_offset() == 0) {
             expect_eq(
                 "ID through the caller's mmap",
-                crate::edu::ID_VALUE,
+                crate::edu::reg::ID_VALUE,
                 area.load::<u32>(reg::ID).context("load")?,
             )?;
         }

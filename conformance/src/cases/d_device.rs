@@ -176,7 +176,7 @@ fn check_mmap<F: Fixture, D: Device>(f: &F, dev: &D, name: &str, is_edu: bool) -
                 .context("load edu's ID register through the mapping")?;
             expect_eq(
                 "edu's ID register read through the mapping",
-                edu_dev::ID_VALUE,
+                reg::ID_VALUE,
                 id,
             )?;
         }
@@ -289,7 +289,7 @@ pub fn unknown_feature_unsupported<F: Fixture>(f: &F) -> CaseResult {
 pub fn edu_registers<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
     let e = edu(f, &c)?;
-    expect_eq("identification", edu_dev::ID_VALUE, e.identification()?)?;
+    expect_eq("identification", reg::ID_VALUE, e.identification()?)?;
     for x in [0u32, 1, 0xdead_beef, u32::MAX] {
         e.check_liveness(x)
             .context(format_args!("liveness {x:#x}"))?;

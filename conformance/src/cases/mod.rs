@@ -22,7 +22,7 @@ pub mod d_device;
 pub mod e_interrupts;
 pub mod f_device_dma;
 pub mod g_robustness;
-pub mod h_copy_engine;
+pub mod h_dma_engine;
 
 /// The device type a fixture's container opens.
 pub type Dev<F> = <<F as Fixture>::Container as Container>::Device;
@@ -32,91 +32,105 @@ pub fn all<F: Fixture>() -> Vec<Case<F>> {
     crate::__for_each_case!(list F)
 }
 
-/// Applies a macro arm to the case list: the one place cases are registered.
+/// Applies a macro arm to the case list: the one place cases are registered,
+/// each as `ID path [EFFECTS]`, with the [`Effects`](crate::runner::Effects)
+/// it has (by constant name, none for a case that only reads, maps host
+/// memory and routes interrupts).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __for_each_case {
     ($($how:tt)*) => {
-        $crate::__expand_cases! { [$($how)*]
-            A01_bad_region_index a_hygiene::bad_region_index,
-            A02_bad_irq_index a_hygiene::bad_irq_index,
-            A03_region_offset_past_end a_hygiene::region_offset_past_end,
-            A04_region_offset_overflow a_hygiene::region_offset_overflow,
-            A05_buffer_ending_past_end a_hygiene::buffer_ending_past_end,
-            A06_oversized_buffer a_hygiene::oversized_buffer,
-            A07_zero_length_access a_hygiene::zero_length_access,
-            A08_absent_region_access a_hygiene::absent_region_access,
-            A09_open_unknown_device a_hygiene::open_unknown_device,
-            A10_malformed_irq_set a_hygiene::malformed_irq_set,
-            B01_open_close_no_leak b_lifecycle::open_close_no_leak,
-            B02_container_dropped_with_live_mappings b_lifecycle::container_dropped_with_live_mappings,
-            B03_device_dropped_with_irqs_routed b_lifecycle::device_dropped_with_irqs_routed,
-            B04_reopen_after_drop b_lifecycle::reopen_after_drop,
-            B05_unplug_request b_lifecycle::unplug_request,
-            B06_surprise_unplug b_lifecycle::surprise_unplug,
-            B07_revoke b_lifecycle::revoke,
-            C01_map_unmap_one_page c_dma::map_unmap_one_page,
-            C02_unmap_nothing c_dma::unmap_nothing,
-            C03_overlap_identical c_dma::overlap_identical,
-            C04_overlap_inside c_dma::overlap_inside,
-            C05_overlap_covering c_dma::overlap_covering,
-            C06_overlap_start c_dma::overlap_start,
-            C07_overlap_end c_dma::overlap_end,
-            C08_split_unmap c_dma::split_unmap,
-            C09_unmap_all_idempotent c_dma::unmap_all_idempotent,
-            C10_superset_unmap_returns_sum c_dma::superset_unmap_returns_sum,
-            C11_last_page_of_last_range c_dma::last_page_of_last_range,
-            C12_outside_iova_ranges c_dma::outside_iova_ranges,
-            C13_iova_wrap_overflows c_dma::iova_wrap_overflows,
-            C14_misalignment c_dma::misalignment,
-            C15_read_only_mapping_honoured c_dma::read_only_mapping_honoured,
-            C16_iommu_info_sane c_dma::iommu_info_sane,
-            C17_dma_avail_counts c_dma::dma_avail_counts,
-            C18_dirty_tracking_declared c_dma::dirty_tracking_declared,
-            C19_map_buffer_guard c_dma::map_buffer_guard,
-            D01_info_sane d_device::info_sane,
-            D02_config_ids d_device::config_ids,
-            D03_capability_walk_finds_msi d_device::capability_walk_finds_msi,
-            D04_bus_master_toggle d_device::bus_master_toggle,
-            D05_mmap_only_mappable_areas d_device::mmap_only_mappable_areas,
-            D06_config_region_refuses_mmap d_device::config_region_refuses_mmap,
-            D07_reset d_device::reset,
-            D08_unknown_feature_unsupported d_device::unknown_feature_unsupported,
-            D09_edu_registers d_device::edu_registers,
-            D10_keep_fds_are_open d_device::keep_fds_are_open,
-            E01_irq_info_sane e_interrupts::irq_info_sane,
-            E02_msi_once_per_raise e_interrupts::msi_once_per_raise,
-            E03_msi_deassign_with_none e_interrupts::msi_deassign_with_none,
-            E04_msi_disable e_interrupts::msi_disable,
-            E05_msi_loopback_trigger e_interrupts::msi_loopback_trigger,
-            E06_intx_mask_unmask e_interrupts::intx_mask_unmask,
-            E07_intx_resample e_interrupts::intx_resample,
-            E08_invalid_mask_on_msi e_interrupts::invalid_mask_on_msi,
-            E09_invalid_count_past_end e_interrupts::invalid_count_past_end,
-            E10_invalid_resample_on_msi e_interrupts::invalid_resample_on_msi,
-            E11_one_irq_type_at_a_time e_interrupts::one_irq_type_at_a_time,
-            E12_non_eventfd_refused e_interrupts::non_eventfd_refused,
-            E13_req_accepts_eventfd e_interrupts::req_accepts_eventfd,
-            E14_msix_loopback_per_vector e_interrupts::msix_loopback_per_vector,
-            E15_msix_deassign_one_vector e_interrupts::msix_deassign_one_vector,
-            E16_msix_table_not_mmappable e_interrupts::msix_table_not_mmappable,
-            F01_edu_round_trip f_device_dma::edu_round_trip,
-            F02_dma_at_unmapped_iova f_device_dma::dma_at_unmapped_iova,
-            F03_dma_after_unmap f_device_dma::dma_after_unmap,
-            F04_edu_dma_mask f_device_dma::edu_dma_mask,
-            F05_dma_needs_bus_master f_device_dma::dma_needs_bus_master,
-            G01_sweep_open g_robustness::sweep_open,
-            G02_sweep_map_buffers g_robustness::sweep_map_buffers,
-            G03_sweep_route_msi g_robustness::sweep_route_msi,
-            G04_sweep_reset g_robustness::sweep_reset,
-            G05_sweep_round_trip g_robustness::sweep_round_trip,
-            G06_sweep_msix_route g_robustness::sweep_msix_route,
-            G07_failed_unmap_keeps_mapping g_robustness::failed_unmap_keeps_mapping,
-            G08_sweep_inside g_robustness::sweep_inside,
-            H01_copy_succeeds h_copy_engine::copy_succeeds,
-            H02_copy_from_unmapped h_copy_engine::copy_from_unmapped,
-            H03_copy_to_unmapped h_copy_engine::copy_to_unmapped,
-            H04_one_msi_per_request h_copy_engine::one_msi_per_request,
+        $crate::__expand_cases! { [$($how)*] cases [
+            A01_bad_region_index a_hygiene::bad_region_index [],
+            A02_bad_irq_index a_hygiene::bad_irq_index [],
+            A03_region_offset_past_end a_hygiene::region_offset_past_end [],
+            A04_region_offset_overflow a_hygiene::region_offset_overflow [],
+            A05_buffer_ending_past_end a_hygiene::buffer_ending_past_end [],
+            A06_oversized_buffer a_hygiene::oversized_buffer [],
+            A07_zero_length_access a_hygiene::zero_length_access [],
+            A08_absent_region_access a_hygiene::absent_region_access [],
+            A09_open_unknown_device a_hygiene::open_unknown_device [],
+            A10_malformed_irq_set a_hygiene::malformed_irq_set [],
+            B01_open_close_no_leak b_lifecycle::open_close_no_leak [],
+            B02_container_dropped_with_live_mappings b_lifecycle::container_dropped_with_live_mappings [],
+            B03_device_dropped_with_irqs_routed b_lifecycle::device_dropped_with_irqs_routed [],
+            B04_reopen_after_drop b_lifecycle::reopen_after_drop [DEVICE_DMA],
+            B05_unplug_request b_lifecycle::unplug_request [UNPLUGS NEEDS_UNPLUG],
+            B06_surprise_unplug b_lifecycle::surprise_unplug [UNPLUGS NEEDS_UNPLUG],
+            B07_revoke b_lifecycle::revoke [REVOKES],
+            C01_map_unmap_one_page c_dma::map_unmap_one_page [],
+            C02_unmap_nothing c_dma::unmap_nothing [],
+            C03_overlap_identical c_dma::overlap_identical [],
+            C04_overlap_inside c_dma::overlap_inside [],
+            C05_overlap_covering c_dma::overlap_covering [],
+            C06_overlap_start c_dma::overlap_start [],
+            C07_overlap_end c_dma::overlap_end [],
+            C08_split_unmap c_dma::split_unmap [],
+            C09_unmap_all_idempotent c_dma::unmap_all_idempotent [],
+            C10_superset_unmap_returns_sum c_dma::superset_unmap_returns_sum [],
+            C11_last_page_of_last_range c_dma::last_page_of_last_range [],
+            C12_outside_iova_ranges c_dma::outside_iova_ranges [],
+            C13_iova_wrap_overflows c_dma::iova_wrap_overflows [],
+            C14_misalignment c_dma::misalignment [],
+            C15_read_only_mapping_honoured c_dma::read_only_mapping_honoured [DEVICE_DMA],
+            C16_iommu_info_sane c_dma::iommu_info_sane [],
+            C17_dma_avail_counts c_dma::dma_avail_counts [],
+            C18_dirty_tracking_declared c_dma::dirty_tracking_declared [],
+            C19_map_buffer_guard c_dma::map_buffer_guard [],
+            D01_info_sane d_device::info_sane [],
+            D02_config_ids d_device::config_ids [],
+            D03_capability_walk_finds_msi d_device::capability_walk_finds_msi [],
+            D04_bus_master_toggle d_device::bus_master_toggle [],
+            D05_mmap_only_mappable_areas d_device::mmap_only_mappable_areas [],
+            D06_config_region_refuses_mmap d_device::config_region_refuses_mmap [],
+            D07_reset d_device::reset [RESETS DEVICE_DMA],
+            D08_unknown_feature_unsupported d_device::unknown_feature_unsupported [],
+            D09_edu_registers d_device::edu_registers [],
+            D10_keep_fds_are_open d_device::keep_fds_are_open [],
+            E01_irq_info_sane e_interrupts::irq_info_sane [],
+            E02_msi_once_per_raise e_interrupts::msi_once_per_raise [],
+            E03_msi_deassign_with_none e_interrupts::msi_deassign_with_none [],
+            E04_msi_disable e_interrupts::msi_disable [],
+            E05_msi_loopback_trigger e_interrupts::msi_loopback_trigger [],
+            E06_intx_mask_unmask e_interrupts::intx_mask_unmask [],
+            E07_intx_resample e_interrupts::intx_resample [],
+            E08_invalid_mask_on_msi e_interrupts::invalid_mask_on_msi [],
+            E09_invalid_count_past_end e_interrupts::invalid_count_past_end [],
+            E10_invalid_resample_on_msi e_interrupts::invalid_resample_on_msi [],
+            E11_one_irq_type_at_a_time e_interrupts::one_irq_type_at_a_time [],
+            E12_non_eventfd_refused e_interrupts::non_eventfd_refused [],
+            E13_req_accepts_eventfd e_interrupts::req_accepts_eventfd [],
+            E14_msix_loopback_per_vector e_interrupts::msix_loopback_per_vector [NEEDS_MSIX],
+            E15_msix_deassign_one_vector e_interrupts::msix_deassign_one_vector [NEEDS_MSIX],
+            E16_msix_table_not_mmappable e_interrupts::msix_table_not_mmappable [NEEDS_MSIX],
+            F01_edu_round_trip f_device_dma::edu_round_trip [DEVICE_DMA],
+            F02_dma_at_unmapped_iova f_device_dma::dma_at_unmapped_iova [DEVICE_DMA],
+            F03_dma_after_unmap f_device_dma::dma_after_unmap [DEVICE_DMA],
+            F04_edu_dma_mask f_device_dma::edu_dma_mask [DEVICE_DMA],
+            F05_dma_needs_bus_master f_device_dma::dma_needs_bus_master [DEVICE_DMA],
+            G01_sweep_open g_robustness::sweep_open [FAULT_SWEEP],
+            G02_sweep_map_buffers g_robustness::sweep_map_buffers [FAULT_SWEEP],
+            G03_sweep_route_msi g_robustness::sweep_route_msi [FAULT_SWEEP],
+            G04_sweep_reset g_robustness::sweep_reset [FAULT_SWEEP RESETS],
+            G05_sweep_round_trip g_robustness::sweep_round_trip [FAULT_SWEEP DEVICE_DMA],
+            G06_sweep_msix_route g_robustness::sweep_msix_route [FAULT_SWEEP NEEDS_MSIX],
+            G07_failed_unmap_keeps_mapping g_robustness::failed_unmap_keeps_mapping [FAULT_SWEEP],
+            G08_sweep_inside g_robustness::sweep_inside [FAULT_SWEEP],
+        ]
+        // The DMA engines the H cases run on: `name kind [EFFECTS]`, one
+        // line per engine (its driver implements `dma_engine::DmaEngine`).
+        engines [
+            edu $crate::edu::EduEngine [],
+            copy_engine $crate::copy_engine::CopyEngine [NEEDS_COPY_ENGINE],
+        ]
+        // The cases run once per engine, with ids `<ID>_<engine>`.
+        engine_cases {
+            H01_copy_succeeds h_dma_engine::copy_succeeds [DEVICE_DMA],
+            H02_copy_from_unmapped h_dma_engine::copy_from_unmapped [DEVICE_DMA],
+            H03_copy_to_unmapped h_dma_engine::copy_to_unmapped [DEVICE_DMA],
+            H04_one_msi_per_request h_dma_engine::one_msi_per_request [DEVICE_DMA],
+            H05_send_msi h_dma_engine::send_msi_once [DEVICE_DMA],
+        }
         }
     };
 }
@@ -124,21 +138,73 @@ macro_rules! __for_each_case {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __expand_cases {
-    ([list $F:ty] $($id:ident $($path:ident)::+,)*) => {
-        ::std::vec![$(
+    ([list $F:ty]
+        cases [$($id:ident $($path:ident)::+ [$($effect:ident)*],)*]
+        engines [$($engine:ident $kind:path [$($needs:ident)*],)*]
+        engine_cases $engine_cases:tt
+    ) => {{
+        let mut cases = ::std::vec![$(
             $crate::runner::Case::<$F> {
                 id: ::std::stringify!($id),
+                effects: $crate::runner::Effects::NONE$(.union($crate::runner::Effects::$effect))*,
                 run: $crate::cases::$($path)::+::<$F>,
             },
+        )*];
+        $(
+            cases.extend($crate::__expand_cases!(
+                [engine list $F] $engine $kind [$($needs)*] $engine_cases
+            ));
+        )*
+        cases
+    }};
+    ([engine list $F:ty] $engine:ident $kind:path [$($needs:ident)*]
+        { $($id:ident $($path:ident)::+ [$($effect:ident)*],)* }
+    ) => {{
+        let engine = $crate::runner::Effects::NONE$(.union($crate::runner::Effects::$needs))*;
+        [$(
+            $crate::runner::Case::<$F> {
+                id: ::std::concat!(::std::stringify!($id), "_", ::std::stringify!($engine)),
+                effects: engine$(.union($crate::runner::Effects::$effect))*,
+                run: $crate::cases::$($path)::+::<$kind, $F>,
+            },
         )*]
+    }};
+    ([tests $fixture:expr]
+        cases [$($id:ident $($path:ident)::+ [$($effect:ident)*],)*]
+        engines [$($engine:ident $kind:path [$($needs:ident)*],)*]
+        engine_cases $engine_cases:tt
+    ) => {
+        $(
+            #[test]
+            #[allow(non_snake_case)]
+            fn $id() {
+                $crate::runner::run_test(&$fixture, ::std::stringify!($id), $crate::cases::$($path)::+);
+            }
+        )*
+        $(
+            $crate::__expand_cases!([engine tests $fixture] $engine $kind $engine_cases);
+        )*
     };
-    ([tests $fixture:expr] $($id:ident $($path:ident)::+,)*) => {$(
-        #[test]
-        #[allow(non_snake_case)]
-        fn $id() {
-            $crate::runner::run_test(&$fixture, ::std::stringify!($id), $crate::cases::$($path)::+);
+    ([engine tests $fixture:expr] $engine:ident $kind:path
+        { $($id:ident $($path:ident)::+ [$($effect:ident)*],)* }
+    ) => {
+        /// The DMA-engine cases on this engine.
+        mod $engine {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $id() {
+                    $crate::runner::run_test(
+                        &$fixture,
+                        ::std::concat!(::std::stringify!($id), "_", ::std::stringify!($engine)),
+                        $crate::cases::$($path)::+::<$kind, _>,
+                    );
+                }
+            )*
         }
-    )*};
+    };
 }
 
 /// A fresh container from the fixture.

@@ -1,0 +1,209 @@
+//! H. The DMA engines' contract ([`DmaEngine`], the kernel selftests'
+//! driver interface), run once per engine of the fixture: a copy between
+//! mapped buffers moves the data and raises exactly one MSI; a copy touching
+//! an unmapped IOVA corrupts nothing, and an engine that sees the fault
+//! reports it and raises no MSI; `send_msi` raises exactly one.
+
+use vfio_hal::{Container, DmaAccess, DmaBuffer};
+
+use super::c_dma::expect_fault_recorded;
+use super::{count_signals, dma_page, filled, fresh, iova, quiet, Dev};
+use crate::dma_engine::{Completion, DmaEngine, EngineKind};
+use crate::eventfd::EventFd;
+use crate::fixture::Fixture;
+use crate::outcome::{expect_eq, fail, not_applicable, CaseError, CaseResult, Context};
+
+/// Bytes one copy of these cases moves: edu's buffer, and within one DMA page.
+const COPY_LEN: u64 = 4096;
+
+/// The fixture's engine of kind `K`, opened on a container.
+fn engine<K: EngineKind, F: Fixture>(
+    f: &F,
+    c: &F::Container,
+) -> Result<K::Driver<Dev<F>>, CaseError> {
+    let Some(name) = K::device_name(f) else {
+        return Err(not_applicable(format!("the fixture has no {}", K::NAME)));
+    };
+    let dev = c
+        .open_device(name)
+        .context(format_args!("open_device({name})"))?;
+    let drv = K::open(dev, f.capabilities().timeout).context("DMA engine driver: open")?;
+    if drv.max_memcpy_size() < COPY_LEN {
+        return Err(not_applicable(format!(
+            "the engine copies at most {} bytes per request",
+            drv.max_memcpy_size()
+        )));
+    }
+    Ok(drv)
+}
+
+fn msi(drv: &impl DmaEngine) -> Result<&EventFd, CaseError> {
+    drv.msi_eventfd()
+        .ok_or_else(|| fail("the engine's driver has no MSI routed after open"))
+}
+
+/// One request, started and waited for.
+fn memcpy(drv: &mut impl DmaEngine, src: u64, dst: u64, len: u64) -> Result<Completion, CaseError> {
+    drv.memcpy_start(src, dst, len)
+        .context(format_args!("memcpy_start({src:#x} -> {dst:#x}, {len})"))?;
+    drv.memcpy_wait().context("memcpy_wait")
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..COPY_LEN as u32)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+        .collect()
+}
+
+/// A DMA page holding `data` at its start, zeros after.
+fn buffer(dp: u64, data: &[u8]) -> Result<DmaBuffer, CaseError> {
+    let b = filled(dp, 0)?;
+    b.write(0, data).context("fill the buffer")?;
+    Ok(b)
+}
+
+/// The first [`COPY_LEN`] bytes (what a copy moves) of a buffer.
+fn head(b: &DmaBuffer) -> Vec<u8> {
+    let mut v = b.to_vec();
+    v.truncate(COPY_LEN as usize);
+    v
+}
+
+/// A copy between two mapped buffers completes, moves the data, and
+/// raises exactly one MSI.
+pub fn copy_succeeds<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    let dp = dma_page(&c)?;
+    let data = pattern(0x5c);
+    let src = c
+        .map_buffer(iova(f, dp, 0), buffer(dp, &data)?, DmaAccess::ReadOnly)
+        .context("map the source")?;
+    let dst = c
+        .map_buffer(iova(f, dp, 2), filled(dp, 0)?, DmaAccess::ReadWrite)
+        .context("map the destination")?;
+    let done = memcpy(&mut drv, src.iova(), dst.iova(), COPY_LEN)?;
+    expect_eq("copy completion", Completion::Done, done)?;
+    expect_eq("copied data", data, head(dst.buffer()))?;
+    expect_eq("MSIs for one copy", 1, count_signals(f, msi(&drv)?, 1)?)
+}
+
+/// A copy from an unmapped IOVA, on an engine that sees IOMMU faults, is
+/// reported as faulted, leaves the destination untouched and raises no MSI.
+pub fn copy_from_unmapped<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    if !drv.reports_faults() {
+        return Err(not_applicable(
+            "the engine cannot see IOMMU faults: what it copies out after a faulted read is unspecified",
+        ));
+    }
+    let dp = dma_page(&c)?;
+    let before = pattern(0x77);
+    let dst = c
+        .map_buffer(iova(f, dp, 2), buffer(dp, &before)?, DmaAccess::ReadWrite)
+        .context("map the destination")?;
+    let faults = f.iommu_faults(&c);
+    let done = memcpy(&mut drv, iova(f, dp, 0), dst.iova(), COPY_LEN)?;
+    if done == Completion::Done {
+        return Err(fail("a copy from an unmapped IOVA completed as done"));
+    }
+    expect_eq(
+        "destination after the faulted copy",
+        before,
+        head(dst.buffer()),
+    )?;
+    expect_eq(
+        "MSIs after a copy from an unmapped IOVA",
+        0,
+        msi(&drv)?.wait(quiet(f))?,
+    )?;
+    expect_fault_recorded(f, &c, faults, "a copy from an unmapped IOVA")
+}
+
+/// A copy to an unmapped IOVA corrupts neither the source nor the mapped
+/// neighbour of the destination; an engine that sees the fault reports it
+/// and raises no MSI, one that does not completes with its one MSI.
+pub fn copy_to_unmapped<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    let dp = dma_page(&c)?;
+    let data = pattern(0x21);
+    let neighbour_data = pattern(0x99);
+    let src = c
+        .map_buffer(iova(f, dp, 0), buffer(dp, &data)?, DmaAccess::ReadOnly)
+        .context("map the source")?;
+    let neighbour = c
+        .map_buffer(
+            iova(f, dp, 2),
+            buffer(dp, &neighbour_data)?,
+            DmaAccess::ReadWrite,
+        )
+        .context("map the neighbour")?;
+    let faults = f.iommu_faults(&c);
+    let done = memcpy(&mut drv, src.iova(), iova(f, dp, 1), COPY_LEN)?;
+    expect_eq("source after the copy", data, head(src.buffer()))?;
+    expect_eq(
+        "the mapped neighbour of the unmapped destination",
+        neighbour_data,
+        head(neighbour.buffer()),
+    )?;
+    let (expected, what) = match (drv.reports_faults(), done) {
+        (true, Completion::Faulted(_)) => (0, "a faulted copy"),
+        (true, Completion::Done) => {
+            return Err(fail("a copy to an unmapped IOVA completed as done"))
+        }
+        (false, _) => (1, "a copy the engine cannot see fault"),
+    };
+    expect_eq(
+        format!("MSIs after {what}"),
+        expected,
+        count_signals(f, msi(&drv)?, expected)?,
+    )?;
+    expect_fault_recorded(f, &c, faults, "a copy to an unmapped IOVA")
+}
+
+/// Every completed request raises exactly one MSI: ten copies of growing
+/// length, ten MSIs.
+pub fn one_msi_per_request<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    let dp = dma_page(&c)?;
+    let src = c
+        .map_buffer(
+            iova(f, dp, 0),
+            buffer(dp, &pattern(1))?,
+            DmaAccess::ReadOnly,
+        )
+        .context("map the source")?;
+    let dst = c
+        .map_buffer(iova(f, dp, 2), filled(dp, 0)?, DmaAccess::ReadWrite)
+        .context("map the destination")?;
+    let requests = 10u64;
+    for i in 0..requests {
+        let done = memcpy(&mut drv, src.iova(), dst.iova(), 64 * (i + 1))?;
+        expect_eq(format!("completion of request {i}"), Completion::Done, done)?;
+    }
+    expect_eq(
+        format!("MSIs for {requests} requests"),
+        requests,
+        count_signals(f, msi(&drv)?, requests)?,
+    )
+}
+
+/// `send_msi` makes the device raise exactly one MSI, and moves no data.
+pub fn send_msi_once<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    let dp = dma_page(&c)?;
+    let mapped = c
+        .map_buffer(iova(f, dp, 0), filled(dp, 0xe1)?, DmaAccess::ReadWrite)
+        .context("map a buffer")?;
+    drv.send_msi().context("send_msi")?;
+    expect_eq("MSIs for one send_msi", 1, count_signals(f, msi(&drv)?, 1)?)?;
+    super::expect_all(
+        "a mapped buffer after send_msi",
+        &mapped.buffer().to_vec(),
+        0xe1,
+    )
+}
