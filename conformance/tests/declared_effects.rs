@@ -29,8 +29,8 @@ use vfio_hal_conformance::runner::{run_case, serial};
 use vfio_hal_conformance::{
     cases, Capabilities, Case, Effects, Fixture, Outcome, StepFaults, Unplug,
 };
-use vfio_hal_mock::inject::Op;
-use vfio_hal_mock::trace::{self, TraceLog, Tracer};
+use vfio_hal::decorate::Op;
+use vfio_hal::decorate::trace::{self, TraceLog, Tracer};
 use vfio_hal_mock::MockContainer;
 
 /// Counts the faults `FaultInjector` injects, from its log records.
