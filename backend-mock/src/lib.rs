@@ -80,6 +80,8 @@
 pub mod expect;
 
 pub mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod container;
 mod device;
 pub mod iommu;

@@ -13,10 +13,10 @@ use std::io::Write;
 use clap::Args;
 use serde_json::json;
 use vfio_hal::prelude::*;
-use vfio_hal_conformance::mock::MockFixture;
 use vfio_hal_conformance::runner::run_cases_to;
 use vfio_hal_conformance::{Fixture, Outcome};
 use vfio_hal_facade::conformance::{select, Plan, RealFixture, Selection};
+use vfio_hal_facade::mock::conformance::MockFixture;
 use vfio_hal_facade::Backend;
 
 use crate::output::{say, Latched};

@@ -38,7 +38,8 @@
 //! the model's maps agree name for name and value for value.
 //!
 //! ```
-//! use vfio_hal_conformance::{mock::MockFixture, run_suite};
+//! use vfio_hal_conformance::run_suite;
+//! use vfio_hal_mock::conformance::MockFixture;
 //!
 //! let summary = run_suite(&MockFixture::new());
 //! assert!(summary.success(), "{summary}");
@@ -49,7 +50,7 @@
 //! mock does:
 //!
 //! ```no_run
-//! vfio_hal_conformance::conformance_tests!(mock, vfio_hal_conformance::mock::MockFixture::new());
+//! vfio_hal_conformance::conformance_tests!(mock, vfio_hal_mock::conformance::MockFixture::new());
 //! # fn main() {}
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
@@ -61,7 +62,6 @@ pub mod edu;
 pub mod eventfd;
 pub mod fail_nth;
 pub mod fixture;
-pub mod mock;
 pub mod msix;
 pub mod outcome;
 pub mod probe;
@@ -82,7 +82,7 @@ pub use runner::{run_suite, Case, Effects, Summary};
 /// ([`runner::serial`]), so the fd-counting ones never race.
 ///
 /// ```no_run
-/// use vfio_hal_conformance::mock::MockFixture;
+/// use vfio_hal_mock::conformance::MockFixture;
 ///
 /// vfio_hal_conformance::conformance_tests!(mock, MockFixture::new());
 /// # fn main() {}

@@ -5,9 +5,9 @@
 use std::io::sink;
 
 use vfio_hal::{Container, DmaAccess, Error, ErrorKind, IommuInfo, Result, Target};
-use vfio_hal_conformance::mock::MockFixture;
 use vfio_hal_conformance::runner::run_cases_to;
 use vfio_hal_conformance::{cases, Capabilities, Fixture, Outcome, Unplug};
+use vfio_hal_mock::conformance::MockFixture;
 use vfio_hal_mock::{MockContainer, MockDevice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,14 +23,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use vfio_hal::decorate::trace::{self, TraceLog, Tracer};
+use vfio_hal::decorate::Op;
 use vfio_hal::{ErrorKind, Result};
-use vfio_hal_conformance::mock::MockFixture;
 use vfio_hal_conformance::runner::{run_case, serial};
 use vfio_hal_conformance::{
     cases, Capabilities, Case, Effects, Fixture, Outcome, StepFaults, Unplug,
 };
-use vfio_hal::decorate::Op;
-use vfio_hal::decorate::trace::{self, TraceLog, Tracer};
+use vfio_hal_mock::conformance::MockFixture;
 use vfio_hal_mock::MockContainer;
 
 /// Counts the faults `FaultInjector` injects, from its log records.

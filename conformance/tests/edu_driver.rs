@@ -3,8 +3,8 @@
 
 use vfio_hal::Container;
 use vfio_hal_conformance::edu::{expected_factorial, Direction, DriverError, EduDriver};
-use vfio_hal_conformance::mock::MockFixture;
 use vfio_hal_conformance::Fixture;
+use vfio_hal_mock::conformance::MockFixture;
 use vfio_hal_mock::MockContainer;
 
 fn open() -> (

@@ -1,7 +1,7 @@
 //! The conformance suite against the mock backend, one `#[test]` per case.
 
 use vfio_hal::{ErrorKind, IovaRange};
-use vfio_hal_conformance::mock::MockFixture;
+use vfio_hal_mock::conformance::MockFixture;
 use vfio_hal_mock::IommuConfig;
 
 vfio_hal_conformance::conformance_tests!(mock, MockFixture::new());

@@ -3,7 +3,8 @@
 //! line `conformance: N passed, M failed, K skipped`; exits nonzero on any
 //! failure. (`harness = false`: this file's `main` is the test.)
 
-use vfio_hal_conformance::{mock::MockFixture, run_suite};
+use vfio_hal_conformance::run_suite;
+use vfio_hal_mock::conformance::MockFixture;
 
 fn main() {
     let summary = run_suite(&MockFixture::new());

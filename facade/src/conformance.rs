@@ -13,7 +13,7 @@
 //! all undone by the end of each case.
 //!
 //! ```
-//! use vfio_hal_conformance::mock::MockFixture;
+//! use vfio_hal_mock::conformance::MockFixture;
 //! use vfio_hal_facade::conformance::{select, Selection};
 //!
 //! let all = vfio_hal_conformance::cases::all::<MockFixture>();
@@ -233,7 +233,7 @@ impl Fixture for RealFixture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vfio_hal_conformance::mock::MockFixture;
+    use vfio_hal_mock::conformance::MockFixture;
 
     fn ids(cases: &[Case<MockFixture>]) -> Vec<&'static str> {
         cases.iter().map(|c| c.id).collect()

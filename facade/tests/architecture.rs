@@ -131,9 +131,9 @@ fn tracker_reference(line: &str) -> bool {
             rest.starts_with(|c: char| c.is_ascii_digit())
         })
     };
-    let hash_number = lower.match_indices("(#").any(|(i, _)| {
-        lower[i + 2..].starts_with(|c: char| c.is_ascii_digit())
-    });
+    let hash_number = lower
+        .match_indices("(#")
+        .any(|(i, _)| lower[i + 2..].starts_with(|c: char| c.is_ascii_digit()));
     after_word("issue") || hash_number
 }
 

@@ -1,20 +1,22 @@
-//! The fixture for the in-memory backend: `vfio-hal-mock` with QEMU's edu
-//! model and the MSI-X copy engine plugged into every container.
+//! The mock as a fixture of the conformance suite (feature `conformance`):
+//! QEMU's edu model and the MSI-X copy engine plugged into every container.
 //!
-//! Everything mock-specific lives here; the cases only see [`Fixture`].
+//! Everything mock-specific of the suite lives here; the cases only see
+//! [`Fixture`], and the generic suite does not depend on this crate.
 
 use std::time::Duration;
 
 use vfio_hal::{ErrorKind, Result};
-use vfio_hal_mock::models::{CopyEngine, Edu};
-use vfio_hal_mock::{IommuConfig, MockContainer};
+use vfio_hal_conformance::fixture::{Capabilities, Fixture, SplitUnmap, Unplug};
 
-use crate::fixture::{Capabilities, Fixture, SplitUnmap, Unplug};
+use crate::models::{CopyEngine, Edu};
+use crate::{IommuConfig, MockContainer};
 
 /// The mock backend as a conformance fixture.
 ///
 /// ```
-/// use vfio_hal_conformance::{mock::MockFixture, run_suite};
+/// use vfio_hal_conformance::run_suite;
+/// use vfio_hal_mock::conformance::MockFixture;
 ///
 /// let summary = run_suite(&MockFixture::new());
 /// assert_eq!(summary.failed(), 0, "{summary}");
