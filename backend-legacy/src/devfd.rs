@@ -360,15 +360,9 @@ fn map_areas(fd: BorrowedFd<'_>, info: &RegionInfo) -> Result<Vec<MmapArea>> {
                 offset: info.offset,
                 len: a.offset,
             })?;
-            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable()).map_err(|e| {
-                match e {
-                    // Give the bare mmap error its region.
-                    Error::Sys { op, errno, .. } => {
-                        Error::sys(op, Target::Region(info.index), errno)
-                    }
-                    e => e,
-                }
-            })
+            // Give the bare mmap error its region.
+            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable())
+                .map_err(|e| e.with_target(Target::Region(info.index)))
         })
         .collect()
 }

@@ -27,8 +27,9 @@
 //!   dropped or unmapped.
 //!
 //! # What a failure does
-//! The error is [`Error::Injected`], carrying the operation's name, the
-//! plan's [`ErrorKind`] and the 1-based call number. A failed operation never
+//! The error is an [`Error::Other`] carrying the operation's name, the
+//! plan's [`ErrorKind`] and, as its source, an [`InjectedFault`] with the
+//! 1-based call number. A failed operation never
 //! reaches the inner object: it fails cleanly, with no side effect, as if the
 //! kernel had refused the ioctl up front; when it would have opened something
 //! (a device, region or irq), nothing is opened.
@@ -52,7 +53,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vfio_hal::{
     Container, Device, DeviceInfo, DmaAccess, Error, ErrorKind, FeatureOp, FeatureSupport,
-    IommuInfo, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo, Result,
+    IommuInfo, Irq, IrqInfo, IrqSet, MmapArea, Region, RegionInfo, Result, Target,
 };
 
 /// Which hal object an [`Op`] belongs to.
@@ -74,7 +75,7 @@ macro_rules! ops {
         /// the tracer records.
         ///
         /// The [`Display`](fmt::Display) name (also [`Op::name`], and the `op`
-        /// of [`Error::Injected`]) is the method's name, prefixed with its
+        /// of the errors it injects) is the method's name, prefixed with its
         /// object where the bare name would be vague (`region.read`,
         /// `device.irq`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -341,13 +342,28 @@ impl Plan {
 pub struct Injection {
     /// The operation that was failed.
     pub op: Op,
-    /// Its number among all operations that reached the tree (as in [`Error::Injected`]).
+    /// Its number among all operations that reached the tree (as in [`InjectedFault`]).
     pub call: u64,
 }
 
 impl fmt::Display for Injection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (call #{})", self.op, self.call)
+    }
+}
+
+/// The source of every error the injector returns (an [`Error::Other`] of
+/// the plan's kind): which call it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("injected fault, call #{}", .0.call)]
+pub struct InjectedFault(pub Injection);
+
+impl InjectedFault {
+    /// The injected fault behind `err`, if the injector produced it.
+    pub fn of(err: &Error) -> Option<Injection> {
+        std::error::Error::source(err)?
+            .downcast_ref::<Self>()
+            .map(|f| f.0)
     }
 }
 
@@ -394,11 +410,12 @@ impl Shared {
         let kind = s.plan.kind;
         drop(s);
         log::debug!("fault injector: failing {op} (call #{call}) with {kind:?}");
-        Err(Error::Injected {
-            op: op.name(),
+        Err(Error::other(
+            op.name(),
+            Target::None,
             kind,
-            call,
-        })
+            InjectedFault(Injection { op, call }),
+        ))
     }
 }
 
@@ -769,8 +786,8 @@ impl Sweep {
 /// operation a step and the default error kind.
 ///
 /// ```
-/// use vfio_hal::{prelude::*, Error, Result};
-/// use vfio_hal_mock::inject::{sweep, FaultInjector};
+/// use vfio_hal::{prelude::*, Result};
+/// use vfio_hal_mock::inject::{sweep, FaultInjector, InjectedFault};
 ///
 /// /// The code under test: open a device and route MSI-X vector 0.
 /// fn bring_up<C: Container>(c: &C, fd: std::os::fd::BorrowedFd<'_>) -> Result<C::Device> {
@@ -787,7 +804,7 @@ impl Sweep {
 ///     sweep(make, |c| bring_up(c, fd), |step| {
 ///         if let Some(fault) = step.injection {
 ///             let err = step.result.as_ref().err();
-///             assert!(matches!(err, Some(Error::Injected { .. })), "{fault}: {err:?}");
+///             assert_eq!(err.and_then(InjectedFault::of), Some(fault), "{err:?}");
 ///         }
 ///         // Here: drop step.result, then look for leftovers in step.injector.inner().
 ///     })
@@ -834,16 +851,13 @@ mod tests {
         assert!(shared.enter(Op::Reset).is_ok()); // call 2, 1st reset
         assert!(shared.enter(Op::RegionRead).is_ok()); // call 3
         let err = shared.enter(Op::Reset).expect_err("2nd reset fails");
-        assert!(
-            matches!(
-                err,
-                Error::Injected {
-                    op: "reset",
-                    kind: ErrorKind::Io,
-                    call: 4
-                }
-            ),
-            "{err:?}"
+        assert_eq!((err.op(), err.kind()), (Some("reset"), ErrorKind::Io));
+        assert_eq!(
+            InjectedFault::of(&err),
+            Some(Injection {
+                op: Op::Reset,
+                call: 4
+            })
         );
         assert!(shared.enter(Op::Reset).is_ok(), "fires once");
     }

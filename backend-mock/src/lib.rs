@@ -91,11 +91,11 @@ mod sys;
 pub use clock::MockClock;
 pub use container::{MockContainer, INCIDENT_LOG_CAPACITY};
 pub use device::{MockDevice, MockIrq, MockRegion};
-pub use inject::{sweep, FaultInjector, Op, Plan};
+pub use inject::{sweep, FaultInjector, InjectedFault, Op, Plan};
 pub use iommu::{
     DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu, FAULT_LOG_CAPACITY,
 };
 pub use layout::{BarKind, BarLayout, DeviceRegionLayout, MsiLayout, MsixLayout, PciLayout};
-pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident};
+pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident, ModelRefusal};
 pub use pci::interrupts::IrqMode;
 pub use trace::Tracer;

@@ -18,8 +18,8 @@ use std::os::fd::AsFd;
 
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
-use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, Error, ErrorKind, Irq, RegionExt};
-use vfio_hal_mock::inject::{FaultInjector, Op, OpFilter, Plan};
+use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, ErrorKind, Irq, RegionExt};
+use vfio_hal_mock::inject::{FaultInjector, InjectedFault, Op, OpFilter, Plan};
 
 use super::{dma_page, edu_device, edu_device_for_msi, filled, fresh, iova};
 use crate::edu::{reg, DriverError, EduDriver};
@@ -83,7 +83,7 @@ fn expect_nothing_mapped<F: Fixture>(f: &F, c: &F::Container, after: &str) -> Ca
 }
 
 fn is_injected(e: &DriverError) -> bool {
-    matches!(e, DriverError::Hal(Error::Injected { .. }))
+    matches!(e, DriverError::Hal(e) if InjectedFault::of(e).is_some())
 }
 
 /// Sweeps `routine` over a fault-injecting wrapper of a fresh container per
