@@ -41,7 +41,7 @@ use vfio_hal::{Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Re
 
 use crate::devfd::VfioDevice;
 use crate::group::{Group, GroupInner};
-use crate::info::{self, u32_at, u64_at};
+use crate::info::{self, Fields};
 use crate::sys::{self, ArgszRequest, Errno};
 use crate::sysfs::Sysfs;
 
@@ -404,14 +404,15 @@ unsafe impl Container for LegacyContainer {
             info::QueryError::Sys(errno) => self.no_iommu_yet(OP, Target::None, errno),
             e => e.into_error(OP, Target::None, Buffer::IommuInfo),
         })?;
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::IommuInfo);
+        let flags = fields.u32(4)?;
         let page_sizes = if flags & VFIO_IOMMU_INFO_PGSIZES != 0 {
-            u64_at(&buf, 8)
+            fields.u64(8)?
         } else {
             0
         };
         let caps = if flags & VFIO_IOMMU_INFO_CAPS != 0 {
-            info::caps(ChainKind::Iommu, &buf, u32_at(&buf, 16), Buffer::IommuInfo)?
+            info::caps(ChainKind::Iommu, &buf, fields.u32(16)?, Buffer::IommuInfo)?
         } else {
             Vec::new()
         };

@@ -93,7 +93,7 @@ use vfio_hal::{
     RegionInfo, Result, Target,
 };
 
-use crate::info::{self, put_u32, u32_at, u64_at};
+use crate::info::{self, put_u32, Fields};
 use crate::sys::{self, ArgszRequest, Errno};
 
 /// What must stay open behind a device fd: a type1 group (and through it the
@@ -210,22 +210,18 @@ impl Shared {
             }
             Err(e) => return Err(e.into_error(OP, Target::Region(index), Buffer::RegionInfo)),
         };
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::RegionInfo);
+        let flags = fields.u32(4)?;
         let caps = if flags & vfio_hal::region::flags::CAPS != 0 {
-            info::caps(
-                ChainKind::Region,
-                &buf,
-                u32_at(&buf, 12),
-                Buffer::RegionInfo,
-            )?
+            info::caps(ChainKind::Region, &buf, fields.u32(12)?, Buffer::RegionInfo)?
         } else {
             Vec::new()
         };
         Ok(RegionInfo {
             index,
             flags,
-            size: u64_at(&buf, 16),
-            offset: u64_at(&buf, 24),
+            size: fields.u64(16)?,
+            offset: fields.u64(24)?,
             caps,
         })
     }
@@ -394,22 +390,18 @@ impl VfioDevice {
                 Buffer::DeviceInfo,
             )
         })?;
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::DeviceInfo);
+        let flags = fields.u32(4)?;
         let caps = if flags & device_flags::CAPS != 0 {
-            info::caps(
-                ChainKind::Device,
-                &buf,
-                u32_at(&buf, 16),
-                Buffer::DeviceInfo,
-            )?
+            info::caps(ChainKind::Device, &buf, fields.u32(16)?, Buffer::DeviceInfo)?
         } else {
             Vec::new()
         };
         let info = DeviceInfo {
             name: name.clone(),
             flags,
-            num_regions: u32_at(&buf, 8),
-            num_irqs: u32_at(&buf, 12),
+            num_regions: fields.u32(8)?,
+            num_irqs: fields.u32(12)?,
             caps,
         };
         // One lazily filled slot per region; bounded so that a bogus count
@@ -485,9 +477,9 @@ impl VfioDevice {
         for _ in 0..4 {
             let mut buf = vec![0u8; len];
             match sys::argsz_ioctl(self.fd(), ArgszRequest::GetPciHotResetInfo, &mut buf) {
-                Ok(_) => return Ok(HotResetInfo::parse(&buf)),
+                Ok(_) => return HotResetInfo::parse(&buf),
                 Err(Errno(libc::ENOSPC)) => {
-                    let count = u32_at(&buf, 8) as usize;
+                    let count = Fields::new(&buf, Buffer::DeviceInfo).u32(8)? as usize;
                     len = count
                         .checked_mul(HotResetDevice::SIZE)
                         .and_then(|n| n.checked_add(fixed))
@@ -599,8 +591,8 @@ impl Device for VfioDevice {
         let info = match answer {
             Ok(_) => IrqInfo {
                 index,
-                flags: u32_at(&buf, 4),
-                count: u32_at(&buf, 12),
+                flags: Fields::new(&buf, Buffer::IrqInfo).u32(4)?,
+                count: Fields::new(&buf, Buffer::IrqInfo).u32(12)?,
             },
             Err(Errno(libc::EINVAL)) => {
                 log::debug!(
@@ -927,24 +919,28 @@ impl HotResetInfo {
     /// Flag: every affected device is owned by the caller's iommufd context.
     pub const DEV_ID_OWNED: u32 = 1 << 1;
 
-    fn parse(buf: &[u8]) -> Self {
-        let count = u32_at(buf, 8) as usize;
+    fn parse(buf: &[u8]) -> Result<Self> {
+        let fields = Fields::new(buf, Buffer::DeviceInfo);
+        let count = fields.u32(8)? as usize;
         let devices = buf
             .get(12..)
             .unwrap_or_default()
             .chunks_exact(HotResetDevice::SIZE)
             .take(count)
-            .map(|d| HotResetDevice {
-                id: u32_at(d, 0),
-                segment: u16::from_ne_bytes([d[4], d[5]]),
-                bus: d[6],
-                devfn: d[7],
+            .map(|d| {
+                let d = Fields::new(d, Buffer::DeviceInfo);
+                Ok(HotResetDevice {
+                    id: d.u32(0)?,
+                    segment: d.u16(4)?,
+                    bus: d.u8(6)?,
+                    devfn: d.u8(7)?,
+                })
             })
-            .collect();
-        Self {
-            flags: u32_at(buf, 4),
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            flags: fields.u32(4)?,
             devices,
-        }
+        })
     }
 }
 
@@ -1184,7 +1180,7 @@ mod tests {
         buf[19] = (1 << 3) | 2;
         buf[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
         buf[26] = 3;
-        let info = HotResetInfo::parse(&buf);
+        let info = HotResetInfo::parse(&buf).expect("parses");
         assert_eq!(info.flags, HotResetInfo::DEV_ID);
         assert_eq!(info.devices.len(), 2);
         assert_eq!(info.devices[0].id, 7);
@@ -1192,6 +1188,29 @@ mod tests {
         assert_eq!(info.devices[1].bus, 3);
         // A count larger than the buffer is clipped, not trusted.
         put_u32(&mut buf, 8, 1000);
-        assert_eq!(HotResetInfo::parse(&buf).devices.len(), 2);
+        let info = HotResetInfo::parse(&buf).expect("parses");
+        assert_eq!(info.devices.len(), 2);
+    }
+
+    #[test]
+    fn a_hot_reset_info_shorter_than_its_header_is_malformed() {
+        // flags, but no count: a zero count would read as "no devices".
+        let mut buf = vec![0u8; 8];
+        put_u32(&mut buf, 4, HotResetInfo::DEV_ID);
+        let e = HotResetInfo::parse(&buf).expect_err("short buffer");
+        assert!(
+            matches!(
+                e,
+                Error::Malformed {
+                    buffer: Buffer::DeviceInfo,
+                    source: vfio_hal::caps::ParseError::Truncated {
+                        offset: 8,
+                        need: 4,
+                        len: 8
+                    }
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

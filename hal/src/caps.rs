@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::bytes::Reader;
 use crate::container::IovaRange;
 
 /// Largest info buffer the parser accepts (and backends will allocate).
@@ -223,96 +224,6 @@ pub enum ParseError {
         /// The value found.
         value: u64,
     },
-}
-
-/// A bounds-checked reader over an untrusted buffer.
-///
-/// Kernel structs are in the host's byte order; PCI config space is
-/// little-endian whatever the host.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    little_endian: bool,
-}
-
-impl<'a> Reader<'a> {
-    /// A reader for kernel structs (native byte order).
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self {
-            buf,
-            little_endian: cfg!(target_endian = "little"),
-        }
-    }
-
-    /// A reader for little-endian data (PCI config space).
-    pub(crate) fn little_endian(buf: &'a [u8]) -> Self {
-        Self {
-            buf,
-            little_endian: true,
-        }
-    }
-
-    pub(crate) fn bytes(&self, offset: usize, len: usize) -> Result<&'a [u8], ParseError> {
-        offset
-            .checked_add(len)
-            .and_then(|end| self.buf.get(offset..end))
-            .ok_or(ParseError::Truncated {
-                offset,
-                need: len,
-                len: self.buf.len(),
-            })
-    }
-
-    fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], ParseError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(offset, N)?);
-        Ok(out)
-    }
-
-    pub(crate) fn u8(&self, offset: usize) -> Result<u8, ParseError> {
-        Ok(self.array::<1>(offset)?[0])
-    }
-
-    pub(crate) fn u16(&self, offset: usize) -> Result<u16, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u16::from_le_bytes(bytes)
-        } else {
-            u16::from_be_bytes(bytes)
-        })
-    }
-
-    pub(crate) fn u32(&self, offset: usize) -> Result<u32, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u32::from_le_bytes(bytes)
-        } else {
-            u32::from_be_bytes(bytes)
-        })
-    }
-
-    pub(crate) fn u64(&self, offset: usize) -> Result<u64, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u64::from_le_bytes(bytes)
-        } else {
-            u64::from_be_bytes(bytes)
-        })
-    }
-
-    /// Checks that `count` elements of `elem` bytes fit at `offset`.
-    fn elements(&self, offset: usize, count: u64, elem: usize) -> Result<usize, ParseError> {
-        let total = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(elem))
-            .ok_or(ParseError::CountOverflow {
-                offset,
-                count,
-                elem,
-            })?;
-        self.bytes(offset, total)?;
-        Ok(total)
-    }
 }
 
 /// One parsed capability with where it sat in the buffer.

@@ -41,6 +41,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bytes;
 pub mod caps;
 pub mod container;
 pub mod device;
@@ -54,6 +55,7 @@ pub mod region;
 pub mod revoke;
 pub mod scalar;
 
+pub use bytes::Reader;
 pub use caps::{Capability, ChainKind, SparseArea};
 pub use container::{Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError};
 pub use device::{Device, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
