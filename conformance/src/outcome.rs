@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use vfio_hal::{Error, ErrorKind, MapBufferError};
+use vfio_hal::{Error, ErrorKind, MapBufferError, UnmapError};
 
 use crate::edu::DriverError;
 
@@ -84,6 +84,12 @@ impl Describe for Error {
 }
 
 impl Describe for MapBufferError {
+    fn describe(&self) -> String {
+        self.error.describe()
+    }
+}
+
+impl Describe for UnmapError {
     fn describe(&self) -> String {
         self.error.describe()
     }

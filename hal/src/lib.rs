@@ -57,7 +57,9 @@ pub mod scalar;
 
 pub use bytes::Reader;
 pub use caps::{Capability, ChainKind, SparseArea};
-pub use container::{Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError};
+pub use container::{
+    Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError, UnmapError,
+};
 pub use device::{Device, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;

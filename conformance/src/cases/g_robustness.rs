@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
-use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, ErrorKind, Irq, RegionExt};
+use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, Error, ErrorKind, Irq, RegionExt};
 use vfio_hal_mock::inject::{FaultInjector, InjectedFault, Op, OpFilter, Plan};
 
 use super::{dma_page, edu_device, edu_device_for_msi, filled, fresh, iova};
@@ -333,7 +333,7 @@ pub fn failed_unmap_keeps_mapping<F: Fixture>(f: &F) -> CaseResult {
         .context("map_buffer")?;
     expect_kind(
         "DmaMapping::unmap with unmaps failing",
-        guard.unmap().map(|b| b.len()),
+        guard.unmap().map(|b| b.len()).map_err(Error::from),
         &[ErrorKind::Io],
     )?;
     if let Some(n) = f.live_mappings(inj.inner()) {

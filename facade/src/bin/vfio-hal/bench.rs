@@ -121,6 +121,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<(), CliError> {
             })?;
         buffer = mapping
             .unmap()
+            .map_err(vfio_hal::Error::from)
             .map_err(CliError::hal(format!("unmap {}", hex(iova))))?;
     }
     let maps = Measured {
