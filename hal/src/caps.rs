@@ -332,10 +332,18 @@ fn decode(
             let total = r.elements(areas_at, u64::from(nr), 16)?;
             let areas = (0..nr as usize)
                 .map(|i| {
-                    Ok(SparseArea {
-                        offset: r.u64(areas_at + 16 * i)?,
-                        size: r.u64(areas_at + 16 * i + 8)?,
-                    })
+                    let at = areas_at + 16 * i;
+                    let offset = r.u64(at)?;
+                    let size = r.u64(at + 8)?;
+                    // Callers mmap and bounds-check `offset + size`: it must not wrap.
+                    if offset.checked_add(size).is_none() {
+                        return Err(ParseError::InvalidField {
+                            field: "sparse_mmap_area.size",
+                            offset: at,
+                            value: size,
+                        });
+                    }
+                    Ok(SparseArea { offset, size })
                 })
                 .collect::<Result<_, ParseError>>()?;
             (Capability::SparseMmap(areas), CAP_HEADER_SIZE + 8 + total)
@@ -673,6 +681,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_area_whose_end_wraps_is_rejected() {
+        let top = |size| {
+            [Capability::SparseMmap(vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000,
+                },
+                SparseArea {
+                    offset: u64::MAX - 0xfff,
+                    size,
+                },
+            ])]
+        };
+        // Ending at the last byte of the 64-bit space is fine.
+        let (buf, first) = encode_chain(ChainKind::Region, &top(0xfff));
+        let parsed = parse_chain(ChainKind::Region, &buf, first).expect("parses");
+        assert_eq!(parsed[0].cap, top(0xfff)[0]);
+        // One byte more wraps.
+        let (buf, first) = encode_chain(ChainKind::Region, &top(0x1000));
+        assert_eq!(
+            parse_chain(ChainKind::Region, &buf, first),
+            Err(ParseError::InvalidField {
+                field: "sparse_mmap_area.size",
+                offset: 32 + CAP_HEADER_SIZE + 8 + 16,
+                value: 0x1000
+            })
+        );
+    }
+
+    #[test]
     fn ids_are_scoped_by_buffer_kind() {
         let caps = [Capability::SparseMmap(vec![SparseArea {
             offset: 0,
@@ -712,7 +750,10 @@ mod tests {
                 proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5).prop_map(|v| {
                     Capability::SparseMmap(
                         v.into_iter()
-                            .map(|(offset, size)| SparseArea { offset, size })
+                            .map(|(offset, size)| SparseArea {
+                                offset,
+                                size: size.min(u64::MAX - offset),
+                            })
                             .collect(),
                     )
                 }),
