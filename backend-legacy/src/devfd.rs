@@ -636,6 +636,14 @@ impl Device for VfioDevice {
             });
         }
         let probe = matches!(op, FeatureOp::ProbeGet | FeatureOp::ProbeSet);
+        if !probe && feature == feature::DMA_BUF {
+            return Err(Error::NotSupported {
+                op: OP,
+                target,
+                reason: "DMA_BUF answers with a new dma-buf fd, which this call cannot \
+                         hand back (it would leak); it is only probed",
+            });
+        }
         if !probe && !sys::feature_payload_is_plain(feature) {
             return Err(Error::NotSupported {
                 op: OP,
@@ -1167,6 +1175,40 @@ mod tests {
         assert!(!shared.fast_path_allowed(pci_region::CONFIG));
         shared.low_power.store(true, Ordering::Release);
         assert!(!shared.fast_path_allowed(0));
+    }
+
+    #[test]
+    fn dma_buf_is_refused_before_the_ioctl_so_no_fd_can_leak() {
+        let region = region_over(
+            File::open("/dev/null").expect("open"),
+            RegionInfo::default(),
+        );
+        let device = VfioDevice {
+            shared: region.shared,
+            info: DeviceInfo::default(),
+        };
+        let mut payload = [0u8; 16];
+        for op in [FeatureOp::Set, FeatureOp::Get] {
+            let e = device
+                .feature(op, feature::DMA_BUF, &mut payload)
+                .expect_err("refused");
+            // Not an ENOTTY from /dev/null: refused before any ioctl.
+            assert!(
+                matches!(
+                    e,
+                    Error::NotSupported {
+                        target: Target::Feature(feature::DMA_BUF),
+                        ..
+                    }
+                ),
+                "{op:?}: {e:?}"
+            );
+        }
+        // Probing asks the kernel (here /dev/null, which knows no ioctl).
+        let e = device
+            .feature(FeatureOp::ProbeSet, feature::DMA_BUF, &mut [])
+            .expect_err("not a VFIO fd");
+        assert_eq!(e.errno(), Some(libc::ENOTTY));
     }
 
     #[test]
