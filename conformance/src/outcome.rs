@@ -238,7 +238,7 @@ mod tests {
         let CaseError::Failed(msg) = r.context("open edu").expect_err("fails") else {
             panic!("not a failure");
         };
-        assert!(msg.starts_with("open edu: open on - failed"), "{msg}");
+        assert!(msg.starts_with("open edu: not found: open on -: "), "{msg}");
         assert!(msg.contains("errno 2"), "{msg}");
     }
 }
