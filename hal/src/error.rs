@@ -362,6 +362,66 @@ impl fmt::Display for Error {
     }
 }
 
+/// Matches `$error` on its variants: those with an `op` and a `target`
+/// give `$found` with both bound, the others `$none`. One list of
+/// variants for every accessor.
+macro_rules! op_and_target {
+    ($error:expr, |$op:ident, $target:ident| $found:expr, $none:expr) => {
+        match $error {
+            Error::Sys {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Overflow {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::OutOfRange {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NoSuchIndex {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::InvalidArgument {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NotSupported {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Exhausted {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NotFound {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Revoked {
+                op: $op,
+                target: $target,
+            }
+            | Error::Other {
+                op: $op,
+                target: $target,
+                ..
+            } => $found,
+            Error::NotViable { .. } | Error::Malformed { .. } => $none,
+        }
+    };
+}
+
 impl Error {
     /// Builds [`Error::Sys`] from an errno.
     pub fn sys(op: &'static str, target: Target, errno: i32) -> Self {
@@ -442,38 +502,14 @@ impl Error {
     /// The operation that failed (an ioctl or method name); `None` for
     /// [`Error::NotViable`] and [`Error::Malformed`], which name none.
     pub fn op(&self) -> Option<&'static str> {
-        match self {
-            Self::Sys { op, .. }
-            | Self::Overflow { op, .. }
-            | Self::OutOfRange { op, .. }
-            | Self::NoSuchIndex { op, .. }
-            | Self::InvalidArgument { op, .. }
-            | Self::NotSupported { op, .. }
-            | Self::Exhausted { op, .. }
-            | Self::NotFound { op, .. }
-            | Self::Revoked { op, .. }
-            | Self::Other { op, .. } => Some(op),
-            Self::NotViable { .. } | Self::Malformed { .. } => None,
-        }
+        op_and_target!(self, |op, _target| Some(*op), None)
     }
 
     /// What the operation acted on; `None` for the variants without a
     /// target ([`Error::NotViable`] names its group, [`Error::Malformed`]
     /// its buffer).
     pub fn target(&self) -> Option<&Target> {
-        match self {
-            Self::Sys { target, .. }
-            | Self::Overflow { target, .. }
-            | Self::OutOfRange { target, .. }
-            | Self::NoSuchIndex { target, .. }
-            | Self::InvalidArgument { target, .. }
-            | Self::NotSupported { target, .. }
-            | Self::Exhausted { target, .. }
-            | Self::NotFound { target, .. }
-            | Self::Revoked { target, .. }
-            | Self::Other { target, .. } => Some(target),
-            Self::NotViable { .. } | Self::Malformed { .. } => None,
-        }
+        op_and_target!(self, |_op, target| Some(target), None)
     }
 
     /// The same error about `target`; kind, op, errno and source stay.
@@ -485,19 +521,7 @@ impl Error {
     /// [`ErrorKind::NotFound`] about anything else.
     #[must_use]
     pub fn with_target(mut self, new: Target) -> Self {
-        match &mut self {
-            Self::Sys { target, .. }
-            | Self::Overflow { target, .. }
-            | Self::OutOfRange { target, .. }
-            | Self::NoSuchIndex { target, .. }
-            | Self::InvalidArgument { target, .. }
-            | Self::NotSupported { target, .. }
-            | Self::Exhausted { target, .. }
-            | Self::NotFound { target, .. }
-            | Self::Revoked { target, .. }
-            | Self::Other { target, .. } => *target = new,
-            Self::NotViable { .. } | Self::Malformed { .. } => {}
-        }
+        op_and_target!(&mut self, |_op, target| *target = new, ());
         self
     }
 }
