@@ -62,6 +62,21 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The `N`-byte number at `offset`, decoded in this reader's byte order.
+    fn number<const N: usize, T>(
+        &self,
+        offset: usize,
+        from_le: fn([u8; N]) -> T,
+        from_be: fn([u8; N]) -> T,
+    ) -> Result<T, ParseError> {
+        let bytes = self.array(offset)?;
+        Ok(if self.little_endian {
+            from_le(bytes)
+        } else {
+            from_be(bytes)
+        })
+    }
+
     /// The byte at `offset`.
     pub fn u8(&self, offset: usize) -> Result<u8, ParseError> {
         Ok(self.array::<1>(offset)?[0])
@@ -69,32 +84,17 @@ impl<'a> Reader<'a> {
 
     /// The `u16` at `offset`.
     pub fn u16(&self, offset: usize) -> Result<u16, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u16::from_le_bytes(bytes)
-        } else {
-            u16::from_be_bytes(bytes)
-        })
+        self.number(offset, u16::from_le_bytes, u16::from_be_bytes)
     }
 
     /// The `u32` at `offset`.
     pub fn u32(&self, offset: usize) -> Result<u32, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u32::from_le_bytes(bytes)
-        } else {
-            u32::from_be_bytes(bytes)
-        })
+        self.number(offset, u32::from_le_bytes, u32::from_be_bytes)
     }
 
     /// The `u64` at `offset`.
     pub fn u64(&self, offset: usize) -> Result<u64, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u64::from_le_bytes(bytes)
-        } else {
-            u64::from_be_bytes(bytes)
-        })
+        self.number(offset, u64::from_le_bytes, u64::from_be_bytes)
     }
 
     /// Checks that `count` elements of `elem` bytes fit at `offset`;
