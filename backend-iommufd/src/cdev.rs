@@ -36,15 +36,11 @@ use crate::iommufd::Iommufd;
 use crate::sys;
 use vfio_hal_linux::Host;
 
-/// Replaces the target of a `Sys` error that has none with the device's name.
+/// Gives an error that names no target the device's name.
 fn on_device(error: Error, name: &str) -> Error {
-    match error {
-        Error::Sys {
-            op,
-            target: Target::None,
-            errno,
-        } => Error::sys(op, Target::Device(name.to_owned()), errno),
-        other => other,
+    match error.target() {
+        Some(Target::None) => error.with_target(Target::Device(name.to_owned())),
+        _ => error,
     }
 }
 

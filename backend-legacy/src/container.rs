@@ -40,7 +40,7 @@ use vfio_hal::{Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Re
 
 use crate::group::{Group, GroupInner};
 use vfio_hal_linux::devfd::VfioDevice;
-use vfio_hal_linux::info::{self, u32_at, u64_at};
+use vfio_hal_linux::info::{self, Fields};
 use vfio_hal_linux::sys::{self, ArgszRequest, Errno};
 use vfio_hal_linux::Host;
 
@@ -392,14 +392,15 @@ unsafe impl Container for LegacyContainer {
             info::QueryError::Sys(errno) => self.no_iommu_yet(OP, Target::None, errno),
             e => e.into_error(OP, Target::None, Buffer::IommuInfo),
         })?;
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::IommuInfo);
+        let flags = fields.u32(4)?;
         let page_sizes = if flags & VFIO_IOMMU_INFO_PGSIZES != 0 {
-            u64_at(&buf, 8)
+            fields.u64(8)?
         } else {
             0
         };
         let caps = if flags & VFIO_IOMMU_INFO_CAPS != 0 {
-            info::caps(ChainKind::Iommu, &buf, u32_at(&buf, 16), Buffer::IommuInfo)?
+            info::caps(ChainKind::Iommu, &buf, fields.u32(16)?, Buffer::IommuInfo)?
         } else {
             Vec::new()
         };

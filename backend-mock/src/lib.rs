@@ -98,5 +98,5 @@ pub use iommu::{
     DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu, FAULT_LOG_CAPACITY,
 };
 pub use layout::{BarKind, BarLayout, DeviceRegionLayout, MsiLayout, MsixLayout, PciLayout};
-pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident};
+pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident, ModelRefusal};
 pub use pci::interrupts::IrqMode;

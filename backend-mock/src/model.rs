@@ -361,17 +361,35 @@ impl DeviceContext<'_> {
     }
 }
 
-/// An [`Error::Model`] for a model callback to return.
+/// Why a device model refused an access: the source of a [`model_error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device model refused: {reason}")]
+pub struct ModelRefusal {
+    /// The model's explanation.
+    pub reason: String,
+}
+
+impl ModelRefusal {
+    /// The refusal behind `err`, if a device model produced it.
+    pub fn of(err: &Error) -> Option<&Self> {
+        std::error::Error::source(err)?.downcast_ref()
+    }
+}
+
+/// An error of `kind` about `region` for a model callback to return; its
+/// source is a [`ModelRefusal`] with `reason`.
 pub fn model_error(
     op: &'static str,
     region: u32,
     kind: ErrorKind,
     reason: impl Into<String>,
 ) -> Error {
-    Error::Model {
+    Error::other(
         op,
-        target: Target::Region(region),
+        Target::Region(region),
         kind,
-        reason: reason.into(),
-    }
+        ModelRefusal {
+            reason: reason.into(),
+        },
+    )
 }

@@ -5,6 +5,8 @@ mod common;
 
 use proptest::prelude::*;
 use rstest::rstest;
+use vfio_hal::decorate::inject::{FaultInjector, Plan};
+use vfio_hal::decorate::Op;
 use vfio_hal::{Container, DmaAccess, DmaBuffer, ErrorKind, IovaRange, Result};
 use vfio_hal_mock::{DmaDirection, FaultReason, IommuConfig, MockContainer, MockIommu};
 
@@ -277,6 +279,46 @@ fn map_buffer_guards_unmap_on_drop_and_hand_the_buffer_back_on_failure() {
     assert_eq!(failed.buffer.len(), 4096);
     drop(guard);
     assert_eq!(c.mapping_count(), 0);
+}
+
+#[test]
+fn unmap_after_unmap_all_hands_the_buffer_back_like_drop_frees_it() {
+    let c = MockContainer::new();
+    let buffer = memory(256);
+    buffer.write(0x1234, b"kept").expect("write");
+    let guard = c
+        .map_buffer(0x10_0000, buffer, DmaAccess::ReadWrite)
+        .expect("map");
+    assert_eq!(c.unmap_all().expect("unmap all"), 256 * PAGE);
+    let failed = guard.unmap().expect_err("nothing is mapped any more");
+    assert_eq!(failed.kind(), ErrorKind::NotMapped);
+    let buffer = failed
+        .buffer
+        .expect("not mapped, so the buffer comes back instead of leaking");
+    assert_eq!(buffer.len(), 256 * PAGE as usize);
+    let mut back = [0u8; 4];
+    buffer.read(0x1234, &mut back).expect("read");
+    assert_eq!(&back, b"kept");
+    // The buffer is whole again: it maps a second time.
+    let again = c
+        .map_buffer(0x10_0000, buffer, DmaAccess::ReadWrite)
+        .expect("remap");
+    assert_eq!(again.unmap().expect("unmap").len(), 256 * PAGE as usize);
+}
+
+#[test]
+fn a_failed_unmap_that_may_leave_the_mapping_keeps_the_buffer_out_of_reach() {
+    let inj = FaultInjector::with_plan(MockContainer::new(), Plan::fail_every(Op::UnmapDma));
+    let guard = inj
+        .map_buffer(0x10_0000, memory(1), DmaAccess::ReadWrite)
+        .expect("map");
+    let failed = guard.unmap().expect_err("unmaps fail");
+    assert_eq!(failed.kind(), Plan::DEFAULT_KIND);
+    assert!(
+        failed.buffer.is_none(),
+        "still mapped: leaked, not returned"
+    );
+    assert_eq!(inj.inner().mapping_count(), 1);
 }
 
 #[test]

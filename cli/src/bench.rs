@@ -220,6 +220,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<(), CliError> {
         buffer = Some(
             mapping
                 .unmap()
+                .map_err(vfio_hal::Error::from)
                 .map_err(CliError::hal(format!("unmap {}", hex(iova))))?,
         );
         Ok(())

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::{
     Container, Device, DmaAccess, DmaBuffer, ErrorKind, Irq, MapBufferError, PciConfig, RegionExt,
+    UnmapError,
 };
 
 use crate::dma_engine::{Completion, DmaEngine, EngineKind};
@@ -179,6 +180,12 @@ impl DriverError {
 
 impl From<MapBufferError> for DriverError {
     fn from(e: MapBufferError) -> Self {
+        Self::Hal(e.error)
+    }
+}
+
+impl From<UnmapError> for DriverError {
+    fn from(e: UnmapError) -> Self {
         Self::Hal(e.error)
     }
 }

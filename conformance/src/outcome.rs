@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use vfio_hal::{Error, ErrorKind, MapBufferError};
+use vfio_hal::{Error, ErrorKind, MapBufferError, UnmapError};
 
 use crate::edu::DriverError;
 
@@ -84,6 +84,12 @@ impl Describe for Error {
 }
 
 impl Describe for MapBufferError {
+    fn describe(&self) -> String {
+        self.error.describe()
+    }
+}
+
+impl Describe for UnmapError {
     fn describe(&self) -> String {
         self.error.describe()
     }
@@ -232,7 +238,7 @@ mod tests {
         let CaseError::Failed(msg) = r.context("open edu").expect_err("fails") else {
             panic!("not a failure");
         };
-        assert!(msg.starts_with("open edu: open on - failed"), "{msg}");
+        assert!(msg.starts_with("open edu: not found: open on -: "), "{msg}");
         assert!(msg.contains("errno 2"), "{msg}");
     }
 }

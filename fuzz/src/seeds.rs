@@ -73,6 +73,18 @@ fn caps() -> Vec<Seed> {
         ),
         ("region-no-chain", chain(ChainKind::Region, &[])),
         (
+            // An area ending at the last byte of the 64-bit space: one more
+            // byte of size wraps, which the parser must refuse.
+            "region-sparse-top",
+            chain(
+                ChainKind::Region,
+                &[Capability::SparseMmap(vec![SparseArea {
+                    offset: u64::MAX - 0xfff,
+                    size: 0xfff,
+                }])],
+            ),
+        ),
+        (
             "device-zpci",
             chain(
                 ChainKind::Device,

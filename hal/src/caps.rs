@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::bytes::Reader;
 use crate::container::IovaRange;
 
 /// Largest info buffer the parser accepts (and backends will allocate).
@@ -225,96 +226,6 @@ pub enum ParseError {
     },
 }
 
-/// A bounds-checked reader over an untrusted buffer.
-///
-/// Kernel structs are in the host's byte order; PCI config space is
-/// little-endian whatever the host.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    little_endian: bool,
-}
-
-impl<'a> Reader<'a> {
-    /// A reader for kernel structs (native byte order).
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self {
-            buf,
-            little_endian: cfg!(target_endian = "little"),
-        }
-    }
-
-    /// A reader for little-endian data (PCI config space).
-    pub(crate) fn little_endian(buf: &'a [u8]) -> Self {
-        Self {
-            buf,
-            little_endian: true,
-        }
-    }
-
-    pub(crate) fn bytes(&self, offset: usize, len: usize) -> Result<&'a [u8], ParseError> {
-        offset
-            .checked_add(len)
-            .and_then(|end| self.buf.get(offset..end))
-            .ok_or(ParseError::Truncated {
-                offset,
-                need: len,
-                len: self.buf.len(),
-            })
-    }
-
-    fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], ParseError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(offset, N)?);
-        Ok(out)
-    }
-
-    pub(crate) fn u8(&self, offset: usize) -> Result<u8, ParseError> {
-        Ok(self.array::<1>(offset)?[0])
-    }
-
-    pub(crate) fn u16(&self, offset: usize) -> Result<u16, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u16::from_le_bytes(bytes)
-        } else {
-            u16::from_be_bytes(bytes)
-        })
-    }
-
-    pub(crate) fn u32(&self, offset: usize) -> Result<u32, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u32::from_le_bytes(bytes)
-        } else {
-            u32::from_be_bytes(bytes)
-        })
-    }
-
-    pub(crate) fn u64(&self, offset: usize) -> Result<u64, ParseError> {
-        let bytes = self.array(offset)?;
-        Ok(if self.little_endian {
-            u64::from_le_bytes(bytes)
-        } else {
-            u64::from_be_bytes(bytes)
-        })
-    }
-
-    /// Checks that `count` elements of `elem` bytes fit at `offset`.
-    fn elements(&self, offset: usize, count: u64, elem: usize) -> Result<usize, ParseError> {
-        let total = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(elem))
-            .ok_or(ParseError::CountOverflow {
-                offset,
-                count,
-                elem,
-            })?;
-        self.bytes(offset, total)?;
-        Ok(total)
-    }
-}
-
 /// One parsed capability with where it sat in the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapEntry {
@@ -421,10 +332,18 @@ fn decode(
             let total = r.elements(areas_at, u64::from(nr), 16)?;
             let areas = (0..nr as usize)
                 .map(|i| {
-                    Ok(SparseArea {
-                        offset: r.u64(areas_at + 16 * i)?,
-                        size: r.u64(areas_at + 16 * i + 8)?,
-                    })
+                    let at = areas_at + 16 * i;
+                    let offset = r.u64(at)?;
+                    let size = r.u64(at + 8)?;
+                    // Callers mmap and bounds-check `offset + size`: it must not wrap.
+                    if offset.checked_add(size).is_none() {
+                        return Err(ParseError::InvalidField {
+                            field: "sparse_mmap_area.size",
+                            offset: at,
+                            value: size,
+                        });
+                    }
+                    Ok(SparseArea { offset, size })
                 })
                 .collect::<Result<_, ParseError>>()?;
             (Capability::SparseMmap(areas), CAP_HEADER_SIZE + 8 + total)
@@ -762,6 +681,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_area_whose_end_wraps_is_rejected() {
+        let top = |size| {
+            [Capability::SparseMmap(vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000,
+                },
+                SparseArea {
+                    offset: u64::MAX - 0xfff,
+                    size,
+                },
+            ])]
+        };
+        // Ending at the last byte of the 64-bit space is fine.
+        let (buf, first) = encode_chain(ChainKind::Region, &top(0xfff));
+        let parsed = parse_chain(ChainKind::Region, &buf, first).expect("parses");
+        assert_eq!(parsed[0].cap, top(0xfff)[0]);
+        // One byte more wraps.
+        let (buf, first) = encode_chain(ChainKind::Region, &top(0x1000));
+        assert_eq!(
+            parse_chain(ChainKind::Region, &buf, first),
+            Err(ParseError::InvalidField {
+                field: "sparse_mmap_area.size",
+                offset: 32 + CAP_HEADER_SIZE + 8 + 16,
+                value: 0x1000
+            })
+        );
+    }
+
+    #[test]
     fn ids_are_scoped_by_buffer_kind() {
         let caps = [Capability::SparseMmap(vec![SparseArea {
             offset: 0,
@@ -801,7 +750,10 @@ mod tests {
                 proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5).prop_map(|v| {
                     Capability::SparseMmap(
                         v.into_iter()
-                            .map(|(offset, size)| SparseArea { offset, size })
+                            .map(|(offset, size)| SparseArea {
+                                offset,
+                                size: size.min(u64::MAX - offset),
+                            })
                             .collect(),
                     )
                 }),

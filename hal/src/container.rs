@@ -240,19 +240,60 @@ impl<C: Container + ?Sized> DmaMapping<'_, C> {
             .unwrap_or_else(|| unreachable!("buffer taken before drop"))
     }
 
-    /// Unmaps now and returns the buffer. On failure the buffer is leaked
-    /// on purpose: the IOMMU may still point at it, so freeing it would let
-    /// the device scribble over reused memory.
-    pub fn unmap(mut self) -> Result<DmaBuffer> {
+    /// Unmaps now and returns the buffer.
+    ///
+    /// On failure the buffer comes back inside the error only when the
+    /// backend answered [`ErrorKind::NotMapped`] (the mapping was already
+    /// gone, e.g. after [`Container::unmap_all`]): then the device can no
+    /// longer reach it, as when the guard is dropped. On any other failure
+    /// it is leaked on purpose: the IOMMU may still point at it, so freeing
+    /// it would let the device scribble over reused memory.
+    pub fn unmap(mut self) -> Result<DmaBuffer, UnmapError> {
         let len = self.len();
-        let buffer = self.buffer.take();
+        let buffer = self
+            .buffer
+            .take()
+            .unwrap_or_else(|| unreachable!("buffer taken twice"));
         match self.container.unmap_dma(self.iova, len) {
-            Ok(_) => Ok(buffer.unwrap_or_else(|| unreachable!("buffer taken twice"))),
-            Err(e) => {
+            Ok(_) => Ok(buffer),
+            Err(error) if error.kind() == ErrorKind::NotMapped => Err(UnmapError {
+                error,
+                buffer: Some(buffer),
+            }),
+            Err(error) => {
                 std::mem::forget(buffer);
-                Err(e)
+                Err(UnmapError {
+                    error,
+                    buffer: None,
+                })
             }
         }
+    }
+}
+
+/// A failed [`DmaMapping::unmap`]: the error, and the buffer where it is
+/// provably no longer mapped.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct UnmapError {
+    /// Why the unmap failed.
+    #[source]
+    pub error: Error,
+    /// The buffer when the error is [`ErrorKind::NotMapped`] (the device
+    /// can no longer reach it); `None` when it had to be leaked.
+    pub buffer: Option<DmaBuffer>,
+}
+
+impl From<UnmapError> for Error {
+    fn from(e: UnmapError) -> Self {
+        e.error
+    }
+}
+
+impl UnmapError {
+    /// The kind of the underlying error.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
     }
 }
 

@@ -53,6 +53,11 @@ pub mod feature {
     /// Set or clear PCI bus mastering (`VFIO_DEVICE_FEATURE_BUS_MASTER`;
     /// payload: `u32` op, 0 = clear, 1 = set).
     pub const BUS_MASTER: u32 = 10;
+    /// Export MMIO ranges of a region as a dma-buf
+    /// (`VFIO_DEVICE_FEATURE_DMA_BUF`). Its SET answers with a new file
+    /// descriptor, so [`Device::feature`](super::Device::feature), which has
+    /// no way to hand one back, only probes it.
+    pub const DMA_BUF: u32 = 11;
 }
 
 /// The bus a device sits on, from its info flags.
@@ -183,7 +188,9 @@ pub trait Device {
     /// payloads carry user pointers the kernel dereferences (DMA logging
     /// start and report): backends must refuse GET/SET of such features
     /// through this safe method (probes are fine) with `NotSupported`,
-    /// and offer them only through typed, checked calls.
+    /// and offer them only through typed, checked calls. The same holds for
+    /// features whose answer is a new file descriptor ([`feature::DMA_BUF`]):
+    /// this method returns none, so the descriptor would leak.
     fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()>;
 
     /// The file descriptors a sandboxed VMM must keep open for this device

@@ -75,6 +75,28 @@ impl ErrorKind {
     }
 }
 
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotSupported => "not supported",
+            Self::InvalidArgument => "invalid argument",
+            Self::OutOfRange => "out of range",
+            Self::Overflow => "overflow",
+            Self::AlreadyMapped => "already mapped",
+            Self::NotMapped => "not mapped",
+            Self::Busy => "busy",
+            Self::PermissionDenied => "permission denied",
+            Self::NotFound => "not found",
+            Self::DeviceGone => "device gone",
+            Self::NotViable => "not viable",
+            Self::Exhausted => "exhausted",
+            Self::Malformed => "malformed",
+            Self::Io => "I/O error",
+            Self::Other => "error",
+        })
+    }
+}
+
 /// What an operation acted on; carried by every error for context.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -150,11 +172,30 @@ impl fmt::Display for Buffer {
 }
 
 /// Every failure of every backend.
+///
+/// Generic code matches on [`Error::kind`]; [`Error::op`] and
+/// [`Error::target`] say which operation failed on what, and
+/// [`Error::with_target`] lets a layer that knows more name the object.
+/// The message leads with the kind.
+///
+/// ```
+/// use vfio_hal::{Error, ErrorKind, Target};
+///
+/// let err = Error::sys("mmap", Target::None, libc::EINVAL);
+/// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+/// assert_eq!(err.op(), Some("mmap"));
+/// assert_eq!(err.target(), Some(&Target::None));
+///
+/// // The caller knows which region it mapped, so it names it.
+/// let err = err.with_target(Target::Region(2));
+/// assert_eq!(err.target(), Some(&Target::Region(2)));
+/// assert_eq!(err.errno(), Some(libc::EINVAL));
+/// assert!(err.to_string().starts_with("invalid argument: mmap on region 2: "), "{err}");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A system call or ioctl failed with `errno`.
-    #[error("{op} on {target} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Sys {
         /// The ioctl or syscall name, e.g. `VFIO_IOMMU_MAP_DMA`.
         op: &'static str,
@@ -164,7 +205,6 @@ pub enum Error {
         errno: i32,
     },
     /// `offset + len` does not fit in a `u64`.
-    #[error("{op} on {target}: offset {offset:#x} + length {len:#x} overflows u64")]
     Overflow {
         /// The operation.
         op: &'static str,
@@ -176,7 +216,6 @@ pub enum Error {
         len: u64,
     },
     /// An access lies (partly) outside the object.
-    #[error("{op} on {target}: [{offset:#x}, +{len:#x}) exceeds the size {size:#x}")]
     OutOfRange {
         /// The operation.
         op: &'static str,
@@ -190,7 +229,6 @@ pub enum Error {
         size: u64,
     },
     /// An index names no region, irq or area of the device.
-    #[error("{op}: {target} does not exist (there are {count})")]
     NoSuchIndex {
         /// The operation.
         op: &'static str,
@@ -200,7 +238,6 @@ pub enum Error {
         count: u32,
     },
     /// An argument violates a documented rule that the HAL checks itself.
-    #[error("{op} on {target}: invalid argument: {reason}")]
     InvalidArgument {
         /// The operation.
         op: &'static str,
@@ -210,7 +247,6 @@ pub enum Error {
         reason: &'static str,
     },
     /// The backend or device lacks this capability.
-    #[error("{op} on {target}: not supported: {reason}")]
     NotSupported {
         /// The operation.
         op: &'static str,
@@ -220,7 +256,6 @@ pub enum Error {
         reason: &'static str,
     },
     /// A limit was reached that the HAL itself tracks.
-    #[error("{op} on {target}: exhausted: {reason}")]
     Exhausted {
         /// The operation.
         op: &'static str,
@@ -230,7 +265,6 @@ pub enum Error {
         reason: &'static str,
     },
     /// A lookup found nothing, outside any system call.
-    #[error("{op} on {target}: not found: {reason}")]
     NotFound {
         /// The operation.
         op: &'static str,
@@ -240,13 +274,11 @@ pub enum Error {
         reason: &'static str,
     },
     /// The IOMMU group cannot be used: another device in it is bound to a host driver.
-    #[error("group {group} is not viable: bind every device in /sys/kernel/iommu_groups/{group}/devices to vfio-pci (or unbind it)")]
     NotViable {
         /// The group number.
         group: u32,
     },
     /// A buffer from the kernel or a caller did not parse.
-    #[error("malformed {buffer}: {source}")]
     Malformed {
         /// Which buffer.
         buffer: Buffer,
@@ -254,43 +286,161 @@ pub enum Error {
         #[source]
         source: ParseError,
     },
-    /// A device model (mock backend) refused an access.
-    #[error("{op} on {target}: device model error ({kind:?}): {reason}")]
-    Model {
-        /// The operation.
-        op: &'static str,
-        /// What it acted on.
-        target: Target,
-        /// The kind the model chose.
-        kind: ErrorKind,
-        /// The model's explanation.
-        reason: String,
-    },
     /// The device was revoked ([`crate::revoke`]): its handles were let go
     /// so that the host can remove it, and refuse every operation.
-    #[error("{op} on {target}: the device was revoked (released for removal)")]
     Revoked {
         /// The operation that was refused.
         op: &'static str,
         /// What it would have acted on.
         target: Target,
     },
-    /// A failure injected on purpose by a test decorator.
-    #[error("{op}: injected fault ({kind:?}), call #{call}")]
-    Injected {
-        /// The operation that was failed.
+    /// Any other failure, of the kind its producer chose; the detail is the
+    /// source error (a device model's refusal, an injected fault, an I/O
+    /// error without errno), reachable by downcasting
+    /// [`std::error::Error::source`]. Build it with [`Error::other`].
+    Other {
+        /// The operation.
         op: &'static str,
-        /// The kind chosen by the test.
+        /// What it acted on.
+        target: Target,
+        /// The kind the producer chose.
         kind: ErrorKind,
-        /// The 1-based number of the failed call.
-        call: u64,
+        /// The detail.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.kind())?;
+        match self {
+            Self::Sys { op, target, errno } => write!(
+                f,
+                "{op} on {target}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            Self::Overflow {
+                op,
+                target,
+                offset,
+                len,
+            } => write!(
+                f,
+                "{op} on {target}: offset {offset:#x} + length {len:#x} overflows u64"
+            ),
+            Self::OutOfRange {
+                op,
+                target,
+                offset,
+                len,
+                size,
+            } => write!(
+                f,
+                "{op} on {target}: [{offset:#x}, +{len:#x}) exceeds the size {size:#x}"
+            ),
+            Self::NoSuchIndex { op, target, count } => {
+                write!(f, "{op}: {target} does not exist (there are {count})")
+            }
+            Self::InvalidArgument { op, target, reason }
+            | Self::NotSupported { op, target, reason }
+            | Self::Exhausted { op, target, reason }
+            | Self::NotFound { op, target, reason } => write!(f, "{op} on {target}: {reason}"),
+            Self::NotViable { group } => write!(
+                f,
+                "group {group}: bind every device in /sys/kernel/iommu_groups/{group}/devices to vfio-pci (or unbind it)"
+            ),
+            Self::Malformed { buffer, source } => write!(f, "{buffer}: {source}"),
+            Self::Revoked { op, target } => write!(
+                f,
+                "{op} on {target}: the device was revoked (released for removal)"
+            ),
+            Self::Other {
+                op, target, source, ..
+            } => write!(f, "{op} on {target}: {source}"),
+        }
+    }
+}
+
+/// Matches `$error` on its variants: those with an `op` and a `target`
+/// give `$found` with both bound, the others `$none`. One list of
+/// variants for every accessor.
+macro_rules! op_and_target {
+    ($error:expr, |$op:ident, $target:ident| $found:expr, $none:expr) => {
+        match $error {
+            Error::Sys {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Overflow {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::OutOfRange {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NoSuchIndex {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::InvalidArgument {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NotSupported {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Exhausted {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::NotFound {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Revoked {
+                op: $op,
+                target: $target,
+            }
+            | Error::Other {
+                op: $op,
+                target: $target,
+                ..
+            } => $found,
+            Error::NotViable { .. } | Error::Malformed { .. } => $none,
+        }
+    };
 }
 
 impl Error {
     /// Builds [`Error::Sys`] from an errno.
     pub fn sys(op: &'static str, target: Target, errno: i32) -> Self {
         Self::Sys { op, target, errno }
+    }
+
+    /// Builds [`Error::Other`]: a failure of `kind` whose detail is `source`.
+    pub fn other(
+        op: &'static str,
+        target: Target,
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Other {
+            op,
+            target,
+            kind,
+            source: source.into(),
+        }
     }
 
     /// Builds [`Error::Sys`] from `std::io::Error::last_os_error()`.
@@ -304,16 +454,18 @@ impl Error {
         Self::sys(op, target, errno)
     }
 
-    /// Builds an error from a `std::io::Error`, keeping its errno.
+    /// Builds an error from a `std::io::Error`, keeping its errno; one
+    /// without errno is an [`ErrorKind::Io`] [`Error::Other`] whose source
+    /// is an `std::io::Error` of the same kind and message.
     pub fn from_io(op: &'static str, target: Target, err: &std::io::Error) -> Self {
         match err.raw_os_error() {
             Some(errno) => Self::sys(op, target, errno),
-            None => Self::Model {
+            None => Self::other(
                 op,
                 target,
-                kind: ErrorKind::Io,
-                reason: err.to_string(),
-            },
+                ErrorKind::Io,
+                std::io::Error::new(err.kind(), err.to_string()),
+            ),
         }
     }
 
@@ -335,7 +487,7 @@ impl Error {
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Malformed { .. } => ErrorKind::Malformed,
             Self::Revoked { .. } => ErrorKind::DeviceGone,
-            Self::Model { kind, .. } | Self::Injected { kind, .. } => *kind,
+            Self::Other { kind, .. } => *kind,
         }
     }
 
@@ -345,6 +497,32 @@ impl Error {
             Self::Sys { errno, .. } => Some(*errno),
             _ => None,
         }
+    }
+
+    /// The operation that failed (an ioctl or method name); `None` for
+    /// [`Error::NotViable`] and [`Error::Malformed`], which name none.
+    pub fn op(&self) -> Option<&'static str> {
+        op_and_target!(self, |op, _target| Some(*op), None)
+    }
+
+    /// What the operation acted on; `None` for the variants without a
+    /// target ([`Error::NotViable`] names its group, [`Error::Malformed`]
+    /// its buffer).
+    pub fn target(&self) -> Option<&Target> {
+        op_and_target!(self, |_op, target| Some(target), None)
+    }
+
+    /// The same error about `target`; kind, op, errno and source stay.
+    /// Variants without a target ([`Error::target`] is `None`) are returned
+    /// unchanged.
+    ///
+    /// Retargeting can change the kind where it depends on the target: an
+    /// `ENOENT` is [`ErrorKind::NotMapped`] about an IOVA range and
+    /// [`ErrorKind::NotFound`] about anything else.
+    #[must_use]
+    pub fn with_target(mut self, new: Target) -> Self {
+        op_and_target!(&mut self, |_op, target| *target = new, ());
+        self
     }
 }
 
@@ -420,6 +598,64 @@ mod tests {
         assert!(text.contains("VFIO_IOMMU_MAP_DMA"), "{text}");
         assert!(text.contains("0x1000"), "{text}");
         assert!(text.contains("File exists"), "{text}");
+    }
+
+    #[test]
+    fn the_message_leads_with_the_kind() {
+        let e = Error::sys(
+            "unmap_dma",
+            Target::Iova {
+                iova: 0x1000,
+                len: 0x1000,
+            },
+            libc::ENOENT,
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "not mapped: unmap_dma on IOVA 0x1000+0x1000: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+        assert_eq!(ErrorKind::DeviceGone.to_string(), "device gone");
+    }
+
+    #[test]
+    fn an_io_error_without_errno_is_an_io_error_with_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short read");
+        let e = Error::from_io("read", Target::Path("/x".into()), &io);
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.errno(), None);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("I/O error: read on path /x: short read"),
+            "{text}"
+        );
+        assert!(!text.contains("model"), "{text}");
+        let source = std::error::Error::source(&e).expect("has a source");
+        let source = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn with_target_keeps_everything_but_the_target() {
+        let e = Error::sys("mmap", Target::None, libc::EINVAL).with_target(Target::Region(3));
+        assert_eq!(
+            (e.op(), e.target(), e.errno()),
+            (Some("mmap"), Some(&Target::Region(3)), Some(libc::EINVAL))
+        );
+        let e = Error::other("reset", Target::None, ErrorKind::Busy, "model says no")
+            .with_target(Target::Device("edu".into()));
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(e.target(), Some(&Target::Device("edu".into())));
+        assert_eq!(
+            std::error::Error::source(&e).map(ToString::to_string),
+            Some("model says no".into())
+        );
+        let e = Error::NotViable { group: 4 }.with_target(Target::Group(4));
+        assert_eq!((e.op(), e.target()), (None, None));
     }
 
     proptest! {

@@ -9,7 +9,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use crate::caps::{ParseError, Reader};
+use crate::bytes::Reader;
+use crate::caps::ParseError;
 use crate::error::{Buffer, Error, Result, Target};
 
 /// `VFIO_IRQ_INFO_*` bits of [`IrqInfo::flags`].

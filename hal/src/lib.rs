@@ -41,6 +41,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bytes;
 pub mod caps;
 pub mod container;
 pub mod decorate;
@@ -56,8 +57,11 @@ pub mod region;
 pub mod revoke;
 pub mod scalar;
 
+pub use bytes::Reader;
 pub use caps::{Capability, ChainKind, SparseArea};
-pub use container::{Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError};
+pub use container::{
+    Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError, UnmapError,
+};
 pub use device::{Device, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;

@@ -93,7 +93,7 @@ pub const MAX_PCI_CAPS: usize = 48;
 /// [`MAX_PCI_CAPS`] entries is an error; the low two pointer bits are
 /// ignored as the spec says. A snapshot shorter than 64 bytes is truncated.
 pub fn walk_capabilities(config: &[u8]) -> Result<Vec<PciCap>, ParseError> {
-    let r = crate::caps::Reader::little_endian(config);
+    let r = crate::bytes::Reader::little_endian(config);
     let status = r.u16(cfg::STATUS as usize)?;
     if status & cfg::STATUS_CAP_LIST == 0 {
         return Ok(Vec::new());

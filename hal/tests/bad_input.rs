@@ -88,6 +88,9 @@ fn info_buffer(kind: ChainKind) -> Buffer {
 #[case::sparse_area_count_u32_max(ChainKind::Region,
     buf(64, |b| { header(b, 32, 1, 0); put_u32(b, 40, u32::MAX) }), 32,
     ParseError::Truncated { offset: 48, need: u32::MAX as usize * 16, len: 64 })]
+#[case::sparse_area_end_wraps(ChainKind::Region,
+    buf(64, |b| { header(b, 32, 1, 0); put_u32(b, 40, 1); put_u64(b, 48, u64::MAX); put_u64(b, 56, 1) }), 32,
+    ParseError::InvalidField { field: "sparse_mmap_area.size", offset: 48, value: 1 })]
 #[case::region_type_cap_cut_short(ChainKind::Region, buf(44, |b| header(b, 32, 2, 0)), 32,
     ParseError::Truncated { offset: 44, need: 4, len: 44 })]
 #[case::more_than_max_caps(ChainKind::Region, too_many_caps(), 32,

@@ -93,7 +93,7 @@ use vfio_hal::{
     RegionInfo, Result, Target,
 };
 
-use crate::info::{self, put_u32, u32_at, u64_at};
+use crate::info::{self, put_u32, Fields};
 use crate::sys::{self, ArgszRequest, Errno};
 
 /// What must stay open behind a device fd: a type1 group (and through it the
@@ -210,22 +210,18 @@ impl Shared {
             }
             Err(e) => return Err(e.into_error(OP, Target::Region(index), Buffer::RegionInfo)),
         };
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::RegionInfo);
+        let flags = fields.u32(4)?;
         let caps = if flags & vfio_hal::region::flags::CAPS != 0 {
-            info::caps(
-                ChainKind::Region,
-                &buf,
-                u32_at(&buf, 12),
-                Buffer::RegionInfo,
-            )?
+            info::caps(ChainKind::Region, &buf, fields.u32(12)?, Buffer::RegionInfo)?
         } else {
             Vec::new()
         };
         Ok(RegionInfo {
             index,
             flags,
-            size: u64_at(&buf, 16),
-            offset: u64_at(&buf, 24),
+            size: fields.u64(16)?,
+            offset: fields.u64(24)?,
             caps,
         })
     }
@@ -360,15 +356,9 @@ fn map_areas(fd: BorrowedFd<'_>, info: &RegionInfo) -> Result<Vec<MmapArea>> {
                 offset: info.offset,
                 len: a.offset,
             })?;
-            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable()).map_err(|e| {
-                match e {
-                    // Give the bare mmap error its region.
-                    Error::Sys { op, errno, .. } => {
-                        Error::sys(op, Target::Region(info.index), errno)
-                    }
-                    e => e,
-                }
-            })
+            // Give the bare mmap error its region.
+            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable())
+                .map_err(|e| e.with_target(Target::Region(info.index)))
         })
         .collect()
 }
@@ -400,22 +390,18 @@ impl VfioDevice {
                 Buffer::DeviceInfo,
             )
         })?;
-        let flags = u32_at(&buf, 4);
+        let fields = Fields::new(&buf, Buffer::DeviceInfo);
+        let flags = fields.u32(4)?;
         let caps = if flags & device_flags::CAPS != 0 {
-            info::caps(
-                ChainKind::Device,
-                &buf,
-                u32_at(&buf, 16),
-                Buffer::DeviceInfo,
-            )?
+            info::caps(ChainKind::Device, &buf, fields.u32(16)?, Buffer::DeviceInfo)?
         } else {
             Vec::new()
         };
         let info = DeviceInfo {
             name: name.clone(),
             flags,
-            num_regions: u32_at(&buf, 8),
-            num_irqs: u32_at(&buf, 12),
+            num_regions: fields.u32(8)?,
+            num_irqs: fields.u32(12)?,
             caps,
         };
         // One lazily filled slot per region; bounded so that a bogus count
@@ -491,9 +477,9 @@ impl VfioDevice {
         for _ in 0..4 {
             let mut buf = vec![0u8; len];
             match sys::argsz_ioctl(self.fd(), ArgszRequest::GetPciHotResetInfo, &mut buf) {
-                Ok(_) => return Ok(HotResetInfo::parse(&buf)),
+                Ok(_) => return HotResetInfo::parse(&buf),
                 Err(Errno(libc::ENOSPC)) => {
-                    let count = u32_at(&buf, 8) as usize;
+                    let count = Fields::new(&buf, Buffer::DeviceInfo).u32(8)? as usize;
                     len = count
                         .checked_mul(HotResetDevice::SIZE)
                         .and_then(|n| n.checked_add(fixed))
@@ -605,8 +591,8 @@ impl Device for VfioDevice {
         let info = match answer {
             Ok(_) => IrqInfo {
                 index,
-                flags: u32_at(&buf, 4),
-                count: u32_at(&buf, 12),
+                flags: Fields::new(&buf, Buffer::IrqInfo).u32(4)?,
+                count: Fields::new(&buf, Buffer::IrqInfo).u32(12)?,
             },
             Err(Errno(libc::EINVAL)) => {
                 log::debug!(
@@ -650,6 +636,14 @@ impl Device for VfioDevice {
             });
         }
         let probe = matches!(op, FeatureOp::ProbeGet | FeatureOp::ProbeSet);
+        if !probe && feature == feature::DMA_BUF {
+            return Err(Error::NotSupported {
+                op: OP,
+                target,
+                reason: "DMA_BUF answers with a new dma-buf fd, which this call cannot \
+                         hand back (it would leak); it is only probed",
+            });
+        }
         if !probe && !sys::feature_payload_is_plain(feature) {
             return Err(Error::NotSupported {
                 op: OP,
@@ -933,24 +927,28 @@ impl HotResetInfo {
     /// Flag: every affected device is owned by the caller's iommufd context.
     pub const DEV_ID_OWNED: u32 = 1 << 1;
 
-    fn parse(buf: &[u8]) -> Self {
-        let count = u32_at(buf, 8) as usize;
+    fn parse(buf: &[u8]) -> Result<Self> {
+        let fields = Fields::new(buf, Buffer::DeviceInfo);
+        let count = fields.u32(8)? as usize;
         let devices = buf
             .get(12..)
             .unwrap_or_default()
             .chunks_exact(HotResetDevice::SIZE)
             .take(count)
-            .map(|d| HotResetDevice {
-                id: u32_at(d, 0),
-                segment: u16::from_ne_bytes([d[4], d[5]]),
-                bus: d[6],
-                devfn: d[7],
+            .map(|d| {
+                let d = Fields::new(d, Buffer::DeviceInfo);
+                Ok(HotResetDevice {
+                    id: d.u32(0)?,
+                    segment: d.u16(4)?,
+                    bus: d.u8(6)?,
+                    devfn: d.u8(7)?,
+                })
             })
-            .collect();
-        Self {
-            flags: u32_at(buf, 4),
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            flags: fields.u32(4)?,
             devices,
-        }
+        })
     }
 }
 
@@ -1180,6 +1178,40 @@ mod tests {
     }
 
     #[test]
+    fn dma_buf_is_refused_before_the_ioctl_so_no_fd_can_leak() {
+        let region = region_over(
+            File::open("/dev/null").expect("open"),
+            RegionInfo::default(),
+        );
+        let device = VfioDevice {
+            shared: region.shared,
+            info: DeviceInfo::default(),
+        };
+        let mut payload = [0u8; 16];
+        for op in [FeatureOp::Set, FeatureOp::Get] {
+            let e = device
+                .feature(op, feature::DMA_BUF, &mut payload)
+                .expect_err("refused");
+            // Not an ENOTTY from /dev/null: refused before any ioctl.
+            assert!(
+                matches!(
+                    e,
+                    Error::NotSupported {
+                        target: Target::Feature(feature::DMA_BUF),
+                        ..
+                    }
+                ),
+                "{op:?}: {e:?}"
+            );
+        }
+        // Probing asks the kernel (here /dev/null, which knows no ioctl).
+        let e = device
+            .feature(FeatureOp::ProbeSet, feature::DMA_BUF, &mut [])
+            .expect_err("not a VFIO fd");
+        assert_eq!(e.errno(), Some(libc::ENOTTY));
+    }
+
+    #[test]
     fn hot_reset_info_parses_devices() {
         let mut buf = vec![0u8; 12 + 16];
         put_u32(&mut buf, 4, HotResetInfo::DEV_ID);
@@ -1190,7 +1222,7 @@ mod tests {
         buf[19] = (1 << 3) | 2;
         buf[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
         buf[26] = 3;
-        let info = HotResetInfo::parse(&buf);
+        let info = HotResetInfo::parse(&buf).expect("parses");
         assert_eq!(info.flags, HotResetInfo::DEV_ID);
         assert_eq!(info.devices.len(), 2);
         assert_eq!(info.devices[0].id, 7);
@@ -1198,6 +1230,29 @@ mod tests {
         assert_eq!(info.devices[1].bus, 3);
         // A count larger than the buffer is clipped, not trusted.
         put_u32(&mut buf, 8, 1000);
-        assert_eq!(HotResetInfo::parse(&buf).devices.len(), 2);
+        let info = HotResetInfo::parse(&buf).expect("parses");
+        assert_eq!(info.devices.len(), 2);
+    }
+
+    #[test]
+    fn a_hot_reset_info_shorter_than_its_header_is_malformed() {
+        // flags, but no count: a zero count would read as "no devices".
+        let mut buf = vec![0u8; 8];
+        put_u32(&mut buf, 4, HotResetInfo::DEV_ID);
+        let e = HotResetInfo::parse(&buf).expect_err("short buffer");
+        assert!(
+            matches!(
+                e,
+                Error::Malformed {
+                    buffer: Buffer::DeviceInfo,
+                    source: vfio_hal::caps::ParseError::Truncated {
+                        offset: 8,
+                        need: 4,
+                        len: 8
+                    }
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

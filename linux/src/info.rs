@@ -12,7 +12,7 @@
 
 use vfio_hal::caps::{parse_chain, ChainKind, ParseError, MAX_INFO_SIZE};
 use vfio_hal::error::Buffer;
-use vfio_hal::{Capability, Error, Target};
+use vfio_hal::{Capability, Error, Reader, Target};
 
 use crate::sys::{Errno, SysResult};
 
@@ -20,22 +20,49 @@ use crate::sys::{Errno, SysResult};
 /// more room: once is the norm; more means the chain keeps growing.
 const MAX_ROUNDS: usize = 4;
 
-/// Reads a native-endian `u32` at `at` (callers pass offsets inside the fixed struct).
-pub fn u32_at(buf: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    if let Some(s) = buf.get(at..at + 4) {
-        b.copy_from_slice(s);
-    }
-    u32::from_ne_bytes(b)
+/// Reads the native-endian fields of a kernel `buffer`: a field past its
+/// end is [`Error::Malformed`], never a zero.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    bytes: Reader<'a>,
+    buffer: Buffer,
 }
 
-/// Reads a native-endian `u64` at `at` (callers pass offsets inside the fixed struct).
-pub fn u64_at(buf: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = buf.get(at..at + 8) {
-        b.copy_from_slice(s);
+impl<'a> Fields<'a> {
+    /// Reads `buf`, a `buffer` from the kernel.
+    pub fn new(buf: &'a [u8], buffer: Buffer) -> Self {
+        Self {
+            bytes: Reader::new(buf),
+            buffer,
+        }
     }
-    u64::from_ne_bytes(b)
+
+    fn malformed(&self, source: ParseError) -> Error {
+        Error::Malformed {
+            buffer: self.buffer,
+            source,
+        }
+    }
+
+    /// The native-endian `u8` at byte `at`.
+    pub fn u8(&self, at: usize) -> Result<u8, Error> {
+        self.bytes.u8(at).map_err(|e| self.malformed(e))
+    }
+
+    /// The native-endian `u16` at byte `at`.
+    pub fn u16(&self, at: usize) -> Result<u16, Error> {
+        self.bytes.u16(at).map_err(|e| self.malformed(e))
+    }
+
+    /// The native-endian `u32` at byte `at`.
+    pub fn u32(&self, at: usize) -> Result<u32, Error> {
+        self.bytes.u32(at).map_err(|e| self.malformed(e))
+    }
+
+    /// The native-endian `u64` at byte `at`.
+    pub fn u64(&self, at: usize) -> Result<u64, Error> {
+        self.bytes.u64(at).map_err(|e| self.malformed(e))
+    }
 }
 
 /// Writes a native-endian `u32` at `at`.
@@ -78,7 +105,7 @@ pub fn query(
         let mut buf = vec![0u8; len];
         init(&mut buf);
         call(&mut buf).map_err(QueryError::Sys)?;
-        let asked = u32_at(&buf, 0) as usize;
+        let asked = Reader::new(&buf).u32(0).map_err(QueryError::Malformed)? as usize;
         if asked <= len {
             return Ok(buf);
         }
@@ -119,7 +146,7 @@ mod tests {
     /// capability: short `argsz` gets the needed size and no chain.
     fn fake_region_info(buf: &mut [u8], calls: &mut Vec<usize>) -> SysResult<i32> {
         calls.push(buf.len());
-        let argsz = u32_at(buf, 0) as usize;
+        let argsz = Reader::new(buf).u32(0).expect("argsz") as usize;
         if argsz < 32 {
             return Err(Errno(libc::EINVAL));
         }
@@ -164,11 +191,33 @@ mod tests {
         let caps = caps(
             ChainKind::Region,
             &buf,
-            u32_at(&buf, 12),
+            Reader::new(&buf).u32(12).expect("cap_offset"),
             Buffer::RegionInfo,
         )
         .expect("chain parses");
         assert!(matches!(&caps[..], [Capability::SparseMmap(a)] if a.len() == 2));
+    }
+
+    #[test]
+    fn a_field_past_the_end_is_malformed_not_zero() {
+        let buf = [0xffu8; 20];
+        let fields = Fields::new(&buf, Buffer::RegionInfo);
+        assert_eq!(fields.u32(16).ok(), Some(u32::MAX));
+        let e = fields.u64(16).expect_err("8 bytes at 16 of 20");
+        assert!(
+            matches!(
+                e,
+                Error::Malformed {
+                    buffer: Buffer::RegionInfo,
+                    source: ParseError::Truncated {
+                        offset: 16,
+                        need: 8,
+                        len: 20
+                    }
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -185,7 +234,7 @@ mod tests {
         )
         .expect("query");
         assert_eq!(n, 1);
-        assert_eq!(u32_at(&buf, 8), 9);
+        assert_eq!(Reader::new(&buf).u32(8), Ok(9));
     }
 
     #[test]
@@ -195,7 +244,7 @@ mod tests {
             32,
             |b| put_u32(b, 8, 7),
             |b| {
-                seen.push(u32_at(b, 8));
+                seen.push(Reader::new(b).u32(8).expect("index"));
                 if b.len() == 32 {
                     put_u32(b, 0, 64);
                 }

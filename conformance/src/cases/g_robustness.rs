@@ -16,7 +16,7 @@
 
 use std::os::fd::AsFd;
 
-use vfio_hal::decorate::inject::{FaultInjector, OpFilter, Plan};
+use vfio_hal::decorate::inject::{FaultInjector, InjectedFault, OpFilter, Plan};
 use vfio_hal::decorate::Op;
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
@@ -84,7 +84,7 @@ fn expect_nothing_mapped<F: Fixture>(f: &F, c: &F::Container, after: &str) -> Ca
 }
 
 fn is_injected(e: &DriverError) -> bool {
-    matches!(e, DriverError::Hal(Error::Injected { .. }))
+    matches!(e, DriverError::Hal(e) if InjectedFault::of(e).is_some())
 }
 
 /// Sweeps `routine` over a fault-injecting wrapper of a fresh container per
@@ -334,7 +334,7 @@ pub fn failed_unmap_keeps_mapping<F: Fixture>(f: &F) -> CaseResult {
         .context("map_buffer")?;
     expect_kind(
         "DmaMapping::unmap with unmaps failing",
-        guard.unmap().map(|b| b.len()),
+        guard.unmap().map(|b| b.len()).map_err(Error::from),
         &[ErrorKind::Io],
     )?;
     if let Some(n) = f.live_mappings(inj.inner()) {

@@ -11,8 +11,9 @@
 //! fallible trait method, one [`Op`] each.
 //!
 //! # What a failure does
-//! The error is [`Error::Injected`], carrying the operation's name, the
-//! plan's [`ErrorKind`] and the 1-based call number. A failed operation never
+//! The error is an [`Error::Other`] carrying the operation's name, the
+//! plan's [`ErrorKind`] and, as its source, an [`InjectedFault`] with the
+//! 1-based call number. A failed operation never
 //! reaches the inner object: it fails cleanly, with no side effect, as if the
 //! kernel had refused the ioctl up front; when it would have opened something
 //! (a device, region or irq), nothing is opened.
@@ -34,7 +35,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Args, Decorated, Hook, Object, Op};
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result, Target};
 
 /// A set of [`Op`]s: which operations a [`Plan`] applies to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,13 +221,28 @@ impl Plan {
 pub struct Injection {
     /// The operation that was failed.
     pub op: Op,
-    /// Its number among all operations that reached the tree (as in [`Error::Injected`]).
+    /// Its number among all operations that reached the tree (as in [`InjectedFault`]).
     pub call: u64,
 }
 
 impl fmt::Display for Injection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (call #{})", self.op, self.call)
+    }
+}
+
+/// The source of every error the injector returns (an [`Error::Other`] of
+/// the plan's kind): which call it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("injected fault, call #{}", .0.call)]
+pub struct InjectedFault(pub Injection);
+
+impl InjectedFault {
+    /// The injected fault behind `err`, if the injector produced it.
+    pub fn of(err: &Error) -> Option<Injection> {
+        std::error::Error::source(err)?
+            .downcast_ref::<Self>()
+            .map(|f| f.0)
     }
 }
 
@@ -273,11 +289,12 @@ impl Shared {
         let kind = s.plan.kind;
         drop(s);
         log::debug!("fault injector: failing {op} (call #{call}) with {kind:?}");
-        Err(Error::Injected {
-            op: op.name(),
+        Err(Error::other(
+            op.name(),
+            Target::None,
             kind,
-            call,
-        })
+            InjectedFault(Injection { op, call }),
+        ))
     }
 }
 
@@ -469,8 +486,8 @@ impl Sweep {
 /// operation a step and the default error kind.
 ///
 /// ```
-/// use vfio_hal::{prelude::*, Error, Result};
-/// use vfio_hal::decorate::inject::{sweep, FaultInjector};
+/// use vfio_hal::{prelude::*, Result};
+/// use vfio_hal::decorate::inject::{sweep, FaultInjector, InjectedFault};
 ///
 /// /// The code under test: open a device and route MSI-X vector 0.
 /// fn bring_up<C: Container>(c: &C, fd: std::os::fd::BorrowedFd<'_>) -> Result<C::Device> {
@@ -487,7 +504,7 @@ impl Sweep {
 ///     sweep(make, |c| bring_up(c, fd), |step| {
 ///         if let Some(fault) = step.injection {
 ///             let err = step.result.as_ref().err();
-///             assert!(matches!(err, Some(Error::Injected { .. })), "{fault}: {err:?}");
+///             assert_eq!(err.and_then(InjectedFault::of), Some(fault), "{err:?}");
 ///         }
 ///         // Here: drop step.result, then look for leftovers in step.injector.inner().
 ///     })
@@ -534,16 +551,13 @@ mod tests {
         assert!(shared.enter(Op::Reset).is_ok()); // call 2, 1st reset
         assert!(shared.enter(Op::RegionRead).is_ok()); // call 3
         let err = shared.enter(Op::Reset).expect_err("2nd reset fails");
-        assert!(
-            matches!(
-                err,
-                Error::Injected {
-                    op: "reset",
-                    kind: ErrorKind::Io,
-                    call: 4
-                }
-            ),
-            "{err:?}"
+        assert_eq!((err.op(), err.kind()), (Some("reset"), ErrorKind::Io));
+        assert_eq!(
+            InjectedFault::of(&err),
+            Some(Injection {
+                op: Op::Reset,
+                call: 4
+            })
         );
         assert!(shared.enter(Op::Reset).is_ok(), "fires once");
     }

@@ -60,7 +60,7 @@ macro_rules! ops {
         /// the tracer records.
         ///
         /// The [`Display`](fmt::Display) name (also [`Op::name`], and the `op`
-        /// of [`crate::Error::Injected`]) is the method's name, prefixed with its
+        /// of the errors the fault injector returns) is the method's name, prefixed with its
         /// object where the bare name would be vague (`region.read`,
         /// `device.irq`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -322,7 +322,7 @@ mod tests {
         );
         let unmap = Outcome::failed(&err).to_string();
         assert!(
-            unmap.starts_with("Err NotMapped (errno 2): VFIO_IOMMU_UNMAP_DMA"),
+            unmap.starts_with("Err NotMapped (errno 2): not mapped: VFIO_IOMMU_UNMAP_DMA"),
             "{unmap}"
         );
     }
