@@ -53,6 +53,7 @@ pub mod pci;
 pub mod region;
 pub mod revoke;
 pub mod scalar;
+pub mod shared_memory;
 
 pub use caps::{Capability, ChainKind, SparseArea};
 pub use container::{Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError};
