@@ -108,9 +108,10 @@ impl Mapping {
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         let at = self.check("memory read", offset, out.len())?;
         // SAFETY: [at, at+len) is inside the live, readable mapping (checked
-        // above); nothing hands out references into it, and every other
-        // access to it is a `shared_memory` copy, a single volatile MMIO
-        // access of a register (never of RAM that is copied), or the device.
+        // above); nothing hands out references into it, and the other
+        // accesses are `shared_memory` copies, the device, or volatile
+        // register accesses (`load`/`store`, documented as not for memory
+        // another Rust thread copies concurrently).
         unsafe { shared_memory::read(self.ptr.as_ptr().wrapping_add(at), out) };
         Ok(())
     }
@@ -382,6 +383,10 @@ impl MmapArea {
     }
 
     /// One volatile load of `T` at `offset` from the window's start.
+    ///
+    /// For device registers. Memory another Rust thread writes concurrently
+    /// (a mock RAM BAR its device model writes) wants [`Self::read`]: see
+    /// [`crate::shared_memory`].
     pub fn load<T: Scalar>(&self, offset: u64) -> Result<T> {
         self.map.load(offset)
     }

@@ -37,9 +37,10 @@
 //! Register access (MMIO, where a read may have side effects and the width
 //! matters) is not this: [`crate::MmapArea::load`] and
 //! [`crate::MmapArea::store`] are one volatile access of the width asked.
-//! Their writer is the device, outside the abstract machine; the mock backs
-//! registers with handlers, not memory, so no Rust thread writes memory a
-//! volatile access reads.
+//! Their writer is the device, outside the abstract machine. Memory that
+//! another Rust thread writes (the mock's RAM BARs, which its device models
+//! write through these copies) must be read with these copies too: a
+//! volatile access racing an atomic one from another thread is a data race.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
