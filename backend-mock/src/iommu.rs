@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use vfio_hal::{Capability, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
+use vfio_hal::{shared_memory, Capability, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
 
 /// The ioctl names the errors carry, as the type1 backend spells them.
 const OP_MAP: &str = "VFIO_IOMMU_MAP_DMA";
@@ -568,18 +568,22 @@ impl MockIommu {
             let in_map = (pos - start) as usize;
             let seg = (m.len as usize - in_map).min(total - done);
             let host = host_ptr(m.host + in_map);
-            let (src, dst) = match &mut buf {
-                Copy::In(out) => (host.cast_const(), out[done..done + seg].as_mut_ptr()),
-                Copy::Out(data) => (data[done..done + seg].as_ptr(), host),
-            };
-            // SAFETY: `map` accepted `[m.host, m.host + m.len)` under the
+            // Both arms: `map` accepted `[m.host, m.host + m.len)` under the
             // contract of `Container::map_dma_raw`: live process memory until
-            // it is unmapped, and unmapping needs the table lock we hold. The
-            // host segment lies inside that mapping (in_map + seg <= m.len);
-            // the Rust side is a `seg`-byte subslice of `buf` (bounds checked
-            // above). `buf` is a Rust borrow, and the contract forbids holding
-            // references into mapped memory, so the two cannot overlap.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst, seg) };
+            // it is unmapped, and unmapping needs the table lock we hold; no
+            // Rust reference points into it, so the CPU side reaches it only
+            // by copy (`DmaBuffer` uses these same `shared_memory` copies),
+            // and the device side is this copy. The host segment lies inside
+            // that mapping (in_map + seg <= m.len); the Rust side is a
+            // `seg`-byte subslice of `buf`, a Rust borrow, so the two cannot
+            // overlap.
+            match &mut buf {
+                // SAFETY: as above.
+                Copy::In(out) => unsafe { shared_memory::read(host, &mut out[done..done + seg]) },
+                // SAFETY: as above; `check_locked` found the segment mapped for
+                // device writes, which the mapper promised the memory allows.
+                Copy::Out(data) => unsafe { shared_memory::write(host, &data[done..done + seg]) },
+            }
             done += seg;
         }
     }

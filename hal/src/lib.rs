@@ -56,6 +56,7 @@ pub mod pci;
 pub mod region;
 pub mod revoke;
 pub mod scalar;
+pub mod shared_memory;
 
 pub use bytes::Reader;
 pub use caps::{Capability, ChainKind, SparseArea};

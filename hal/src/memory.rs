@@ -1,10 +1,12 @@
 //! Owned host memory mappings: DMA buffers and mmapped device regions.
 //!
 //! This module is one of the few places with `unsafe`: it owns `mmap`/`munmap`
-//! and the raw-pointer copies in and out of memory that a device may access
-//! concurrently. Nothing here hands out `&[u8]` or `&mut [u8]` views of such
-//! memory, because a device (or the mock's DMA engine) may write it at any
-//! time; all access copies through raw pointers with volatile semantics.
+//! and the accesses to memory that a device may write concurrently. Nothing
+//! here hands out `&[u8]` or `&mut [u8]` views of such memory, because a
+//! device (or the mock's DMA engine) may write it at any time: byte copies
+//! go through [`crate::shared_memory`] (relaxed atomic byte accesses, race-free
+//! against a concurrent writer), and MMIO loads and stores are single
+//! volatile accesses of the width asked.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Weak};
 
 use crate::error::{check_bounds, Error, Result, Target};
 use crate::scalar::Scalar;
+use crate::shared_memory;
 
 /// The host page size.
 pub fn page_size() -> u64 {
@@ -28,10 +31,11 @@ struct Mapping {
 }
 
 // SAFETY: the mapping is plain process memory (or a device window); it has no
-// thread affinity, and all access goes through raw pointer copies.
+// thread affinity, and all access goes through raw pointers.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; concurrent copies race only on the bytes themselves, like
-// a device writing them, never on Rust-visible state.
+// SAFETY: as above; concurrent copies from several threads are relaxed atomic
+// byte accesses (`shared_memory`), which do not race, and no Rust-visible
+// state is mutated through `&self` except by the kernel (MAP_FIXED).
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -103,28 +107,20 @@ impl Mapping {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         let at = self.check("memory read", offset, out.len())?;
-        // SAFETY: [at, at+len) is inside the live mapping (checked above) and
-        // `out` is a distinct Rust buffer, so the ranges cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().wrapping_add(at),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
+        // SAFETY: [at, at+len) is inside the live, readable mapping (checked
+        // above); nothing hands out references into it, and the other
+        // accesses are `shared_memory` copies, the device, or volatile
+        // register accesses (`load`/`store`, documented as not for memory
+        // another Rust thread copies concurrently).
+        unsafe { shared_memory::read(self.ptr.as_ptr().wrapping_add(at), out) };
         Ok(())
     }
 
+    /// Callers check that the mapping is writable.
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let at = self.check("memory write", offset, data.len())?;
-        // SAFETY: as in `read`, with the copy in the other direction.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.ptr.as_ptr().wrapping_add(at),
-                data.len(),
-            )
-        };
+        // SAFETY: as in `read`; callers only write writable mappings.
+        unsafe { shared_memory::write(self.ptr.as_ptr().wrapping_add(at), data) };
         Ok(())
     }
 
@@ -161,7 +157,7 @@ impl Mapping {
     fn replace_with_zero_pages(&self, op: &'static str) -> Result<()> {
         // SAFETY: MAP_FIXED over exactly this mapping's own range, which no
         // other mapping or Rust object shares; all access to it goes through
-        // raw-pointer copies and volatile accesses (no reference into it
+        // `shared_memory` copies and volatile accesses (no reference into it
         // exists), and the range stays mapped, so an access racing with the
         // replacement reads or writes valid memory either way.
         let ptr = unsafe {
@@ -201,7 +197,8 @@ impl Drop for Mapping {
 /// Owned: [`crate::Container::map_buffer`] takes it by value and gives it back
 /// when the mapping is undone, so the memory cannot be freed while the IOMMU
 /// still points at it. Access is by copy ([`DmaBuffer::read`],
-/// [`DmaBuffer::write`]) because the device may write it concurrently.
+/// [`DmaBuffer::write`]) because the device may write it concurrently; the
+/// copies are [`crate::shared_memory`]'s, race-free against that writer.
 #[derive(Debug)]
 pub struct DmaBuffer {
     map: Mapping,
@@ -386,6 +383,10 @@ impl MmapArea {
     }
 
     /// One volatile load of `T` at `offset` from the window's start.
+    ///
+    /// For device registers. Memory another Rust thread writes concurrently
+    /// (a mock RAM BAR its device model writes) wants [`Self::read`]: see
+    /// [`crate::shared_memory`].
     pub fn load<T: Scalar>(&self, offset: u64) -> Result<T> {
         self.map.load(offset)
     }
@@ -419,12 +420,14 @@ impl MmapArea {
         MmapDetacher(Arc::downgrade(&self.map))
     }
 
-    /// Copies bytes out of the window (no width guarantee: use for RAM-like BARs).
+    /// Copies bytes out of the window, one [`crate::shared_memory`] byte access
+    /// each (no width guarantee: for RAM-like BARs; registers want [`Self::load`]).
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         self.map.read(offset, out)
     }
 
-    /// Copies bytes into the window (no width guarantee: use for RAM-like BARs).
+    /// Copies bytes into the window, one [`crate::shared_memory`] byte access
+    /// each (no width guarantee: for RAM-like BARs; registers want [`Self::store`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         if !self.writable {
             return Err(Error::NotSupported {

@@ -8,8 +8,9 @@
 #   - every test of vfio-hal (unit, tests/bad_input.rs, doc tests);
 #   - the vfio-hal-mock tests that only use anonymous memory, threads and
 #     edu's handler-backed registers: the unit tests, tests/iommu.rs,
-#     tests/bad_input.rs and tests/concurrency.rs (Miri also checks its
-#     threads for data races).
+#     tests/bad_input.rs, tests/concurrency.rs and tests/dma_race.rs (Miri
+#     also checks their threads for data races; dma_race races device DMA
+#     against CPU copies of the same bytes).
 # Not run: the other mock test files. They need memfd_create (RAM BARs:
 # copy engine), or route real eventfds, which the mock checks through
 # /proc/self/fd — Miri's fds are not the host's, so that check misjudges
@@ -50,7 +51,7 @@ run() {
     cargo +nightly miri test "$@" 2>&1 | tee -a "$log" || status=1
 }
 run -p vfio-hal
-run -p vfio-hal-mock --lib --test iommu --test bad_input --test concurrency
+run -p vfio-hal-mock --lib --test iommu --test bad_input --test concurrency --test dma_race
 
 # Sum the harness summaries: "test result: ok. N passed; M failed; K ignored; ..."
 read -r passed failed ignored < <(
