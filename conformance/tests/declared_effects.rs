@@ -41,7 +41,7 @@ static LOGGER: InjectionCounter = InjectionCounter;
 
 impl log::Log for InjectionCounter {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with("vfio_hal_mock::inject")
+        metadata.target().starts_with("vfio_hal::decorate::inject")
     }
 
     fn log(&self, record: &log::Record<'_>) {
