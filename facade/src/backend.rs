@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use vfio_hal::dynamic::DynContainer;
+use vfio_hal::{Capability, ErrorKind, IommuInfo};
 use vfio_hal_linux::{Host, PciDevice};
 
 /// A backend of `vfio-hal`, as a user names it (`--backend auto|mock|legacy|iommufd`).
@@ -56,8 +57,14 @@ pub struct Description {
     pub feature: &'static str,
     /// Whether this build has it.
     pub compiled_in: bool,
-    /// What to do when its host nodes are missing.
+    /// What to do when its host nodes are missing, in a word (`offers`).
     pub missing_hint: &'static str,
+    /// What to do when a node it needs is missing, in full (a `Problem`'s
+    /// remedy, after the node's path).
+    pub missing_remedy: &'static str,
+    /// What a container of this backend declares it supports, from its
+    /// IOMMU info: what the conformance suite expects of it.
+    pub declares: fn(&IommuInfo) -> Declared,
     /// The nodes it needs on any host, whatever the device.
     pub host_nodes: fn(&Host) -> Vec<Need>,
     /// The nodes it needs for this device (its group node, its cdev node).
@@ -82,6 +89,17 @@ impl fmt::Debug for Description {
     }
 }
 
+/// What a backend's container declares it supports (see [`Description::declares`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// The conformance mode it runs as (`iommufd`, `legacy-type1v2`, …).
+    pub mode: &'static str,
+    /// How it refuses an unmap that would split a mapping.
+    pub split_unmap: ErrorKind,
+    /// Whether it offers dirty tracking of DMA.
+    pub dirty_tracking: bool,
+}
+
 /// Every backend, in the automatic choice's order of preference.
 pub const DESCRIPTIONS: &[Description] = &[IOMMUFD, LEGACY, MOCK];
 
@@ -90,6 +108,14 @@ const IOMMUFD: Description = Description {
     feature: "iommufd",
     compiled_in: cfg!(feature = "iommufd"),
     missing_hint: "needs CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV, Linux 6.6+",
+    missing_remedy: "appears with a kernel built with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (Linux 6.6+): `modprobe iommufd`, or use --backend legacy",
+    // An IOAS refuses a split unmap with ENOENT; its dirty tracking is a
+    // HWPT's, outside the container.
+    declares: |_| Declared {
+        mode: "iommufd",
+        split_unmap: ErrorKind::NotMapped,
+        dirty_tracking: false,
+    },
     host_nodes: |host| {
         vec![
             Need {
@@ -149,6 +175,29 @@ const LEGACY: Description = Description {
     feature: "legacy",
     compiled_in: cfg!(feature = "legacy"),
     missing_hint: "modprobe vfio-pci vfio_iommu_type1",
+    missing_remedy: "load VFIO: `modprobe vfio-pci vfio_iommu_type1` (or iommufd's compat mode) so that it exists",
+    // type1 reports its migration (dirty-tracking) capability in
+    // VFIO_IOMMU_GET_INFO; iommufd's compat mode serving /dev/vfio/vfio does
+    // not, and refuses a split unmap as iommufd does.
+    declares: |info| {
+        let type1 = info
+            .caps
+            .iter()
+            .any(|c| matches!(c, Capability::Migration { .. }));
+        if type1 {
+            Declared {
+                mode: "legacy-type1v2",
+                split_unmap: ErrorKind::InvalidArgument,
+                dirty_tracking: true,
+            }
+        } else {
+            Declared {
+                mode: "legacy-iommufd-compat",
+                split_unmap: ErrorKind::NotMapped,
+                dirty_tracking: false,
+            }
+        }
+    },
     host_nodes: |host| {
         vec![Need {
             path: host.container_node(),
@@ -190,6 +239,13 @@ const MOCK: Description = Description {
     feature: "mock",
     compiled_in: cfg!(feature = "mock"),
     missing_hint: "",
+    missing_remedy: "",
+    // The mock's own fixture declares its modes (vfio_hal_mock::conformance).
+    declares: |_| Declared {
+        mode: "mock",
+        split_unmap: ErrorKind::NotMapped,
+        dirty_tracking: false,
+    },
     host_nodes: |_| Vec::new(),
     device_nodes: |_, _| Vec::new(),
     probe: |_, _| Err("the mock serves its own models, not host devices".to_owned()),

@@ -25,9 +25,8 @@
 
 use std::fmt;
 
-use vfio_hal::caps::Capability;
 use vfio_hal::dynamic::DynContainer;
-use vfio_hal::{Container, Error, ErrorKind, IommuInfo, Target};
+use vfio_hal::{Container, Error, IommuInfo, Target};
 use vfio_hal_conformance::fixture::IOVA_WINDOW;
 use vfio_hal_conformance::{Capabilities, Case, Fixture};
 
@@ -173,15 +172,15 @@ impl RealFixture {
         let mut attach = vec![edu.as_str()];
         attach.extend(msix.as_deref());
         let info = open_container(&host, backend, &attach)?.iommu_info()?;
-        let migration = info
-            .caps
-            .iter()
-            .any(|c| matches!(c, Capability::Migration { .. }));
-        let (mode, split_kind, dirty_tracking) = match backend {
-            Backend::Legacy if migration => ("legacy-type1v2", ErrorKind::InvalidArgument, true),
-            Backend::Legacy => ("legacy-iommufd-compat", ErrorKind::NotMapped, false),
-            _ => ("iommufd", ErrorKind::NotMapped, false),
-        };
+        let declared =
+            backend
+                .description()
+                .map(|d| (d.declares)(&info))
+                .ok_or(Error::NotSupported {
+                    op: "conformance fixture",
+                    target: Target::None,
+                    reason: "resolve Backend::Auto first",
+                })?;
         let page = info
             .min_page_size()
             .unwrap_or(4096)
@@ -194,12 +193,16 @@ impl RealFixture {
         Ok(Self {
             host,
             backend,
-            mode,
+            mode: declared.mode,
             edu,
             msix,
             // Legacy falls back to unmapping range by range where the
             // kernel lacks VFIO_UNMAP_ALL; iommufd unmaps the full range.
-            capabilities: Capabilities::real_kernel(split_kind, dirty_tracking, base),
+            capabilities: Capabilities::real_kernel(
+                declared.split_unmap,
+                declared.dirty_tracking,
+                base,
+            ),
         })
     }
 }

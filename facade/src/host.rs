@@ -177,16 +177,11 @@ impl Problem {
                 s.push_str("or move the device to a slot with its own group (ACS)");
                 s
             }
-            Self::MissingNode { backend, path } => match backend {
-                Backend::Iommufd => format!(
-                    "{} appears with a kernel built with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (Linux 6.6+): `modprobe iommufd`, or use --backend legacy",
-                    path.display()
-                ),
-                _ => format!(
-                    "load VFIO: `modprobe vfio-pci vfio_iommu_type1` (or iommufd's compat mode); {} must exist",
-                    path.display()
-                ),
-            },
+            Self::MissingNode { backend, path } => format!(
+                "{}: {}",
+                path.display(),
+                backend.description().map_or("", |d| d.missing_remedy)
+            ),
             Self::UnknownMockDevice { known, .. } => {
                 format!("name one of the mock's models: {}", known.join(", "))
             }
