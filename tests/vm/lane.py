@@ -33,9 +33,11 @@ from pathlib import Path
 # guest tests to the lane by appending its package name here.
 GUEST_TEST_PACKAGES = [
     "vfio-hal-guest-tests",
+    "vfio-hal-linux",
     "vfio-hal-legacy",
     "vfio-hal-iommufd",
     "vfio-hal-facade",
+    "vfio-hal-cli",
     "vfio-hal-peer-bench",
 ]
 
