@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::{MSI, MSIX};
 use vfio_hal::pci::cfg;
 use vfio_hal::prelude::*;
@@ -538,18 +539,15 @@ fn edu_msi_reaches_an_eventfd_exactly_once() {
     dev.set_bus_master(true).expect("bus master");
     let msi = dev.irq(MSI).expect("MSI");
     assert_eq!(msi.info().count, 1);
-    let efd = vfio_hal_linux::sys::eventfd().expect("eventfd");
+    let efd = EventFd::nonblocking().expect("eventfd");
     msi.set_eventfd(0, Some(efd.as_fd())).expect("route MSI");
     let bar0 = dev.region(0).expect("BAR0");
     bar0.write_at::<u32>(0x60, 1).expect("raise");
-    let fired = vfio_hal_linux::sys::poll_readable(efd.as_fd(), 10_000).expect("poll");
+    let fired = efd.poll(Duration::from_secs(10)).expect("poll");
     assert!(fired, "no MSI within 10 s");
-    assert_eq!(
-        vfio_hal_linux::sys::eventfd_read(efd.as_fd()).expect("read"),
-        Some(1)
-    );
+    assert_eq!(efd.take().expect("read"), 1);
     bar0.write_at::<u32>(0x64, 1).expect("ack");
-    assert!(!vfio_hal_linux::sys::poll_readable(efd.as_fd(), 200).expect("poll"));
+    assert!(!efd.poll(Duration::from_millis(200)).expect("poll"));
     msi.disable().expect("disable");
 }
 
@@ -597,11 +595,11 @@ fn the_msix_device_opens_through_the_cdev() {
         .find_capability(cfg::CAP_ID_MSIX)
         .expect("walk")
         .is_some());
-    let efd = vfio_hal_linux::sys::eventfd().expect("eventfd");
+    let efd = EventFd::nonblocking().expect("eventfd");
     msix.set_eventfd(0, Some(efd.as_fd()))
         .expect("route vector 0");
     msix.trigger(0, 1).expect("loopback trigger");
-    assert!(vfio_hal_linux::sys::poll_readable(efd.as_fd(), 5_000).expect("poll"));
+    assert!(efd.poll(Duration::from_secs(5)).expect("poll"));
     msix.disable().expect("disable");
 }
 

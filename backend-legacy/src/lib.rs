@@ -17,8 +17,8 @@
 //! use vfio_hal::prelude::*;
 //! use vfio_hal::irq::index::MSI;
 //! use vfio_hal_legacy::LegacyContainer;
-//! use vfio_hal_linux::sys;
-//! use std::os::fd::AsFd;
+//! use vfio_hal::eventfd::{EventFd, EventFdExt};
+//! use vfio_hal::Target;
 //!
 //! let container = LegacyContainer::open()?;
 //! let edu = container.open_device("0000:00:01.0")?;
@@ -26,7 +26,7 @@
 //! let bar0 = edu.region(0)?;
 //! bar0.write_at(0x04, 0x1234_5678u32)?; // liveness register: reads back inverted
 //! assert_eq!(bar0.read_at::<u32>(0x04)?, !0x1234_5678);
-//! let efd = sys::eventfd().map_err(|e| e.into_error("eventfd", vfio_hal::Target::None))?;
+//! let efd = EventFd::nonblocking().map_err(|e| vfio_hal::Error::from_io("eventfd", Target::None, &e))?;
 //! edu.irq(MSI)?.set_eventfd(0, Some(efd.as_fd()))?;
 //! # Ok::<(), vfio_hal::Error>(())
 //! ```

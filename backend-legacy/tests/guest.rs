@@ -7,17 +7,17 @@
 //! The lane runs tests one at a time in name order; the test that unplugs
 //! the spare edu is named to run last.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use vfio_hal::device::feature;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::{ERR, MSI, MSIX, REQ};
 use vfio_hal::pci::{cfg, region::CONFIG};
 use vfio_hal::prelude::*;
 use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange};
 use vfio_hal_guest_tests as lane;
 use vfio_hal_legacy::LegacyContainer;
-use vfio_hal_linux::{sys, VfioDevice};
+use vfio_hal_linux::VfioDevice;
 
 /// edu's identification register (BAR0 + 0).
 const EDU_IDENT: u32 = 0x0100_00ed;
@@ -34,20 +34,6 @@ fn open_edu() -> (LegacyContainer, VfioDevice) {
     let container = LegacyContainer::open().expect("open /dev/vfio/vfio");
     let edu = container.open_device(&edu_bdf()).expect("open edu");
     (container, edu)
-}
-
-fn eventfd() -> OwnedFd {
-    sys::eventfd().expect("eventfd")
-}
-
-/// Waits for an eventfd to fire and returns its counter (cleared).
-fn wait_event(fd: BorrowedFd<'_>, timeout: Duration) -> Option<u64> {
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    if sys::poll_readable(fd, ms).expect("poll") {
-        sys::eventfd_read(fd).expect("read eventfd")
-    } else {
-        None
-    }
 }
 
 fn open_fds() -> usize {
@@ -228,24 +214,24 @@ fn msi_from_the_raise_register_fires_once_and_deassigns() {
     let bar0 = edu.region(0).expect("BAR0");
     let msi = edu.irq(MSI).expect("MSI");
     assert_eq!(msi.info().count, 1);
-    let efd = eventfd();
+    let efd = EventFd::nonblocking().expect("eventfd");
     msi.set_eventfd(0, Some(efd.as_fd())).expect("route MSI");
 
     bar0.write_at(0x60, 1u32).expect("raise");
-    assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1), "one MSI");
+    assert_eq!(efd.wait(TIMEOUT).expect("wait"), 1, "one MSI");
     assert_eq!(bar0.read_at::<u32>(0x24).expect("status") & 1, 1);
     bar0.write_at(0x64, 1u32).expect("ack");
     assert_eq!(
-        wait_event(efd.as_fd(), Duration::from_millis(300)),
-        None,
+        efd.wait(Duration::from_millis(300)).expect("wait"),
+        0,
         "exactly one"
     );
 
     msi.set_eventfd(0, None).expect("de-assign");
     bar0.write_at(0x60, 1u32).expect("raise");
     assert_eq!(
-        wait_event(efd.as_fd(), Duration::from_millis(300)),
-        None,
+        efd.wait(Duration::from_millis(300)).expect("wait"),
+        0,
         "de-assigned"
     );
     bar0.write_at(0x64, 1u32).expect("ack");
@@ -269,10 +255,10 @@ fn err_and_req_are_ordinary_irq_indices() {
     let (_c, edu) = open_edu();
     let req = edu.irq(REQ).expect("REQ");
     assert_eq!(req.info().count, 1, "vfio-pci always offers REQ");
-    let efd = eventfd();
+    let efd = EventFd::nonblocking().expect("eventfd");
     req.set_eventfd(0, Some(efd.as_fd())).expect("route REQ");
     req.trigger(0, 1).expect("loopback REQ");
-    assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1));
+    assert_eq!(efd.wait(TIMEOUT).expect("wait"), 1);
     req.disable().expect("disable REQ");
     // The kernel has nothing to disable now: it answers EINVAL.
     let e = req.disable().expect_err("nothing routed");
@@ -290,7 +276,7 @@ fn err_and_req_are_ordinary_irq_indices() {
     } else {
         err.set_eventfd(0, Some(efd.as_fd())).expect("route ERR");
         err.trigger(0, 1).expect("loopback ERR");
-        assert_eq!(wait_event(efd.as_fd(), TIMEOUT), Some(1));
+        assert_eq!(efd.wait(TIMEOUT).expect("wait"), 1);
         err.disable().expect("disable ERR");
     }
 }
@@ -483,12 +469,15 @@ fn msix_device_has_sparse_or_msix_mappable_bar_and_loopback_vectors() {
 
     let msix = nvme.irq(MSIX).expect("MSI-X");
     assert!(msix.info().count >= 2, "{:?}", msix.info());
-    let (a, b) = (eventfd(), eventfd());
+    let (a, b) = (
+        EventFd::nonblocking().expect("eventfd"),
+        EventFd::nonblocking().expect("eventfd"),
+    );
     msix.set_eventfds(0, &[Some(a.as_fd()), Some(b.as_fd())])
         .expect("route two vectors");
     msix.trigger(1, 1).expect("loopback vector 1");
-    assert_eq!(wait_event(b.as_fd(), TIMEOUT), Some(1));
-    assert_eq!(wait_event(a.as_fd(), Duration::from_millis(100)), None);
+    assert_eq!(b.wait(TIMEOUT).expect("wait"), 1);
+    assert_eq!(a.wait(Duration::from_millis(100)).expect("wait"), 0);
     msix.disable().expect("disable");
 }
 
@@ -505,7 +494,7 @@ fn dropping_everything_returns_every_fd() {
         let bar0 = edu.region(0).expect("BAR0");
         assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
         let _areas = bar0.mmap().expect("mmap");
-        let efd = eventfd();
+        let efd = EventFd::nonblocking().expect("eventfd");
         edu.irq(MSI)
             .expect("MSI")
             .set_eventfd(0, Some(efd.as_fd()))

@@ -398,7 +398,7 @@ impl Drop for Handle {
 /// ([`vfio_hal::revoke`]):
 ///
 /// ```
-/// use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+/// use vfio_hal::eventfd::{EventFd, EventFdExt};
 /// use vfio_hal::irq::index::REQ;
 /// use vfio_hal::prelude::*;
 /// use vfio_hal::ErrorKind;
@@ -410,11 +410,8 @@ impl Drop for Handle {
 /// let bar0 = edu.region(0)?; // a vCPU's handle
 /// let revoker = edu.revoker()?; // the event loop's
 ///
-/// // SAFETY: eventfd takes no pointers; the new fd is checked and owned once.
-/// let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-/// assert!(raw >= 0);
-/// // SAFETY: `raw` is a fresh fd that nothing else owns.
-/// let req = unsafe { OwnedFd::from_raw_fd(raw) };
+/// let req = EventFd::nonblocking()
+///     .map_err(|e| vfio_hal::Error::from_io("eventfd", vfio_hal::Target::None, &e))?;
 /// edu.irq(REQ)?.set_eventfd(0, Some(req.as_fd()))?;
 ///
 /// assert!(container.request_unplug("edu")?, "REQ signalled");

@@ -32,7 +32,8 @@
 //!   `AsRawFd`.
 //!
 //! ```
-//! use std::os::fd::{AsFd, AsRawFd};
+//! use std::os::fd::AsRawFd;
+//! use vfio_hal::eventfd::{EventFd, EventFdExt};
 //! use vfio_hal::prelude::*;
 //! use vfio_hal_mock::expect::{MockDevice, MockIrq};
 //!
@@ -41,8 +42,8 @@
 //!     dev.irq(vfio_hal::irq::index::MSIX)?.set_eventfd(0, Some(fd))
 //! }
 //!
-//! let file = std::fs::File::open("/dev/null").expect("open /dev/null");
-//! let raw = file.as_raw_fd();
+//! let efd = EventFd::nonblocking().expect("eventfd");
+//! let raw = efd.as_raw_fd();
 //! let mut dev = MockDevice::new();
 //! dev.expect_irq().withf(|&i| i == 2).times(1).returning(move |_| {
 //!     let mut irq = MockIrq::new();
@@ -52,7 +53,7 @@
 //!         .returning(|_, _| Ok(()));
 //!     Ok(irq)
 //! });
-//! route(&dev, file.as_fd()).expect("routed");
+//! route(&dev, efd.as_fd()).expect("routed");
 //! // Expectations are verified when the mocks drop (or with `checkpoint()`).
 //! ```
 

@@ -5,9 +5,9 @@
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::{Error, MmapArea, Result, Target};
 
 /// The kernel's name for an eventfd's anonymous inode, as `/proc/self/fd` shows it.
@@ -18,11 +18,11 @@ const EVENTFD_LINK: &str = "anon_inode:[eventfd]";
 /// Holding a dup keeps the route valid when the caller closes its copy, as
 /// the kernel's `eventfd_ctx` reference does; dropping it closes the dup.
 #[derive(Debug)]
-pub(crate) struct EventFd {
-    file: File,
+pub(crate) struct EventRoute {
+    efd: EventFd,
 }
 
-impl EventFd {
+impl EventRoute {
     /// Duplicates `fd`. Like `eventfd_ctx_fdget`, a bad fd is `EBADF` and a
     /// file that is not an eventfd is `EINVAL`.
     pub(crate) fn dup(op: &'static str, target: &Target, fd: BorrowedFd<'_>) -> Result<Self> {
@@ -35,14 +35,15 @@ impl EventFd {
                 return Err(Error::sys(op, target.clone(), libc::EINVAL));
             }
         }
-        Ok(Self {
-            file: File::from(owned),
-        })
+        // SAFETY: `into_raw_fd` hands over sole ownership of a descriptor
+        // that is open, and (unless /proc is missing) checked to be an eventfd.
+        let efd = unsafe { EventFd::from_raw_fd(owned.into_raw_fd()) };
+        Ok(Self { efd })
     }
 
     /// Adds 1 to the counter, as `eventfd_signal` does.
     pub(crate) fn signal(&self) {
-        if let Err(e) = (&self.file).write_all(&1u64.to_ne_bytes()) {
+        if let Err(e) = self.efd.write(1) {
             // Only a counter at its maximum with O_NONBLOCK can fail.
             log::warn!("mock: eventfd signal failed: {e}");
         }
@@ -54,19 +55,7 @@ impl EventFd {
     /// with a wait-queue callback; the mock checks it instead whenever the
     /// device is touched.
     pub(crate) fn consume(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid, initialised pollfd for the duration of
-        // the call, matching nfds = 1; a zero timeout makes the call non-blocking.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if ready != 1 || pfd.revents & libc::POLLIN == 0 {
-            return false;
-        }
-        let mut count = [0u8; 8];
-        (&self.file).read_exact(&mut count).is_ok()
+        self.efd.take().is_ok_and(|n| n > 0)
     }
 }
 

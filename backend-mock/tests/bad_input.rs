@@ -12,8 +12,9 @@ mod common;
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use common::{EventFd, EDU};
+use common::EDU;
 use rstest::rstest;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index;
 use vfio_hal::pci::{cfg, region};
 use vfio_hal::prelude::*;
@@ -69,8 +70,8 @@ fn bar0(fx: &Fx) -> Result<vfio_hal_mock::MockRegion> {
 }
 
 fn eventfd_route(fx: &Fx, irq: u32) -> Result<()> {
-    let efd = EventFd::new();
-    fx.edu.irq(irq)?.set_eventfd(0, Some(efd.fd()))
+    let efd = EventFd::nonblocking().expect("eventfd");
+    fx.edu.irq(irq)?.set_eventfd(0, Some(efd.as_fd()))
 }
 
 #[rstest]
@@ -160,8 +161,8 @@ fn eventfd_route(fx: &Fx, irq: u32) -> Result<()> {
     ignore = "Miri's fds are not the host's: the mock's /proc/self/fd eventfd check misjudges them"
 )]
 #[case::msi_while_intx_is_enabled(|fx: &Fx| {
-        let intx = EventFd::new();
-        fx.edu.irq(index::INTX)?.set_eventfd(0, Some(intx.fd()))?;
+        let intx = EventFd::nonblocking().expect("eventfd");
+        fx.edu.irq(index::INTX)?.set_eventfd(0, Some(intx.as_fd()))?;
         eventfd_route(fx, index::MSI)
     }, ErrorKind::InvalidArgument, Some(libc::EINVAL))]
 #[cfg_attr(

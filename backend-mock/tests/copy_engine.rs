@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{copy_engine, reg32, set_reg32, set_reg64, EventFd, DMA};
+use common::{copy_engine, reg32, set_reg32, set_reg64, DMA};
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::{flags as iflags, index};
 use vfio_hal::pci::{cfg, region};
 use vfio_hal::prelude::*;
@@ -25,8 +26,10 @@ impl Engine {
     fn new() -> Self {
         let (c, dev) = copy_engine().expect("copy engine");
         dev.set_bus_master(true).expect("bus master");
-        let vectors: Vec<EventFd> = (0..ce::DEFAULT_VECTORS).map(|_| EventFd::new()).collect();
-        let fds: Vec<_> = vectors.iter().map(|e| Some(e.fd())).collect();
+        let vectors: Vec<EventFd> = (0..ce::DEFAULT_VECTORS)
+            .map(|_| EventFd::nonblocking().expect("eventfd"))
+            .collect();
+        let fds: Vec<_> = vectors.iter().map(|e| Some(e.as_fd())).collect();
         dev.irq(index::MSIX)
             .and_then(|i| i.set_eventfds(0, &fds))
             .expect("route MSI-X");
@@ -49,7 +52,10 @@ impl Engine {
     }
 
     fn signals(&self) -> Vec<u64> {
-        self.vectors.iter().map(EventFd::take).collect()
+        self.vectors
+            .iter()
+            .map(|e| e.take().expect("read eventfd"))
+            .collect()
     }
 }
 
@@ -338,10 +344,10 @@ fn the_msix_table_reads_all_ones_drops_writes_and_the_pba_shows_pending_vectors(
     assert_eq!(bar2.read_at::<u64>(pba).expect("pba"), 0);
 
     // Enable MSI-X with vector 1 allocated but unrouted: its message stays pending.
-    let v0 = EventFd::new();
-    let v1 = EventFd::new();
+    let v0 = EventFd::nonblocking().expect("eventfd");
+    let v1 = EventFd::nonblocking().expect("eventfd");
     let msix = dev.irq(index::MSIX).expect("msix");
-    msix.set_eventfds(0, &[Some(v0.fd()), None])
+    msix.set_eventfds(0, &[Some(v0.as_fd()), None])
         .expect("enable");
     let c = dev.region(0).expect("bar0");
     let src = 0x10_0000;
@@ -364,8 +370,16 @@ fn the_msix_table_reads_all_ones_drops_writes_and_the_pba_shows_pending_vectors(
         0b10,
         "vector 1 pending"
     );
-    msix.set_eventfd(1, Some(v1.fd())).expect("route vector 1");
-    assert_eq!((v0.take(), v1.take()), (0, 1), "delivered once routed");
+    msix.set_eventfd(1, Some(v1.as_fd()))
+        .expect("route vector 1");
+    assert_eq!(
+        (
+            v0.take().expect("read eventfd"),
+            v1.take().expect("read eventfd")
+        ),
+        (0, 1),
+        "delivered once routed"
+    );
     assert_eq!(bar2.read_at::<u64>(pba).expect("pba"), 0);
 
     // The function mask holds messages back until it is cleared.
@@ -384,12 +398,12 @@ fn the_msix_table_reads_all_ones_drops_writes_and_the_pba_shows_pending_vectors(
     c.write_at::<u32>(reg::VECTOR, 0).expect("vector");
     c.write_at::<u32>(reg::DOORBELL, reg::DOORBELL_GO)
         .expect("go");
-    assert_eq!(v0.take(), 0, "masked");
+    assert_eq!(v0.take().expect("read eventfd"), 0, "masked");
     assert_eq!(bar2.read_at::<u64>(pba).expect("pba"), 0b1);
     config
         .write_at::<u16>(ctrl, enabled & !0x4000)
         .expect("unmask all");
-    assert_eq!(v0.take(), 1);
+    assert_eq!(v0.take().expect("read eventfd"), 1);
     // The enable bit itself is not the user's to write.
     config
         .write_at::<u16>(ctrl, 0)

@@ -620,18 +620,9 @@ fn a_sweep_reports_a_routine_that_fails_on_its_own() {
 
 mod in_memory {
     use super::*;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use vfio_hal::eventfd::{EventFd, EventFdExt};
     use vfio_hal_mock::models::edu::Edu;
     use vfio_hal_mock::MockContainer;
-
-    /// A real eventfd: the mock refuses anything else as an irq route.
-    fn eventfd() -> OwnedFd {
-        // SAFETY: eventfd takes no pointers; the result is checked below.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(raw >= 0, "eventfd: {}", std::io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(raw) }
-    }
 
     /// Open eventfds of this process (the mock dups the ones it routes).
     /// Only this test creates eventfds in this test binary.
@@ -661,7 +652,8 @@ mod in_memory {
 
     #[test]
     fn every_step_of_a_bring_up_fails_cleanly() {
-        let efd = eventfd();
+        // A real eventfd: the mock refuses anything else as an irq route.
+        let efd = EventFd::nonblocking().expect("eventfd");
         let baseline = open_eventfds();
         let mut failed = Vec::new();
         let steps = sweep(

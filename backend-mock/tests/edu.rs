@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{edu, reg32, set_reg32, set_reg64, EventFd, EDU};
+use common::{edu, reg32, set_reg32, set_reg64, EDU};
 use rstest::rstest;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::{flags as iflags, index};
 use vfio_hal::pci::{cfg, region};
 use vfio_hal::prelude::*;
@@ -267,13 +268,13 @@ fn status_bit_7_is_writable_and_bit_0_is_not() {
 fn route_msi(dev: &MockDevice, efd: &EventFd) {
     dev.set_bus_master(true).expect("bus master");
     dev.irq(index::MSI)
-        .and_then(|i| i.set_eventfd(0, Some(efd.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(efd.as_fd())))
         .expect("route MSI");
 }
 
 fn route_intx(dev: &MockDevice, efd: &EventFd) {
     dev.irq(index::INTX)
-        .and_then(|i| i.set_eventfd(0, Some(efd.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(efd.as_fd())))
         .expect("route INTx");
 }
 
@@ -292,26 +293,32 @@ fn msi_enable_bit(dev: &MockDevice) -> bool {
 #[test]
 fn factorial_interrupt_goes_out_as_msi_when_msi_is_enabled() {
     let (_c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
     set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::FACTORIAL, 6);
-    assert_eq!(msi.take(), 1, "one MSI");
+    assert_eq!(msi.take().expect("read eventfd"), 1, "one MSI");
     assert_eq!(reg32(&dev, reg::IRQ_STATUS), reg::FACT_IRQ);
     assert_eq!(reg32(&dev, reg::FACTORIAL), 720);
     set_reg32(&dev, reg::IRQ_ACK, reg::FACT_IRQ);
     assert_eq!(reg32(&dev, reg::IRQ_STATUS), 0);
-    assert_eq!(msi.take(), 0, "no further message");
+    assert_eq!(msi.take().expect("read eventfd"), 0, "no further message");
 }
 
 #[test]
 fn factorial_without_bit_7_raises_nothing() {
     let (_c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
     set_reg32(&dev, reg::FACTORIAL, 4);
     assert_eq!(reg32(&dev, reg::FACTORIAL), 24);
-    assert_eq!((msi.take(), reg32(&dev, reg::IRQ_STATUS)), (0, 0));
+    assert_eq!(
+        (
+            msi.take().expect("read eventfd"),
+            reg32(&dev, reg::IRQ_STATUS)
+        ),
+        (0, 0)
+    );
 }
 
 #[test]
@@ -327,7 +334,7 @@ fn the_msi_enable_bit_follows_set_irqs_and_ignores_user_writes() {
         .write_at::<u16>(ctrl, 0x0081)
         .expect("try to enable by hand");
     assert!(!msi_enable_bit(&dev), "MSI is enabled via the ioctl only");
-    let efd = EventFd::new();
+    let efd = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &efd);
     assert!(msi_enable_bit(&dev));
     dev.irq(index::MSI)
@@ -339,7 +346,7 @@ fn the_msi_enable_bit_follows_set_irqs_and_ignores_user_writes() {
 #[test]
 fn raise_and_acknowledge_drive_intx_when_msi_is_off() {
     let (_c, dev) = edu().expect("edu");
-    let intx = EventFd::new();
+    let intx = EventFd::nonblocking().expect("eventfd");
     route_intx(&dev, &intx);
     let status = || {
         dev.config()
@@ -347,7 +354,7 @@ fn raise_and_acknowledge_drive_intx_when_msi_is_off() {
             .expect("status")
     };
     set_reg32(&dev, reg::IRQ_RAISE, 0x8000_0000);
-    assert_eq!(intx.take(), 1);
+    assert_eq!(intx.take().expect("read eventfd"), 1);
     assert_eq!(reg32(&dev, reg::IRQ_STATUS), 0x8000_0000);
     assert_ne!(
         status() & (1 << 3),
@@ -366,11 +373,15 @@ fn raise_and_acknowledge_drive_intx_when_msi_is_off() {
 #[test]
 fn msi_is_dropped_and_recorded_without_bus_mastering() {
     let (c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
     dev.set_bus_master(false).expect("bus master off");
     set_reg32(&dev, reg::IRQ_RAISE, 0x10);
-    assert_eq!(msi.take(), 0, "no MSI without bus mastering");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        0,
+        "no MSI without bus mastering"
+    );
     assert!(
         c.incidents().iter().any(|i| matches!(
             i,
@@ -384,10 +395,10 @@ fn msi_is_dropped_and_recorded_without_bus_mastering() {
 #[test]
 fn with_msi_enabled_intx_stays_quiet() {
     let (_c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
     set_reg32(&dev, reg::IRQ_RAISE, 0x10);
-    assert_eq!(msi.take(), 1);
+    assert_eq!(msi.take().expect("read eventfd"), 1);
     let status = dev
         .config()
         .and_then(|c| c.read_at::<u16>(cfg::STATUS))
@@ -395,7 +406,7 @@ fn with_msi_enabled_intx_stays_quiet() {
     assert_eq!(status & (1 << 3), 0, "no INTx");
     // Every raise while the status is non-zero sends another message, as in QEMU.
     set_reg32(&dev, reg::IRQ_RAISE, 0);
-    assert_eq!(msi.take(), 1);
+    assert_eq!(msi.take().expect("read eventfd"), 1);
 }
 
 // ---- DMA -------------------------------------------------------------------
@@ -443,7 +454,7 @@ impl Dma {
 #[test]
 fn dma_round_trip_with_msi_and_data_check() {
     let d = Dma::new();
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&d.dev, &msi);
     let src = d
         .container
@@ -470,7 +481,11 @@ fn dma_round_trip_with_msi_and_data_check() {
         4096,
         reg::EDU_DMA_RUN | reg::EDU_DMA_IRQ,
     );
-    assert_eq!(msi.take(), 1, "one MSI for the first transfer");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        1,
+        "one MSI for the first transfer"
+    );
     assert_eq!(reg32(&d.dev, reg::IRQ_STATUS), reg::DMA_IRQ);
     set_reg32(&d.dev, reg::IRQ_ACK, reg::DMA_IRQ);
     d.start(
@@ -479,7 +494,11 @@ fn dma_round_trip_with_msi_and_data_check() {
         4096,
         reg::EDU_DMA_RUN | reg::EDU_DMA_DIR | reg::EDU_DMA_IRQ,
     );
-    assert_eq!(msi.take(), 1, "one MSI for the second transfer");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        1,
+        "one MSI for the second transfer"
+    );
     assert_eq!(dst.buffer().to_vec(), pattern);
     assert!(
         d.container.clock().now() - t0 >= 2 * edu::DMA_DELAY,
@@ -586,7 +605,7 @@ fn ram_addresses_are_masked_to_28_bits() {
 #[test]
 fn a_transfer_outside_the_device_buffer_is_refused_safely() {
     let d = Dma::new();
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&d.dev, &msi);
     let buf = d
         .container
@@ -624,7 +643,11 @@ fn a_transfer_outside_the_device_buffer_is_refused_safely() {
         .filter(|i| matches!(i, Incident::Refused { device, .. } if device == EDU))
         .count();
     assert_eq!(refused, 3);
-    assert_eq!(msi.take(), 1, "the command completes as QEMU's would");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        1,
+        "the command completes as QEMU's would"
+    );
 }
 
 #[test]
@@ -727,14 +750,14 @@ fn dropping_the_container_unmaps_so_a_late_device_dma_faults() {
 #[test]
 fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
     let (_c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
     dev.set_bus_master(true).expect("bus master");
     set_reg32(&dev, reg::LIVENESS, 7);
     set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::IRQ_RAISE, 0x40);
     set_reg64(&dev, reg::DMA_SRC, 0x1234);
-    assert_eq!(msi.take(), 1);
+    assert_eq!(msi.take().expect("read eventfd"), 1);
     dev.reset().expect("reset");
     for (r, v) in [
         (reg::LIVENESS, 0),
@@ -751,7 +774,11 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
         "config survives"
     );
     set_reg32(&dev, reg::IRQ_RAISE, 1);
-    assert_eq!(msi.take(), 1, "the MSI route survives");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        1,
+        "the MSI route survives"
+    );
 }
 
 #[test]

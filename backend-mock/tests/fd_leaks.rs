@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{open_fds, EventFd, DMA, EDU};
+use common::{open_fds, DMA, EDU};
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index;
 use vfio_hal::prelude::*;
 use vfio_hal::Container;
@@ -17,9 +18,9 @@ fn routes_mmaps_and_devices_release_every_fd() {
         let c = MockContainer::new();
         c.plug(DMA, CopyEngine::new()).expect("plug");
         let d = c.open_device(DMA).expect("open");
-        let e = EventFd::new();
+        let e = EventFd::nonblocking().expect("eventfd");
         d.irq(index::MSIX)
-            .and_then(|i| i.set_eventfd(0, Some(e.fd())))
+            .and_then(|i| i.set_eventfd(0, Some(e.as_fd())))
             .expect("route");
     }
     let baseline = open_fds();
@@ -35,12 +36,12 @@ fn routes_mmaps_and_devices_release_every_fd() {
         "one memfd for the copy engine's SRAM"
     );
     let edu = c.open_device(EDU).expect("open");
-    let efd = EventFd::new();
+    let efd = EventFd::nonblocking().expect("eventfd");
     let with_efd = open_fds();
     let msi = edu.irq(index::MSI).expect("msi");
-    msi.set_eventfd(0, Some(efd.fd())).expect("route");
+    msi.set_eventfd(0, Some(efd.as_fd())).expect("route");
     assert_eq!(open_fds(), with_efd + 1, "the route holds one dup");
-    msi.set_eventfd(0, Some(efd.fd())).expect("re-route");
+    msi.set_eventfd(0, Some(efd.as_fd())).expect("re-route");
     assert_eq!(open_fds(), with_efd + 1, "re-routing replaces the dup");
     msi.disable().expect("disable");
     assert_eq!(open_fds(), with_efd, "disable closes the dup");
@@ -50,21 +51,23 @@ fn routes_mmaps_and_devices_release_every_fd() {
     for round in 0..20 {
         let edu = c.open_device(EDU).expect("open edu");
         let dma = c.open_device(DMA).expect("open copy engine");
-        let intx = EventFd::new();
-        let resample = EventFd::new();
+        let intx = EventFd::nonblocking().expect("eventfd");
+        let resample = EventFd::nonblocking().expect("eventfd");
         let intx_irq = edu.irq(index::INTX).expect("intx");
-        intx_irq.set_eventfd(0, Some(intx.fd())).expect("INTx");
+        intx_irq.set_eventfd(0, Some(intx.as_fd())).expect("INTx");
         intx_irq
-            .set_resample(Some(resample.fd()))
+            .set_resample(Some(resample.as_fd()))
             .expect("resample");
-        let vectors: Vec<EventFd> = (0..4).map(|_| EventFd::new()).collect();
-        let fds: Vec<_> = vectors.iter().map(|v| Some(v.fd())).collect();
+        let vectors: Vec<EventFd> = (0..4)
+            .map(|_| EventFd::nonblocking().expect("eventfd"))
+            .collect();
+        let fds: Vec<_> = vectors.iter().map(|v| Some(v.as_fd())).collect();
         dma.irq(index::MSIX)
             .and_then(|i| i.set_eventfds(0, &fds))
             .expect("MSI-X");
         for i in [index::ERR, index::REQ] {
             dma.irq(i)
-                .and_then(|irq| irq.set_eventfd(0, Some(vectors[0].fd())))
+                .and_then(|irq| irq.set_eventfd(0, Some(vectors[0].as_fd())))
                 .expect("err/req");
         }
         let areas = dma.region(2).and_then(|r| r.mmap()).expect("mmap");
@@ -84,10 +87,10 @@ fn routes_mmaps_and_devices_release_every_fd() {
 
     // Unplug with routes live closes them; so does dropping the container.
     let dma = c.open_device(DMA).expect("open");
-    let efd = EventFd::new();
+    let efd = EventFd::nonblocking().expect("eventfd");
     let before_route = open_fds();
     dma.irq(index::MSIX)
-        .and_then(|i| i.set_eventfd(0, Some(efd.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(efd.as_fd())))
         .expect("route");
     assert_eq!(open_fds(), before_route + 1);
     c.unplug(DMA).expect("unplug");

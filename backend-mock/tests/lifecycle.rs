@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{copy_engine, edu, reg32, set_reg32, EventFd, DMA, EDU};
+use common::{copy_engine, edu, reg32, set_reg32, DMA, EDU};
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index;
 use vfio_hal::pci::{cfg, region};
 use vfio_hal::prelude::*;
@@ -60,9 +61,9 @@ fn open_errors_not_found_and_busy_and_reopen_after_close() {
 #[test]
 fn closing_resets_the_model_config_and_interrupts() {
     let (c, dev) = edu().expect("edu");
-    let msi = EventFd::new();
+    let msi = EventFd::nonblocking().expect("eventfd");
     dev.irq(index::MSI)
-        .and_then(|i| i.set_eventfd(0, Some(msi.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(msi.as_fd())))
         .expect("MSI");
     dev.set_bus_master(true).expect("bus master");
     set_reg32(&dev, reg::LIVENESS, 5);
@@ -75,13 +76,21 @@ fn closing_resets_the_model_config_and_interrupts() {
         "as vfio-pci enables it"
     );
     set_reg32(&dev, reg::IRQ_RAISE, 1);
-    assert_eq!(msi.take(), 0, "routes were torn down on close");
+    assert_eq!(
+        msi.take().expect("read eventfd"),
+        0,
+        "routes were torn down on close"
+    );
     // MSI is off again, so INTx could be enabled.
-    let intx = EventFd::new();
+    let intx = EventFd::nonblocking().expect("eventfd");
     dev.irq(index::INTX)
-        .and_then(|i| i.set_eventfd(0, Some(intx.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(intx.as_fd())))
         .expect("INTx");
-    assert_eq!(intx.take(), 1, "the still-raised line fires");
+    assert_eq!(
+        intx.take().expect("read eventfd"),
+        1,
+        "the still-raised line fires"
+    );
 }
 
 #[test]
@@ -89,8 +98,8 @@ fn unplug_makes_every_operation_device_gone() {
     let (c, dev) = edu().expect("edu");
     let bar = dev.region(0).expect("bar0");
     let msi = dev.irq(index::MSI).expect("msi");
-    let efd = EventFd::new();
-    msi.set_eventfd(0, Some(efd.fd())).expect("route");
+    let efd = EventFd::nonblocking().expect("eventfd");
+    msi.set_eventfd(0, Some(efd.as_fd())).expect("route");
     c.unplug(EDU).expect("unplug");
     let gone = |e: vfio_hal::Error| {
         assert_eq!(
@@ -136,12 +145,12 @@ fn request_unplug_signals_req_and_reports_whether_anyone_listens() {
     );
     let dev = c.open_device(EDU).expect("open");
     assert!(!c.request_unplug(EDU).expect("no REQ eventfd"));
-    let req = EventFd::new();
+    let req = EventFd::nonblocking().expect("eventfd");
     dev.irq(index::REQ)
-        .and_then(|i| i.set_eventfd(0, Some(req.fd())))
+        .and_then(|i| i.set_eventfd(0, Some(req.as_fd())))
         .expect("REQ");
     assert!(c.request_unplug(EDU).expect("signalled"));
-    assert_eq!(req.take(), 1);
+    assert_eq!(req.take().expect("read eventfd"), 1);
     // The driver releases the device, then the host removes it.
     drop(dev);
     c.unplug(EDU).expect("unplug");

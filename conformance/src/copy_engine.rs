@@ -13,9 +13,9 @@ use vfio_hal::{Device, PciConfig, RegionExt};
 
 use crate::dma_engine::{Completion, DmaEngine, EngineKind};
 use crate::edu::DriverError;
-use crate::eventfd::EventFd;
 use crate::fixture::Fixture;
 use crate::msix::MsixDriver;
+use vfio_hal::eventfd::EventFd;
 
 /// PCI vendor id of the copy engine.
 pub const VENDOR_ID: u16 = 0x1234;

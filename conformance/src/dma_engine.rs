@@ -17,8 +17,8 @@ use std::time::Duration;
 use vfio_hal::Device;
 
 use crate::edu::DriverError;
-use crate::eventfd::EventFd;
 use crate::fixture::Fixture;
+use vfio_hal::eventfd::EventFd;
 
 /// How a copy ended, as the engine saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

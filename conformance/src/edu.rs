@@ -26,7 +26,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use vfio_hal::irq::index as irq_index;
@@ -36,12 +35,12 @@ use vfio_hal::{
 };
 
 use crate::dma_engine::{Completion, DmaEngine, EngineKind};
-use crate::eventfd::EventFd;
 use crate::fixture::Fixture;
 use reg::{
     DMA_IRQ, DMA_SIZE, DMA_START, EDU_DMA_DIR, EDU_DMA_IRQ, EDU_DMA_RUN, EDU_STATUS_COMPUTING,
     EDU_STATUS_IRQFACT, FACT_IRQ, ID_VALUE,
 };
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// PCI vendor id of edu.
 pub const VENDOR_ID: u16 = 0x1234;
@@ -311,7 +310,7 @@ impl<D: Device> EduDriver<D> {
         if self.irq.is_some() {
             return Ok(());
         }
-        let fd = EventFd::new().map_err(|source| DriverError::Os {
+        let fd = EventFd::nonblocking().map_err(|source| DriverError::Os {
             what: "create the MSI eventfd",
             source,
         })?;

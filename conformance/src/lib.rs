@@ -59,7 +59,6 @@ pub mod cases;
 pub mod copy_engine;
 pub mod dma_engine;
 pub mod edu;
-pub mod eventfd;
 pub mod fail_nth;
 pub mod fixture;
 pub mod msix;

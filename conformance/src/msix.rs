@@ -6,14 +6,14 @@
 //! the loopback trigger (`DATA_NONE | ACTION_TRIGGER`) to fire a vector from
 //! software, and the MSI-X capability in config space to find the table.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::cfg;
 use vfio_hal::{Device, Irq, PciConfig, Region, RegionExt};
 
 use crate::edu::DriverError;
-use crate::eventfd::EventFd;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// The most vectors the driver routes (enough to see per-vector behaviour,
 /// few enough to stay cheap on devices with hundreds).
@@ -105,7 +105,7 @@ impl<D: Device> MsixDriver<D> {
         }
         let vectors = count.min(MAX_VECTORS) as usize;
         let fds = (0..vectors)
-            .map(|_| EventFd::new())
+            .map(|_| EventFd::nonblocking())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| DriverError::Os {
                 what: "create MSI-X eventfds",

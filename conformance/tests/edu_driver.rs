@@ -1,6 +1,7 @@
 //! The edu driver, written once against the hal traits, on the mock's model:
 //! liveness, factorial with its interrupt, DMA round trip with MSI and data check.
 
+use vfio_hal::eventfd::EventFdExt;
 use vfio_hal::Container;
 use vfio_hal_conformance::edu::{expected_factorial, Direction, DriverError, EduDriver};
 use vfio_hal_conformance::Fixture;

@@ -33,7 +33,6 @@
 //! that test passes with a loud `SKIPPED` line, or fails when
 //! `VFIO_HAL_REQUIRE_KVM=1` says the machine must have KVM.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -41,9 +40,9 @@ use std::time::Duration;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vfio_hal_facade::dynamic::DynRegion;
+use vfio_hal_facade::eventfd::{EventFd, EventFdExt};
 use vfio_hal_facade::prelude::*;
 use vfio_hal_facade::{open, Backend, DmaBuffer, OpenSpec, Opened};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -315,23 +314,6 @@ fn setup_machine(want_irqchip: bool) -> Result<Machine, BoxError> {
     })
 }
 
-/// Waits up to `timeout` for the eventfd to count, and reads the count.
-fn read_eventfd(efd: &EventFd, timeout: Duration) -> Result<u64, BoxError> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match efd.read() {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() >= deadline {
-                    return Ok(0);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(format!("read the MSI eventfd: {e}").into()),
-        }
-    }
-}
-
 /// What the exit loop collected.
 #[derive(Debug, Default)]
 struct Exits {
@@ -374,7 +356,10 @@ fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Ex
             VcpuExit::IoOut(p, _) if port::PIC.contains(&p) && !machine.irqchip => {}
             VcpuExit::Hlt if !machine.irqchip => {
                 // No in-kernel irqchip: the interrupt is the VMM's to take.
-                exits.eventfd_count = Some(read_eventfd(efd, Duration::from_secs(5))?);
+                exits.eventfd_count = Some(
+                    efd.wait(Duration::from_secs(5))
+                        .map_err(|e| format!("read the MSI eventfd: {e}"))?,
+                );
                 return Ok(exits);
             }
             other => {
@@ -406,18 +391,14 @@ fn run_vmm(
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
     let mut machine = setup_machine(want_irqchip)?;
-    let efd = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    let efd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
     if machine.irqchip {
         machine
             .vm
             .register_irqfd(&efd, EDU_GSI)
             .map_err(|e| format!("KVM_IRQFD: {e}"))?;
     }
-    // SAFETY: `efd` outlives the call; the device keeps its own reference
-    // to the eventfd (VFIO takes one), and the route is torn down below
-    // before `efd` is dropped.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(efd.as_raw_fd()) };
-    msi.set_eventfd(0, Some(borrowed))?;
+    msi.set_eventfd(0, Some(efd.as_fd()))?;
 
     let (tx, rx) = mpsc::channel();
     // The vCPU thread owns the machine: if the guest never finishes, the

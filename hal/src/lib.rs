@@ -48,6 +48,7 @@ pub mod decorate;
 pub mod device;
 pub mod dynamic;
 pub mod error;
+pub mod eventfd;
 mod forward;
 pub mod iova;
 pub mod irq;

@@ -8,7 +8,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sys`] | VFIO ioctl numbers, the generic ioctl wrappers, argsz re-query, positioned I/O, eventfd, poll: the only place that calls `ioctl` for VFIO |
+//! | [`sys`] | VFIO ioctl numbers, the generic ioctl wrappers, argsz re-query, positioned I/O, the revocation placeholder: the only place that calls `ioctl` for VFIO |
 //! | [`devfd`] | [`VfioDevice`], [`VfioRegion`], [`VfioIrq`]: a VFIO device fd as `Device`/`Region`/`Irq`, whichever backend opened it |
 //! | [`info`] | argsz re-query of the VFIO info ioctls and their capability chains |
 //! | [`host`] | [`Host`]: the sysfs and `/dev` trees, the nodes each backend opens, PCI devices, IOMMU groups, cdevs |

@@ -1,5 +1,5 @@
 //! The system-call layer: VFIO ioctl request numbers, the ioctl wrappers and
-//! the few other raw calls (positioned I/O, eventfd, poll).
+//! the few other raw calls (positioned I/O, the revocation placeholder).
 //!
 //! This is the only module of the crate that calls `ioctl` (the mmaps are
 //! owned by [`vfio_hal::MmapArea`]). It has two layers:
@@ -28,6 +28,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
     VFIO_DMA_UNMAP_FLAG_ALL,
 };
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::{Error, Target};
 
 /// An errno returned by a failed system call.
@@ -465,7 +466,7 @@ pub(crate) fn crosvm_acpi_dsm(device: BorrowedFd<'_>, args: &mut [u8]) -> SysRes
 }
 
 // ---------------------------------------------------------------------------
-// Positioned I/O, eventfd, poll.
+// Positioned I/O, the revocation placeholder.
 // ---------------------------------------------------------------------------
 
 fn file_offset(offset: u64) -> SysResult<libc::off64_t> {
@@ -506,75 +507,19 @@ pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usize> 
     })
 }
 
-/// A new non-blocking, close-on-exec eventfd (for irq routing).
-pub fn eventfd() -> SysResult<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; the result is checked.
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Points the descriptor number of `fd` at a fresh eventfd, atomically
 /// (`dup3`): this process stops referencing the file `fd` was open on,
 /// while the number stays taken, so a thread about to use it meets the
 /// eventfd (which answers VFIO ioctls `ENOTTY`, `pread`/`pwrite` `ESPIPE`)
 /// rather than a file opened later under the same number.
 pub fn replace_with_placeholder(fd: &OwnedFd) -> SysResult<()> {
-    let placeholder = eventfd()?;
+    let placeholder =
+        EventFd::nonblocking().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
     // SAFETY: dup3 takes no pointers. The target number is owned by `fd`,
     // which keeps owning it (now naming the eventfd) and closes it on drop;
     // `placeholder`'s own number is closed when it drops below.
     check(unsafe { libc::dup3(placeholder.as_raw_fd(), fd.as_raw_fd(), libc::O_CLOEXEC) })?;
     Ok(())
-}
-
-/// Waits up to `timeout_ms` (negative: forever) for `fd` to become readable.
-pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        match n {
-            0 => return Ok(false),
-            n if n > 0 => return Ok(pfd.revents & libc::POLLIN != 0),
-            _ => match Errno::last() {
-                Errno(libc::EINTR) => continue,
-                e => return Err(e),
-            },
-        }
-    }
-}
-
-/// Reads and clears an eventfd's counter; `None` when it was zero.
-pub fn eventfd_read(fd: BorrowedFd<'_>) -> SysResult<Option<u64>> {
-    let mut v = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into `v`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
-    if n < 0 {
-        return match Errno::last() {
-            Errno(libc::EAGAIN) => Ok(None),
-            e => Err(e),
-        };
-    }
-    Ok((n == 8).then(|| u64::from_ne_bytes(v)))
-}
-
-/// Adds `value` to an eventfd's counter.
-pub fn eventfd_write(fd: BorrowedFd<'_>, value: u64) -> SysResult<()> {
-    let v = value.to_ne_bytes();
-    // SAFETY: the kernel reads 8 bytes from `v`.
-    let n = unsafe { libc::write(fd.as_raw_fd(), v.as_ptr().cast(), v.len()) };
-    if n == 8 {
-        Ok(())
-    } else if n < 0 {
-        Err(Errno::last())
-    } else {
-        Err(Errno(libc::EIO))
-    }
 }
 
 #[cfg(test)]
@@ -682,17 +627,5 @@ mod tests {
         let fd = null.as_fd();
         assert_eq!(pread(fd, &mut [0; 4], u64::MAX), Err(Errno(libc::EINVAL)));
         assert_eq!(pwrite(fd, &[0; 4], 1 << 63), Err(Errno(libc::EINVAL)));
-    }
-
-    #[test]
-    fn eventfd_counts_and_polls() {
-        let efd = eventfd().expect("eventfd");
-        assert!(!poll_readable(efd.as_fd(), 0).expect("poll"));
-        assert_eq!(eventfd_read(efd.as_fd()).expect("read"), None);
-        eventfd_write(efd.as_fd(), 2).expect("write");
-        eventfd_write(efd.as_fd(), 3).expect("write");
-        assert!(poll_readable(efd.as_fd(), 0).expect("poll"));
-        assert_eq!(eventfd_read(efd.as_fd()).expect("read"), Some(5));
-        assert_eq!(eventfd_read(efd.as_fd()).expect("read"), None);
     }
 }

@@ -20,7 +20,7 @@
 use vfio_hal::irq::{flags, index};
 use vfio_hal::{Error, IrqAction, IrqData, IrqInfo, IrqSet, Result, Target};
 
-use crate::sys::EventFd;
+use crate::sys::EventRoute;
 
 const OP: &str = "VFIO_DEVICE_SET_IRQS";
 
@@ -39,8 +39,8 @@ pub enum IrqMode {
 
 #[derive(Debug, Default)]
 struct Intx {
-    trigger: Option<EventFd>,
-    resample: Option<EventFd>,
+    trigger: Option<EventRoute>,
+    resample: Option<EventRoute>,
     /// Automasked or masked by request (vfio's `ctx->masked`).
     masked: bool,
     /// The device's interrupt line.
@@ -55,12 +55,12 @@ pub(crate) struct Interrupts {
     mode: IrqMode,
     intx: Intx,
     /// MSI or MSI-X vector routes; the length is the allocated count.
-    vectors: Vec<Option<EventFd>>,
+    vectors: Vec<Option<EventRoute>>,
     /// MSI-X function mask (config space) and pending bits.
     msix_function_mask: bool,
     msix_pending: Vec<bool>,
-    err: Option<EventFd>,
-    req: Option<EventFd>,
+    err: Option<EventRoute>,
+    req: Option<EventRoute>,
 }
 
 fn einval(index: u32) -> Error {
@@ -189,7 +189,7 @@ impl Interrupts {
         match set.data {
             IrqData::EventFd(fds) => {
                 self.intx.resample = match fds.first().copied().flatten() {
-                    Some(fd) => Some(EventFd::dup(OP, &Target::Irq(set.index), fd)?),
+                    Some(fd) => Some(EventRoute::dup(OP, &Target::Irq(set.index), fd)?),
                     None => None,
                 };
                 // A resample fd that is already signalled unmasks at once (virqfd does too).
@@ -215,7 +215,7 @@ impl Interrupts {
         }
         if let IrqData::EventFd(fds) = set.data {
             let trigger = match fds.first().copied().flatten() {
-                Some(fd) => Some(EventFd::dup(OP, &Target::Irq(set.index), fd)?),
+                Some(fd) => Some(EventRoute::dup(OP, &Target::Irq(set.index), fd)?),
                 None => None,
             };
             if self.mode == IrqMode::Intx {
@@ -275,7 +275,7 @@ impl Interrupts {
 
     /// Unmasks if the resample eventfd was written since the last look.
     pub(crate) fn poll_resample(&mut self) {
-        let fired = self.intx.resample.as_ref().is_some_and(EventFd::consume);
+        let fired = self.intx.resample.as_ref().is_some_and(EventRoute::consume);
         if fired {
             self.intx_unmask();
         }
@@ -364,7 +364,7 @@ impl Interrupts {
             let j = start + i;
             self.vectors[j] = None;
             if let Some(fd) = fd {
-                match EventFd::dup(OP, &Target::Irq(irq), *fd) {
+                match EventRoute::dup(OP, &Target::Irq(irq), *fd) {
                     Ok(e) => self.vectors[j] = Some(e),
                     Err(e) => {
                         self.vectors[start..j].fill_with(|| None);
@@ -446,7 +446,7 @@ impl Interrupts {
     // ---- ERR / REQ -------------------------------------------------------
 
     /// `vfio_pci_set_ctx_trigger_single`.
-    fn single_trigger(slot: &mut Option<EventFd>, set: &IrqSet<'_>) -> Result<()> {
+    fn single_trigger(slot: &mut Option<EventRoute>, set: &IrqSet<'_>) -> Result<()> {
         if set.start != 0 || set.count > 1 {
             return Err(einval(set.index));
         }
@@ -470,7 +470,7 @@ impl Interrupts {
             }
             IrqData::EventFd(fds) => {
                 *slot = match fds.first().copied().flatten() {
-                    Some(fd) => Some(EventFd::dup(OP, &Target::Irq(set.index), fd)?),
+                    Some(fd) => Some(EventRoute::dup(OP, &Target::Irq(set.index), fd)?),
                     None => None,
                 };
                 Ok(())

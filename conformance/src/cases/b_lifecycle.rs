@@ -1,7 +1,5 @@
 //! B. Lifecycle: opening, dropping and re-opening leave nothing behind.
 
-use std::os::fd::AsFd;
-
 use vfio_hal::device::feature;
 use vfio_hal::irq::index as irq_index;
 use vfio_hal::pci::region as pci_region;
@@ -9,11 +7,11 @@ use vfio_hal::{Device, ErrorKind, FeatureOp, Irq, Region, RegionExt};
 
 use super::{edu, edu_device, edu_device_for_msi, fresh, iova, quiet, settled_snapshot};
 use crate::edu::{expected_factorial, reg};
-use crate::eventfd::EventFd;
 use crate::fixture::{Fixture, Unplug};
 use crate::outcome::{expect_eq, expect_kind, fail, not_applicable, CaseResult, Context};
 use crate::probe::device_file_refs;
 use crate::scratch::Scratch;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// Opening and closing edu many times (with MSI routed each time) leaves the
 /// process's fd and device-mmap counts unchanged.
@@ -85,7 +83,7 @@ pub fn device_dropped_with_irqs_routed<F: Fixture>(f: &F) -> CaseResult {
     let timeout = f.capabilities().timeout;
     {
         let c = fresh(f)?;
-        let old = EventFd::new().context("eventfd")?;
+        let old = EventFd::nonblocking().context("eventfd")?;
         {
             let dev = edu_device_for_msi(f, &c)?;
             let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
@@ -96,7 +94,7 @@ pub fn device_dropped_with_irqs_routed<F: Fixture>(f: &F) -> CaseResult {
             expect_eq("MSI signals before the drop", 1, old.wait(timeout)?)?;
             // Dropped here, route and all.
         }
-        old.signal(3).context("the eventfd is still ours")?;
+        old.write(3).context("the eventfd is still ours")?;
         expect_eq("eventfd counter after our own signal", 3, old.take()?)?;
         let mut again = edu(f, &c)?;
         again
@@ -151,7 +149,7 @@ pub fn unplug_request<F: Fixture>(f: &F) -> CaseResult {
         if req.info().count == 0 {
             return Err(not_applicable("edu has no REQ interrupt"));
         }
-        let fd = EventFd::new()?;
+        let fd = EventFd::nonblocking()?;
         req.set_eventfd(0, Some(fd.as_fd())).context("route REQ")?;
         let Some(result) = f.unplug(&c, f.edu(), Unplug::Request) else {
             return Err(not_applicable(

@@ -13,12 +13,12 @@ use vfio_hal::{Container, Device, ErrorKind, Irq, IrqAction, IrqData, IrqSet, Re
 use super::{count_signals, edu, edu_device, edu_device_for_msi, fresh, quiet, Dev};
 use crate::edu::reg;
 use crate::ensure;
-use crate::eventfd::EventFd;
 use crate::fixture::Fixture;
 use crate::msix::{self, MsixDriver};
 use crate::outcome::{
     expect_eq, expect_kind, fail, not_applicable, CaseError, CaseResult, Context,
 };
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// Refusals of a malformed or impossible `SET_IRQS`: the kernel answers
 /// `EINVAL` for most, `ENOTTY` (NotSupported) for mask/unmask on MSI, and
@@ -101,14 +101,14 @@ pub fn msi_deassign_with_none<F: Fixture>(f: &F) -> CaseResult {
     let dev = edu_device_for_msi(f, &c)?;
     let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
-    let old = EventFd::new()?;
+    let old = EventFd::nonblocking()?;
     msi.set_eventfd(0, Some(old.as_fd())).context("route MSI")?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
     expect_eq("signals before de-assigning", 1, count_signals(f, &old, 1)?)?;
     msi.set_eventfd(0, None).context("de-assign vector 0")?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
     expect_eq("signals after de-assigning", 0, old.wait(quiet(f))?)?;
-    let new = EventFd::new()?;
+    let new = EventFd::nonblocking()?;
     msi.set_eventfd(0, Some(new.as_fd()))
         .context("route vector 0 again")?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
@@ -125,7 +125,7 @@ pub fn msi_disable<F: Fixture>(f: &F) -> CaseResult {
     let dev = edu_device_for_msi(f, &c)?;
     let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     msi.set_eventfd(0, Some(fd.as_fd())).context("route MSI")?;
     msi.disable().context("disable MSI")?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
@@ -146,7 +146,7 @@ pub fn msi_loopback_trigger<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
     let dev = edu_device(f, &c)?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     msi.set_eventfd(0, Some(fd.as_fd())).context("route MSI")?;
     msi.trigger(0, 1).context("loopback trigger")?;
     expect_eq(
@@ -183,7 +183,7 @@ fn intx_setup<F: Fixture>(f: &F, c: &F::Container) -> Result<(Dev<F>, EventFd), 
     if intx.info().count == 0 {
         return Err(not_applicable("edu reports no INTx line in this fixture"));
     }
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     intx.set_eventfd(0, Some(fd.as_fd()))
         .context("route INTx")?;
     dev.region(pci_region::BAR0)
@@ -260,7 +260,7 @@ pub fn intx_resample<F: Fixture>(f: &F) -> CaseResult {
     let (dev, fd) = intx_setup(f, &c)?;
     let intx = dev.irq(irq_index::INTX).context("irq(INTx)")?;
     let bar = dev.region(pci_region::BAR0).context("region(BAR0)")?;
-    let resample = EventFd::new()?;
+    let resample = EventFd::nonblocking()?;
     intx.set_resample(Some(resample.as_fd()))
         .context("set the resample eventfd")?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
@@ -270,7 +270,7 @@ pub fn intx_resample<F: Fixture>(f: &F) -> CaseResult {
         count_signals(f, &fd, 1)?,
     )?;
     bar.write_at(reg::IRQ_ACK, 1u32)?;
-    resample.signal(1)?;
+    resample.write(1)?;
     bar.write_at(reg::IRQ_RAISE, 1u32)?;
     expect_eq(
         "INTx signals for a raise after resampling",
@@ -278,7 +278,7 @@ pub fn intx_resample<F: Fixture>(f: &F) -> CaseResult {
         count_signals(f, &fd, 1)?,
     )?;
     // Still asserted: a resample signals again instead of unmasking.
-    resample.signal(1)?;
+    resample.write(1)?;
     if f.capabilities().resample_lazy {
         expect_eq(
             "INTx signals after resampling an asserted line, before any device access (declared lazy)",
@@ -294,7 +294,7 @@ pub fn intx_resample<F: Fixture>(f: &F) -> CaseResult {
         count_signals(f, &fd, 1)?,
     )?;
     bar.write_at(reg::IRQ_ACK, 1u32)?;
-    resample.signal(1)?;
+    resample.write(1)?;
     if f.capabilities().resample_lazy {
         bar.read_at::<u32>(reg::IRQ_STATUS)
             .context("read the interrupt status (the access a lazy resample waits for)")?;
@@ -343,8 +343,8 @@ pub fn invalid_count_past_end<F: Fixture>(f: &F) -> CaseResult {
         msi.trigger(count, 1),
         REFUSED,
     )?;
-    let a = EventFd::new()?;
-    let b = EventFd::new()?;
+    let a = EventFd::nonblocking()?;
+    let b = EventFd::nonblocking()?;
     expect_kind(
         "routing two eventfds to a one-vector MSI",
         msi.set_eventfds(0, &[Some(a.as_fd()), Some(b.as_fd())]),
@@ -362,7 +362,7 @@ pub fn invalid_resample_on_msi<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
     let dev = edu_device(f, &c)?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     expect_kind(
         "resample eventfd on MSI",
         msi.set_resample(Some(fd.as_fd())),
@@ -378,7 +378,7 @@ pub fn one_irq_type_at_a_time<F: Fixture>(f: &F) -> CaseResult {
     let (dev, intx_fd) = intx_setup(f, &c)?;
     let intx = dev.irq(irq_index::INTX).context("irq(INTx)")?;
     let msi = dev.irq(irq_index::MSI).context("irq(MSI)")?;
-    let msi_fd = EventFd::new()?;
+    let msi_fd = EventFd::nonblocking()?;
     expect_kind(
         "routing MSI while INTx is routed",
         msi.set_eventfd(0, Some(msi_fd.as_fd())),
@@ -407,7 +407,7 @@ pub fn non_eventfd_refused<F: Fixture>(f: &F) -> CaseResult {
         msi.set_eventfd(0, Some(null.as_fd())),
         &[ErrorKind::InvalidArgument],
     )?;
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     msi.set_eventfd(0, Some(fd.as_fd()))
         .context("route MSI to an eventfd afterwards")?;
     msi.trigger(0, 1).context("loopback trigger")?;
@@ -424,7 +424,7 @@ pub fn req_accepts_eventfd<F: Fixture>(f: &F) -> CaseResult {
     if req.info().count == 0 {
         return Err(not_applicable("edu reports no REQ interrupt"));
     }
-    let fd = EventFd::new()?;
+    let fd = EventFd::nonblocking()?;
     req.set_eventfd(0, Some(fd.as_fd())).context("route REQ")?;
     req.trigger(0, 1).context("loopback trigger of REQ")?;
     expect_eq(

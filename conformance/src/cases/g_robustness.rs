@@ -14,8 +14,6 @@
 //! fds and device mmaps as before; the IOVA window holds no mapping; and the
 //! same operation then succeeds on the same container (everything rolled back).
 
-use std::os::fd::AsFd;
-
 use vfio_hal::decorate::inject::{FaultInjector, InjectedFault, OpFilter, Plan};
 use vfio_hal::decorate::Op;
 use vfio_hal::irq::index as irq_index;
@@ -25,13 +23,13 @@ use vfio_hal::{Container, Device, DmaAccess, DmaBuffer, Error, ErrorKind, Irq, R
 use super::{dma_page, edu_device, edu_device_for_msi, filled, fresh, iova};
 use crate::edu::{reg, DriverError, EduDriver};
 use crate::ensure;
-use crate::eventfd::EventFd;
 use crate::fixture::{Fixture, IOVA_WINDOW};
 use crate::msix::MsixDriver;
 use crate::outcome::{
     expect_eq, expect_kind, fail, not_applicable, CaseError, CaseResult, Context, Describe,
 };
 use crate::probe::Snapshot;
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// Calls that undo something. A failed teardown is not rolled back — it is
 /// reported, and a `DmaMapping` keeps its buffer rather than free memory a
@@ -209,7 +207,7 @@ pub fn sweep_route_msi<F: Fixture>(f: &F) -> CaseResult {
             0 => Plan::count_only().only(setup_ops()),
             n => Plan::fail_nth(n).only(setup_ops()),
         };
-        let fd = EventFd::new()?;
+        let fd = EventFd::nonblocking()?;
         let dev = FaultInjector::with_plan(edu_device_for_msi(f, &c)?, plan);
         let result = route_msi(&dev, &fd);
         let at = format!("routing MSI with step {step} failing");
@@ -245,7 +243,7 @@ pub fn sweep_route_msi<F: Fixture>(f: &F) -> CaseResult {
                     "{at} ({fault}): a route was left behind: the eventfd heard {stale} + {after} signal(s) for one raise after the failure"
                 );
                 bar.write_at(reg::IRQ_ACK, 1u32)?;
-                let again = EventFd::new()?;
+                let again = EventFd::nonblocking()?;
                 route_msi(&raw, &again).context(format_args!("routing again after {at}"))?;
                 expect_eq(
                     format!("signals on a new route after {at}"),

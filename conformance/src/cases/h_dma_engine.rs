@@ -9,9 +9,9 @@ use vfio_hal::{Container, DmaAccess, DmaBuffer};
 use super::c_dma::expect_fault_recorded;
 use super::{count_signals, dma_page, filled, fresh, iova, quiet, Dev};
 use crate::dma_engine::{Completion, DmaEngine, EngineKind};
-use crate::eventfd::EventFd;
 use crate::fixture::Fixture;
 use crate::outcome::{expect_eq, fail, not_applicable, CaseError, CaseResult, Context};
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 
 /// Bytes one copy of these cases moves: edu's buffer, and within one DMA page.
 const COPY_LEN: u64 = 4096;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::Container;
 
 use crate::edu::EduDriver;
@@ -291,7 +292,7 @@ pub(crate) fn settled_snapshot<F: Fixture>(f: &F) -> Result<Snapshot, CaseError>
 /// the total.
 pub(crate) fn count_signals<F: Fixture>(
     f: &F,
-    fd: &crate::eventfd::EventFd,
+    fd: &EventFd,
     expected: u64,
 ) -> Result<u64, CaseError> {
     let deadline = std::time::Instant::now() + f.capabilities().timeout;

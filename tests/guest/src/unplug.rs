@@ -7,16 +7,15 @@
 //! test; it panics (fails the test) on the first deviation.
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::REQ;
 use vfio_hal::pci::cfg;
 use vfio_hal::prelude::*;
 use vfio_hal::ErrorKind;
-use vfio_hal_conformance::eventfd::EventFd;
 
 /// edu's identification register (BAR0 + 0): `0x010000ed`.
 const EDU_IDENT: u32 = 0x0100_00ed;
@@ -54,7 +53,7 @@ where
     let bar0 = device.region(0).expect("BAR 0");
     assert_eq!(bar0.read_at::<u32>(0).expect("ident"), EDU_IDENT);
     let req = device.irq(REQ).expect("the REQ irq index");
-    let req_fd = EventFd::new().expect("eventfd");
+    let req_fd = EventFd::nonblocking().expect("eventfd");
     req.set_eventfd(0, Some(req_fd.as_fd()))
         .expect("route REQ to an eventfd");
     let revoker = device.revoker().expect("a revoker");
