@@ -248,20 +248,23 @@ impl DeviceContext<'_> {
     /// Sends MSI vector `vector`; true if it reached an eventfd. Dropped
     /// (and recorded) with bus mastering off: an MSI is a DMA write.
     pub fn signal_msi(&mut self, vector: u32) -> bool {
-        self.msi_allowed(vector) && self.pci.irqs.signal_msi(vector)
+        self.msi_allowed(IrqMode::Msi, vector) && self.pci.irqs.signal_msi(vector)
     }
 
     /// Sends MSI-X vector `vector`; true if it reached an eventfd (a masked
     /// or unrouted vector sets its PBA bit instead). Dropped (and recorded)
     /// with bus mastering off.
     pub fn signal_msix(&mut self, vector: u32) -> bool {
-        self.msi_allowed(vector) && self.pci.irqs.signal_msix(vector)
+        self.msi_allowed(IrqMode::Msix, vector) && self.pci.irqs.signal_msix(vector)
     }
 
-    fn msi_allowed(&self, vector: u32) -> bool {
+    fn msi_allowed(&mut self, mode: IrqMode, vector: u32) -> bool {
         if self.bus_master() {
             return true;
         }
+        self.pci
+            .irqs
+            .dropped_without_bus_master(self.name, mode, vector);
         log::debug!(
             "{}: MSI vector {vector} with bus mastering off, dropped",
             self.name

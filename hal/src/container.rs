@@ -108,6 +108,34 @@ impl IommuInfo {
 /// an error of another kind. (Refusing to split a *different*, larger
 /// mapping with `NotMapped`, as iommufd does, keeps the promise: no mapping
 /// of exactly that range exists.)
+///
+/// # Example
+/// Drivers map through [`Container::map_buffer`], which is safe; the guard
+/// it returns unmaps on drop.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind};
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// let info = container.iommu_info()?;
+/// assert!(!info.iova_ranges.is_empty());
+///
+/// let ring = container.map_buffer(0x10_0000, DmaBuffer::new(4096)?, DmaAccess::ReadWrite)?;
+/// // The same IOVA again overlaps: refused, and the second buffer comes back.
+/// let err = container
+///     .map_buffer(0x10_0000, DmaBuffer::new(4096)?, DmaAccess::ReadOnly)
+///     .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::AlreadyMapped);
+/// drop(ring); // unmapped here
+/// assert_eq!(container.unmap_all()?, 0, "nothing left");
+///
+/// container.plug("edu", Edu::new())?;
+/// let edu = container.open_device("edu")?;
+/// assert_eq!(edu.vendor_id()?, 0x1234);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub unsafe trait Container {
     /// The device type this container opens.
     type Device: Device;
@@ -193,6 +221,26 @@ impl MapBufferError {
 }
 
 /// A live DMA mapping of a [`DmaBuffer`]; unmapped on drop.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::{DmaAccess, DmaBuffer};
+/// use vfio_hal_mock::MockContainer;
+///
+/// let container = MockContainer::new();
+/// let mapping = container.map_buffer(0x20_0000, DmaBuffer::new(4096)?, DmaAccess::WriteOnly)?;
+/// assert_eq!((mapping.iova(), mapping.access()), (0x20_0000, DmaAccess::WriteOnly));
+/// assert_eq!(mapping.len(), mapping.buffer().len() as u64);
+/// mapping.buffer().write(0, b"descriptor")?;
+///
+/// // Unmap now and take the buffer back, e.g. to map it somewhere else.
+/// let buffer = mapping.unmap()?;
+/// let again = container.map_buffer(0x30_0000, buffer, DmaAccess::ReadWrite)?;
+/// let mut out = [0u8; 10];
+/// again.buffer().read(0, &mut out)?;
+/// assert_eq!(&out, b"descriptor");
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub struct DmaMapping<'c, C: Container + ?Sized> {
     container: &'c C,
     iova: u64,

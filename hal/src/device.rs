@@ -162,6 +162,25 @@ pub struct FeatureSupport {
 ///
 /// Regions and irqs are handed out as owned handles that share the device's
 /// file descriptor, so a VMM can keep one per BAR in its dispatch tables.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::{irq::index, pci, DeviceKind, ErrorKind};
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let edu = container.open_device("edu")?;
+/// assert_eq!(edu.info().kind(), DeviceKind::Pci);
+/// assert_eq!(edu.region(pci::region::BAR0)?.info().size, 1 << 20);
+/// assert_eq!(edu.irq(index::MSI)?.info().count, 1);
+/// assert_eq!((edu.vendor_id()?, edu.device_id()?), (0x1234, 0x11e8)); // PciConfig
+///
+/// // An index the device lacks is an error, not a panic.
+/// let err = edu.region(edu.info().num_regions).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub trait Device {
     /// Handle to one region.
     type Region: Region;

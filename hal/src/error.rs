@@ -192,6 +192,25 @@ impl fmt::Display for Buffer {
 /// assert_eq!(err.errno(), Some(libc::EINVAL));
 /// assert!(err.to_string().starts_with("invalid argument: mmap on region 2: "), "{err}");
 /// ```
+///
+/// What a backend returns, here the mock refusing a read past a BAR's end
+/// before the device sees it:
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::{ErrorKind, Target};
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let bar0 = container.open_device("edu")?.region(0)?;
+/// let err = bar0.read_at::<u32>(bar0.info().size).unwrap_err();
+/// match err.kind() {
+///     ErrorKind::OutOfRange => assert_eq!(err.target(), Some(&Target::Region(0))),
+///     other => panic!("unexpected {other}: {err}"),
+/// }
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -85,6 +85,30 @@ pub enum IrqData<'a> {
 }
 
 /// A typed `VFIO_DEVICE_SET_IRQS` request.
+///
+/// Checked against the irq's [`IrqInfo`] before it reaches a kernel, so a
+/// bad request is a typed error rather than an `EINVAL`:
+///
+/// ```
+/// use vfio_hal::irq::{flags, index, IrqAction, IrqInfo, IrqSet, ParsedIrqData};
+/// use vfio_hal::ErrorKind;
+///
+/// let msix = IrqInfo { index: index::MSIX, flags: flags::EVENTFD | flags::NORESIZE, count: 8 };
+///
+/// // Fire vectors 2 and 3 from software; the payload round-trips.
+/// let fire = IrqSet::no_data(index::MSIX, IrqAction::Trigger, 2, 2);
+/// fire.validate(&msix)?;
+/// let parsed = IrqSet::parse(&fire.to_bytes())?;
+/// assert_eq!((parsed.start, parsed.count), (2, 2));
+/// assert_eq!(parsed.data, ParsedIrqData::None);
+///
+/// // Past the last vector, and masking an index that is not maskable.
+/// let past = IrqSet::no_data(index::MSIX, IrqAction::Trigger, 7, 2);
+/// assert_eq!(past.validate(&msix).unwrap_err().kind(), ErrorKind::OutOfRange);
+/// let mask = IrqSet::no_data(index::MSIX, IrqAction::Mask, 0, 1);
+/// assert_eq!(mask.validate(&msix).unwrap_err().kind(), ErrorKind::InvalidArgument);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct IrqSet<'a> {
     /// The irq index.
@@ -350,6 +374,29 @@ fn parse_irq_set(bytes: &[u8]) -> std::result::Result<ParsedIrqSet, ParseError> 
 ///
 /// Only [`Irq::info`] and [`Irq::set_irqs`] are required; the rest are the
 /// common requests, built with [`IrqSet`].
+///
+/// Interrupts arrive on eventfds. A loopback [`Irq::trigger`] checks a
+/// route without the device:
+///
+/// ```
+/// use std::time::Duration;
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::irq::index;
+/// use vfio_hal::eventfd::{EventFd, EventFdExt};
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let msi = container.open_device("edu")?.irq(index::MSI)?;
+/// assert_eq!(msi.info().count, 1);
+///
+/// let efd = EventFd::nonblocking()?;
+/// msi.set_eventfd(0, Some(efd.as_fd()))?;
+/// msi.trigger(0, 1)?;
+/// assert_eq!(efd.wait(Duration::from_secs(5))?, 1);
+/// msi.disable()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Irq {
     /// Index, flags and vector count.
     fn info(&self) -> IrqInfo;
@@ -359,11 +406,49 @@ pub trait Irq {
 
     /// Routes vectors `[start, start + fds.len())` to eventfds; `None`
     /// de-assigns that vector.
+    ///
+    /// # Bus mastering
+    /// A device sends an MSI or MSI-X message as a memory write, so while
+    /// bus mastering is off in its command register the message is dropped,
+    /// as on hardware: the route is accepted, the eventfd never fires, and
+    /// nothing reports an error. vfio-pci opens devices with it off. A
+    /// driver enables it with
+    /// [`PciConfig::set_bus_master`](crate::PciConfig::set_bus_master); a
+    /// VMM forwards the guest's command-register writes, so the guest's
+    /// driver does. INTx (a wire, not a write) and a loopback
+    /// [`Irq::trigger`] do not depend on it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use vfio_hal::prelude::*;
+    /// use vfio_hal::irq::index;
+    /// use vfio_hal::eventfd::{EventFd, EventFdExt};
+    /// use vfio_hal_mock::{models::edu::{reg, Edu}, MockContainer};
+    ///
+    /// let container = MockContainer::new();
+    /// container.plug("edu", Edu::new())?;
+    /// let edu = container.open_device("edu")?;
+    /// let bar0 = edu.region(0)?;
+    /// let efd = EventFd::nonblocking()?;
+    /// edu.irq(index::MSI)?.set_eventfds(0, &[Some(efd.as_fd())])?;
+    ///
+    /// bar0.write_at::<u32>(reg::IRQ_RAISE, 1)?; // bus mastering off: dropped
+    /// assert_eq!(efd.wait(Duration::from_millis(10))?, 0);
+    ///
+    /// edu.set_bus_master(true)?;
+    /// bar0.write_at::<u32>(reg::IRQ_RAISE, 1)?;
+    /// assert_eq!(efd.wait(Duration::from_secs(5))?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn set_eventfds(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> Result<()> {
         self.set_irqs(&IrqSet::eventfds(self.info().index, start, fds))
     }
 
     /// Routes one vector to `fd` (or de-assigns it with `None`).
+    ///
+    /// MSI and MSI-X need bus mastering on to be delivered, see
+    /// [`Irq::set_eventfds`] (and
+    /// [`PciConfig::set_bus_master`](crate::PciConfig::set_bus_master)).
     fn set_eventfd(&self, vector: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> {
         self.set_eventfds(vector, &[fd])
     }

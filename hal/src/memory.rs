@@ -199,6 +199,29 @@ impl Drop for Mapping {
 /// still points at it. Access is by copy ([`DmaBuffer::read`],
 /// [`DmaBuffer::write`]) because the device may write it concurrently; the
 /// copies are [`crate::shared_memory`]'s, race-free against that writer.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::{memory::page_size, DmaAccess, DmaBuffer, ErrorKind};
+/// use vfio_hal_mock::MockContainer;
+///
+/// let buf = DmaBuffer::new(100)?; // rounded up to a page, zeroed
+/// assert_eq!(buf.len() as u64, page_size());
+/// buf.write(0, &[1, 2, 3])?;
+/// let mut out = [0xffu8; 4];
+/// buf.read(0, &mut out)?;
+/// assert_eq!(out, [1, 2, 3, 0]);
+/// // Past the end is an error, never a panic.
+/// let err = buf.write(buf.len() as u64, &[0]).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::OutOfRange);
+///
+/// // Handed to a container by value; back when unmapped.
+/// let container = MockContainer::new();
+/// let mapping = container.map_buffer(0x10_0000, buf, DmaAccess::ReadOnly)?;
+/// let buf = mapping.unmap()?;
+/// assert_eq!(buf.to_vec()[..3], [1, 2, 3]);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DmaBuffer {
     map: Mapping,

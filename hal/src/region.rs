@@ -106,6 +106,29 @@ impl RegionInfo {
 /// before touching the device: a wrap is `Overflow`, past the end is
 /// `OutOfRange`, a region without the READ/WRITE flag is `NotSupported`.
 /// Backends may serve an access from an mmapped area when one covers it.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::ErrorKind;
+/// use vfio_hal_mock::{models::edu::{reg, Edu}, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let bar0 = container.open_device("edu")?.region(0)?;
+/// assert!(bar0.info().readable() && bar0.info().writable());
+///
+/// // Raw bytes, little endian as PCI is ...
+/// let mut id = [0u8; 4];
+/// bar0.read(reg::ID, &mut id)?;
+/// assert_eq!(u32::from_le_bytes(id), reg::ID_VALUE);
+/// // ... or typed, through RegionExt.
+/// bar0.write_at::<u32>(reg::LIVENESS, 1)?;
+/// assert_eq!(bar0.read_at::<u32>(reg::LIVENESS)?, !1);
+///
+/// let err = bar0.write_at::<u32>(u64::MAX - 1, 0).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Overflow);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub trait Region {
     /// Index, flags, size, offset and capabilities.
     fn info(&self) -> &RegionInfo;

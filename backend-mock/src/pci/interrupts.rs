@@ -14,6 +14,10 @@
 //!   (`start + count` of them) and cannot grow afterwards (`NORESIZE`).
 //!   A vector routed to `-1` stays allocated and silent.
 //! - ERR and REQ take one eventfd each; a loopback trigger fires it.
+//! - An MSI/MSI-X message sent with bus mastering off is dropped (it is a
+//!   memory write by the device). The kernel says nothing; the mock logs a
+//!   warning the first time a route loses a message this way, since a driver
+//!   waiting on that eventfd would otherwise get no hint.
 //!
 //! Delivery writes a u64 1 to our dup of the eventfd, as `eventfd_signal` does.
 
@@ -55,12 +59,26 @@ pub(crate) struct Interrupts {
     mode: IrqMode,
     intx: Intx,
     /// MSI or MSI-X vector routes; the length is the allocated count.
-    vectors: Vec<Option<EventRoute>>,
+    vectors: Vec<Option<MsiRoute>>,
     /// MSI-X function mask (config space) and pending bits.
     msix_function_mask: bool,
     msix_pending: Vec<bool>,
     err: Option<EventRoute>,
     req: Option<EventRoute>,
+}
+
+/// One MSI/MSI-X vector's eventfd, and whether it has already warned of a
+/// message dropped with bus mastering off (re-routing starts afresh).
+#[derive(Debug)]
+struct MsiRoute {
+    eventfd: EventRoute,
+    warned_without_bus_master: bool,
+}
+
+impl MsiRoute {
+    fn signal(&self) {
+        self.eventfd.signal();
+    }
 }
 
 fn einval(index: u32) -> Error {
@@ -365,7 +383,12 @@ impl Interrupts {
             self.vectors[j] = None;
             if let Some(fd) = fd {
                 match EventRoute::dup(OP, &Target::Irq(irq), *fd) {
-                    Ok(e) => self.vectors[j] = Some(e),
+                    Ok(eventfd) => {
+                        self.vectors[j] = Some(MsiRoute {
+                            eventfd,
+                            warned_without_bus_master: false,
+                        })
+                    }
                     Err(e) => {
                         self.vectors[start..j].fill_with(|| None);
                         return Err(e);
@@ -416,6 +439,31 @@ impl Interrupts {
                 self.msix_pending[v] = true;
                 false
             }
+        }
+    }
+
+    /// The device sent message `vector` of `mode` (MSI or MSI-X) with bus
+    /// mastering off, so it was dropped. Warns once per route; a vector with
+    /// no eventfd, or of a mode that is not enabled, has nobody waiting.
+    pub(crate) fn dropped_without_bus_master(&mut self, device: &str, mode: IrqMode, vector: u32) {
+        if self.mode != mode {
+            return;
+        }
+        let Some(Some(route)) = self.vectors.get_mut(vector as usize) else {
+            return;
+        };
+        if !route.warned_without_bus_master {
+            route.warned_without_bus_master = true;
+            let kind = if mode == IrqMode::Msix {
+                "MSI-X"
+            } else {
+                "MSI"
+            };
+            log::warn!(
+                "{device}: {kind} vector {vector} was raised with bus mastering off and \
+                 dropped, as on hardware; its eventfd will not fire until bus mastering \
+                 is enabled (PciConfig::set_bus_master). Not repeated for this route."
+            );
         }
     }
 
@@ -487,5 +535,90 @@ impl Interrupts {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
+
+    use vfio_hal::irq::index;
+    use vfio_hal::prelude::*;
+
+    use crate::models::edu::{reg, Edu};
+    use crate::MockContainer;
+
+    /// Keeps every warning logged in this test binary.
+    struct WarningLog(Mutex<Vec<String>>);
+
+    impl log::Log for WarningLog {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                lines.push(record.args().to_string());
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    static WARNINGS: WarningLog = WarningLog(Mutex::new(Vec::new()));
+
+    /// Warnings so far that mention `device`.
+    fn warnings_about(device: &str) -> usize {
+        let lines = WARNINGS.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{device}: ")))
+            .count()
+    }
+
+    fn eventfd() -> OwnedFd {
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(raw >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(raw) }
+    }
+
+    #[test]
+    fn msi_dropped_without_bus_master_warns_once_per_route() {
+        // A logger may already be installed by another test: ours is the only one here.
+        let _ = log::set_logger(&WARNINGS);
+        log::set_max_level(log::LevelFilter::Warn);
+        let name = "edu-msi-without-bus-master";
+        let container = MockContainer::new();
+        container.plug(name, Edu::new()).expect("plug");
+        let edu = container.open_device(name).expect("open");
+        let bar0 = edu.region(0).expect("BAR0");
+        let msi = edu.irq(index::MSI).expect("MSI");
+        let efd = eventfd();
+        let raise = || bar0.write_at::<u32>(reg::IRQ_RAISE, 1).expect("raise");
+
+        msi.set_eventfd(0, Some(efd.as_fd())).expect("route");
+        raise();
+        raise();
+        assert_eq!(
+            warnings_about(name),
+            1,
+            "one warning for the route, not one per raise"
+        );
+
+        msi.set_eventfd(0, Some(efd.as_fd())).expect("re-route");
+        raise();
+        assert_eq!(warnings_about(name), 2, "a new route warns afresh");
+
+        edu.set_bus_master(true).expect("bus master");
+        raise();
+        assert_eq!(
+            warnings_about(name),
+            2,
+            "delivered, so nothing to warn about"
+        );
     }
 }
