@@ -20,8 +20,8 @@ use vfio_hal::error::check_index;
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
-    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Region,
-    RegionInfo, Result, Target,
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Protection,
+    Region, RegionInfo, Result, Target,
 };
 
 use crate::container::Shared;
@@ -575,11 +575,46 @@ impl Region for MockRegion {
     /// regions are handler-backed and `NotSupported`. A revocation detaches
     /// them.
     fn mmap(&self) -> Result<Vec<MmapArea>> {
+        self.hand_out("mmap", |pci| pci.mmap(self.info.index))
+    }
+
+    /// Maps one RAM area, as [`MockRegion::mmap`] maps them all.
+    fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> {
+        const OP: &str = "mmap_area";
+        let index = self.info.index;
+        let chosen = self.info.mappable_area(area, protection)?;
+        let mut mapped = self.hand_out(OP, |pci| {
+            let ram = match pci.role(index) {
+                Role::Bar(bar) => pci.ram(bar),
+                _ => None,
+            };
+            let ram = ram.ok_or(Error::NotSupported {
+                op: OP,
+                target: Target::Region(index),
+                reason: "region has no mmappable area (handler-backed in the mock)",
+            })?;
+            Ok(vec![ram.map(
+                chosen.offset,
+                chosen.size,
+                protection.writable(),
+            )?])
+        })?;
+        Ok(mapped.remove(0))
+    }
+}
+
+impl MockRegion {
+    /// Runs `map` under the device lock unless the device is closed or
+    /// revoked, and registers what it mapped for a revocation to detach.
+    fn hand_out(
+        &self,
+        op: &'static str,
+        map: impl FnOnce(&PciFunction) -> Result<Vec<MmapArea>>,
+    ) -> Result<Vec<MmapArea>> {
         let st = self.handle.core.lock();
-        st.live("mmap", Target::Region(self.info.index))?;
-        self.handle
-            .live("mmap", || Target::Region(self.info.index))?;
-        let areas = st.pci.mmap(self.info.index)?;
+        st.live(op, Target::Region(self.info.index))?;
+        self.handle.live(op, || Target::Region(self.info.index))?;
+        let areas = map(&st.pci)?;
         let mut handed_out = self
             .handle
             .handed_out
@@ -640,6 +675,40 @@ impl Irq for MockIrq {
 #[cfg(test)]
 mod tests {
     use super::piece;
+    use crate::models::copy_engine::{CopyEngine, SRAM_BAR};
+    use crate::MockContainer;
+    use vfio_hal::{Container, Device, Error, ErrorKind, Protection, Region, RegionExt};
+
+    #[test]
+    fn one_ram_area_maps_alone_and_a_revocation_detaches_it() {
+        let container = MockContainer::new();
+        container.plug("ce", CopyEngine::new()).expect("plug");
+        let ce = container.open_device("ce").expect("open");
+        let bar2 = ce.region(u32::from(SRAM_BAR)).expect("BAR2");
+        bar2.write_at::<u32>(0x5004, 0xfeed_f00d).expect("write");
+        let area = bar2
+            .mmap_area(1, Protection::Read)
+            .expect("second SRAM area");
+        assert_eq!((area.region_offset(), area.len()), (0x5000, 0x3000));
+        assert!(!area.is_writable());
+        assert_eq!(area.load::<u32>(4).expect("load"), 0xfeed_f00d);
+        let rw = bar2
+            .mmap_area(0, Protection::ReadWrite)
+            .expect("first area");
+        rw.store(0x10, 0x1234_5678u32).expect("store");
+        assert_eq!(bar2.read_at::<u32>(0x10).expect("read"), 0x1234_5678);
+
+        let e = bar2.mmap_area(2, Protection::Read).expect_err("two areas");
+        assert!(matches!(e, Error::NoSuchIndex { count: 2, .. }), "{e:?}");
+        let bar0 = ce.region(0).expect("BAR0");
+        let e = bar0.mmap_area(0, Protection::Read).expect_err("registers");
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+
+        ce.revoker().expect("revoker").revoke().expect("revoke");
+        assert_eq!(area.load::<u32>(4).expect("load after"), 0, "not detached");
+        let e = bar2.mmap_area(0, Protection::Read).expect_err("revoked");
+        assert_eq!(e.kind(), ErrorKind::DeviceGone);
+    }
 
     #[test]
     fn accesses_split_like_vfio_pci() {

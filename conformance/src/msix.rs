@@ -4,13 +4,13 @@
 //! runs on the mock's copy engine and on a QEMU `e1000e` or `nvme` in the
 //! real-kernel lane: irq info for the vector count, `SET_IRQS` with eventfds,
 //! the loopback trigger (`DATA_NONE | ACTION_TRIGGER`) to fire a vector from
-//! software, and the MSI-X capability in config space to find the table.
+//! software, and the MSI-X capability in config space
+//! ([`vfio_hal::msix`]) to find the table.
 
 use std::os::fd::BorrowedFd;
 
 use vfio_hal::irq::index as irq_index;
-use vfio_hal::pci::cfg;
-use vfio_hal::{Device, Irq, PciConfig, Region, RegionExt};
+use vfio_hal::{Device, Irq, PciConfig, Region};
 
 use crate::edu::DriverError;
 use vfio_hal::eventfd::{EventFd, EventFdExt};
@@ -19,53 +19,12 @@ use vfio_hal::eventfd::{EventFd, EventFdExt};
 /// few enough to stay cheap on devices with hundreds).
 pub const MAX_VECTORS: u32 = 8;
 
-/// Where the MSI-X table and PBA live, from the MSI-X capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsixLayout {
-    /// Offset of the capability in config space.
-    pub cap_offset: u8,
-    /// Number of table entries.
-    pub table_size: u32,
-    /// BAR holding the table.
-    pub table_bar: u32,
-    /// Offset of the table in its BAR.
-    pub table_offset: u64,
-    /// BAR holding the pending-bit array.
-    pub pba_bar: u32,
-    /// Offset of the PBA in its BAR.
-    pub pba_offset: u64,
-}
+pub use vfio_hal::msix::MsixLayout;
 
-impl MsixLayout {
-    /// Bytes the table occupies (16 per entry).
-    pub fn table_len(&self) -> u64 {
-        u64::from(self.table_size) * 16
-    }
-
-    /// Bytes the PBA occupies (one bit per entry, in 64-bit words).
-    pub fn pba_len(&self) -> u64 {
-        u64::from(self.table_size).div_ceil(64) * 8
-    }
-}
-
-/// Reads the MSI-X capability of `device`, if it has one.
+/// Reads the MSI-X capability of `device`, if it has one
+/// ([`PciConfig::msix_layout`]: checked against the BAR sizes).
 pub fn layout<D: Device + ?Sized>(device: &D) -> Result<Option<MsixLayout>, DriverError> {
-    let Some(cap) = device.find_capability(cfg::CAP_ID_MSIX)? else {
-        return Ok(None);
-    };
-    let config = device.config()?;
-    let at = u64::from(cap.offset);
-    let control = config.read_at::<u16>(at + 2)?;
-    let table = config.read_at::<u32>(at + 4)?;
-    let pba = config.read_at::<u32>(at + 8)?;
-    Ok(Some(MsixLayout {
-        cap_offset: cap.offset,
-        table_size: u32::from(control & 0x7ff) + 1,
-        table_bar: table & 7,
-        table_offset: u64::from(table & !7),
-        pba_bar: pba & 7,
-        pba_offset: u64::from(pba & !7),
-    }))
+    Ok(device.msix_layout()?)
 }
 
 /// Routes the first vectors of a device's MSI-X index to eventfds.

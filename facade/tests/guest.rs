@@ -131,6 +131,58 @@ fn both_real_backends_open_edu_by_request() {
     }
 }
 
+/// The MSI-X lookups on a real device: the lane's NVMe has its table
+/// inside BAR0; edu has MSI only.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn msix_layout_and_one_area_mmap_on_both_backends() {
+    use vfio_hal::irq::index as irq_index;
+    use vfio_hal::Protection;
+    for backend in [Backend::Legacy, Backend::Iommufd] {
+        let opened = open(&OpenSpec::new(msix()).with_backend(backend))
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let device = &opened.device;
+        let layout = device
+            .msix_layout()
+            .expect("a well-formed capability")
+            .expect("the NVMe has MSI-X");
+        assert_eq!(
+            layout.table_size,
+            device.irq(irq_index::MSIX).expect("msix").info().count,
+            "{backend}: {layout:?}"
+        );
+        let bar = device.region(layout.table_bar).expect("table BAR");
+        let page = vfio_hal::memory::page_size();
+        let areas = layout
+            .mappable_areas(bar.info(), page)
+            .expect("page size is a power of two");
+        for a in &areas {
+            let first = layout.table_offset & !(page - 1);
+            assert!(
+                a.offset + a.size <= first || a.offset >= layout.table_offset + layout.table_len(),
+                "{backend}: {a:?} covers the table of {layout:?}"
+            );
+        }
+        assert_eq!(
+            device
+                .file_offset(layout.table_bar, layout.table_offset)
+                .expect("inside"),
+            bar.info().offset + layout.table_offset
+        );
+        if !bar.info().mappable_areas().is_empty() {
+            let area = bar.mmap_area(0, Protection::Read).expect("one area");
+            assert_eq!(area.len(), bar.info().mappable_areas()[0].size);
+            assert!(!area.is_writable());
+        }
+        drop(opened);
+        let edu = open(&OpenSpec::new(edu()).with_backend(backend)).expect("edu");
+        assert_eq!(edu.device.msix_layout().expect("config"), None);
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(vfio_hal_guest),

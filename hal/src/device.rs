@@ -272,3 +272,50 @@ pub trait Device {
         self.feature(FeatureOp::Set, feature::LOW_POWER_EXIT, &mut [])
     }
 }
+
+/// Lookups over any [`Device`] (also `dyn Device`) that need nothing but
+/// its regions.
+///
+/// ```
+/// use vfio_hal::prelude::*;
+/// use vfio_hal_mock::{models::copy_engine::{self, CopyEngine}, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("ce", CopyEngine::new())?;
+/// let ce = container.open_device("ce")?;
+///
+/// // The copy engine's counters: a vendor-specific region found by type.
+/// let ty = vfio_hal_mock::layout::REGION_TYPE_PCI_VENDOR | u32::from(copy_engine::VENDOR_ID);
+/// let counters = ce.region_by_type(ty, 1)?.expect("the copy engine has counters");
+/// assert_eq!(counters.info().index, copy_engine::COUNTERS_REGION);
+/// assert_eq!(ce.region_by_type(ty, 2)?.map(|r| r.info().index), None);
+///
+/// // Byte 8 of BAR0 in the device file (vfio-pci puts region i at i << 40).
+/// assert_eq!(ce.file_offset(0, 8)?, 8);
+/// assert_eq!(ce.file_offset(2, 0x10)?, (2 << 40) + 0x10);
+/// assert!(ce.file_offset(0, 0x1000).is_err()); // BAR0 has 4 KiB
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
+pub trait DeviceExt: Device {
+    /// The first region whose region-type capability is `(ty, subtype)`
+    /// ([`RegionInfo::region_type`](crate::RegionInfo::region_type); crosvm's
+    /// `get_cap_type_info`), or `None`. Walks every index below
+    /// `num_regions`; a region that cannot be queried is an error.
+    fn region_by_type(&self, ty: u32, subtype: u32) -> Result<Option<Self::Region>> {
+        for index in 0..self.info().num_regions {
+            let region = self.region(index)?;
+            if region.info().region_type() == Some((ty, subtype)) {
+                return Ok(Some(region));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The device-file offset of `offset` inside region `index` (crosvm's
+    /// `get_offset_for_addr`); see [`RegionInfo::file_offset`](crate::RegionInfo::file_offset).
+    fn file_offset(&self, index: u32, offset: u64) -> Result<u64> {
+        self.region(index)?.info().file_offset(offset)
+    }
+}
+
+impl<D: Device + ?Sized> DeviceExt for D {}

@@ -12,7 +12,7 @@ use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport};
 use crate::error::Result;
 use crate::irq::{Irq, IrqInfo, IrqSet};
 use crate::memory::MmapArea;
-use crate::region::{Region, RegionInfo};
+use crate::region::{Protection, Region, RegionInfo};
 use crate::revoke::Revoker;
 
 /// `forward! { <generics> Pointer<T>; ... }`: the four trait impls for each
@@ -24,6 +24,7 @@ macro_rules! forward {
             fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { (**self).read(offset, buf) }
             fn write(&self, offset: u64, data: &[u8]) -> Result<()> { (**self).write(offset, data) }
             fn mmap(&self) -> Result<Vec<MmapArea>> { (**self).mmap() }
+            fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> { (**self).mmap_area(area, protection) }
         }
 
         impl<$($lt,)? $t: Irq + ?Sized> Irq for $ptr {

@@ -99,6 +99,7 @@ mod forward;
 pub mod iova;
 pub mod irq;
 pub mod memory;
+pub mod msix;
 pub mod pci;
 pub mod region;
 pub mod revoke;
@@ -110,17 +111,17 @@ pub use caps::{Capability, ChainKind, SparseArea};
 pub use container::{
     Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError, UnmapError,
 };
-pub use device::{Device, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
+pub use device::{Device, DeviceExt, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;
 pub use irq::{Irq, IrqAction, IrqData, IrqInfo, IrqSet};
 pub use memory::{DmaBuffer, MmapArea, MmapDetacher};
 pub use pci::PciConfig;
-pub use region::{Region, RegionExt, RegionInfo};
+pub use region::{Protection, Region, RegionExt, RegionInfo};
 pub use revoke::Revoker;
 pub use scalar::Scalar;
 
 /// Everything a driver needs in scope: the traits and their extensions.
 pub mod prelude {
-    pub use crate::{Container, Device, Irq, PciConfig, Region, RegionExt};
+    pub use crate::{Container, Device, DeviceExt, Irq, PciConfig, Region, RegionExt};
 }

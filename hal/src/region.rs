@@ -93,9 +93,76 @@ impl RegionInfo {
             .any(|c| matches!(c, Capability::MsixMappable))
     }
 
+    /// The device-file offset of `offset` inside this region (crosvm's
+    /// `get_offset_for_addr`): what `pread`, `pwrite` or `mmap` of the
+    /// device fd take.
+    ///
+    /// `OutOfRange` (with the size) for an offset at or past the end,
+    /// `Overflow` if the file offset does not fit in 64 bits.
+    pub fn file_offset(&self, offset: u64) -> Result<u64> {
+        const OP: &str = "file_offset";
+        if offset >= self.size {
+            return Err(Error::OutOfRange {
+                op: OP,
+                target: Target::Region(self.index),
+                offset,
+                len: 1,
+                size: self.size,
+            });
+        }
+        self.offset.checked_add(offset).ok_or(Error::Overflow {
+            op: OP,
+            target: Target::Region(self.index),
+            offset: self.offset,
+            len: offset,
+        })
+    }
+
+    /// Mappable area number `area` ([`RegionInfo::mappable_areas`]), if it
+    /// may be mapped with `protection`.
+    ///
+    /// `NotSupported` for a region without mappable areas or a writable
+    /// mapping of a region without the WRITE flag; `NoSuchIndex` (with the
+    /// area count) for an index past the last area.
+    pub fn mappable_area(&self, area: usize, protection: Protection) -> Result<SparseArea> {
+        const OP: &str = "mmap_area";
+        let areas = self.mappable_areas();
+        if areas.is_empty() {
+            return Err(not_permitted(
+                OP,
+                self.index,
+                "region has no mappable area (no MMAP flag, or size 0)",
+            ));
+        }
+        if protection.writable() && !self.writable() {
+            return Err(not_permitted(OP, self.index, "region has no WRITE flag"));
+        }
+        areas.get(area).copied().ok_or(Error::NoSuchIndex {
+            op: OP,
+            target: Target::Region(self.index),
+            count: u32::try_from(areas.len()).unwrap_or(u32::MAX),
+        })
+    }
+
     /// Checks an access of `len` bytes at `offset` against the size.
     pub fn check_access(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
         crate::error::check_bounds(op, Target::Region(self.index), offset, len, self.size)
+    }
+}
+
+/// How a mapping may be accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protection {
+    /// Loads only (`PROT_READ`).
+    Read,
+    /// Loads and stores (`PROT_READ | PROT_WRITE`).
+    ReadWrite,
+}
+
+impl Protection {
+    /// Whether stores are allowed.
+    pub fn writable(self) -> bool {
+        self == Self::ReadWrite
     }
 }
 
@@ -144,6 +211,43 @@ pub trait Region {
     /// `NotSupported` if the region has none, or if the backend cannot map
     /// (the mock's handler-backed BARs).
     fn mmap(&self) -> Result<Vec<MmapArea>>;
+
+    /// Maps one mappable area, number `area` of
+    /// [`RegionInfo::mappable_areas`], with `protection`: for a VMM that
+    /// maps some areas into the guest and traps the rest, or maps a
+    /// writable BAR read-only.
+    ///
+    /// Errors as [`RegionInfo::mappable_area`] says; `NotSupported` from a
+    /// backend that cannot map single areas (the default).
+    ///
+    /// ```
+    /// use vfio_hal::prelude::*;
+    /// use vfio_hal::Protection;
+    /// use vfio_hal_mock::{models::{copy_engine::SRAM_BAR, CopyEngine, Edu}, MockContainer};
+    ///
+    /// let container = MockContainer::new();
+    /// container.plug("ce", CopyEngine::new())?;
+    /// let bar2 = container.open_device("ce")?.region(u32::from(SRAM_BAR))?;
+    /// // The SRAM above the MSI-X page, read-only.
+    /// bar2.write_at::<u32>(0x5000, 7)?;
+    /// let sram = bar2.mmap_area(1, Protection::Read)?;
+    /// assert_eq!((sram.region_offset(), sram.is_writable()), (0x5000, false));
+    /// assert_eq!(sram.load::<u32>(0)?, 7);
+    /// assert!(bar2.mmap_area(2, Protection::Read).is_err()); // two areas
+    ///
+    /// // edu's BAR0 is registers: nothing to map.
+    /// container.plug("edu", Edu::new())?;
+    /// assert!(container.open_device("edu")?.region(0)?.mmap_area(0, Protection::Read).is_err());
+    /// # Ok::<(), vfio_hal::Error>(())
+    /// ```
+    fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> {
+        let _ = (area, protection);
+        Err(Error::NotSupported {
+            op: "mmap_area",
+            target: Target::Region(self.info().index),
+            reason: "this backend cannot map single areas",
+        })
+    }
 }
 
 /// Typed access over any [`Region`] (also `dyn Region`).
@@ -186,6 +290,53 @@ mod tests {
             offset: 0,
             caps,
         }
+    }
+
+    #[test]
+    fn file_offsets_are_bounded_by_the_region() {
+        let mut r = info(0x1000, flags::READ, vec![]);
+        r.offset = 2 << 40;
+        assert_eq!(r.file_offset(0).ok(), Some(2 << 40));
+        assert_eq!(r.file_offset(0xfff).ok(), Some((2 << 40) + 0xfff));
+        let e = r.file_offset(0x1000).expect_err("past the end");
+        assert!(matches!(e, Error::OutOfRange { size: 0x1000, .. }), "{e}");
+        r.offset = u64::MAX;
+        let e = r.file_offset(1).expect_err("wraps");
+        assert!(matches!(e, Error::Overflow { .. }), "{e}");
+        assert!(info(0, flags::READ, vec![]).file_offset(0).is_err());
+    }
+
+    #[test]
+    fn one_mappable_area_is_chosen_by_index_and_protection() {
+        use crate::ErrorKind;
+        let area = |offset, size| SparseArea { offset, size };
+        let sparse = vec![Capability::SparseMmap(vec![
+            area(0, 0x1000),
+            area(0x3000, 0x1000),
+        ])];
+        let rw = info(
+            0x4000,
+            flags::READ | flags::WRITE | flags::MMAP,
+            sparse.clone(),
+        );
+        assert_eq!(
+            rw.mappable_area(1, Protection::ReadWrite).ok(),
+            Some(area(0x3000, 0x1000))
+        );
+        let e = rw
+            .mappable_area(2, Protection::Read)
+            .expect_err("two areas");
+        assert!(matches!(e, Error::NoSuchIndex { count: 2, .. }), "{e}");
+        let ro = info(0x4000, flags::READ | flags::MMAP, sparse);
+        assert!(ro.mappable_area(0, Protection::Read).is_ok());
+        let e = ro
+            .mappable_area(0, Protection::ReadWrite)
+            .expect_err("read-only");
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+        let e = info(0x4000, flags::READ, vec![])
+            .mappable_area(0, Protection::Read)
+            .expect_err("no MMAP flag");
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
     }
 
     #[test]

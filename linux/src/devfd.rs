@@ -89,8 +89,8 @@ use vfio_hal::pci::{cfg, region as pci_region};
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
-    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Region,
-    RegionInfo, Result, Target,
+    Device, DeviceInfo, Error, FeatureOp, Irq, IrqInfo, IrqSet, MmapArea, MmapDetacher, Protection,
+    Region, RegionInfo, Result, SparseArea, Target,
 };
 
 use crate::info::{self, put_u32, Fields};
@@ -349,18 +349,29 @@ fn map_areas(fd: BorrowedFd<'_>, info: &RegionInfo) -> Result<Vec<MmapArea>> {
     }
     areas
         .iter()
-        .map(|a| {
-            let file_offset = info.offset.checked_add(a.offset).ok_or(Error::Overflow {
-                op: "mmap",
-                target: Target::Region(info.index),
-                offset: info.offset,
-                len: a.offset,
-            })?;
-            // Give the bare mmap error its region.
-            MmapArea::map_fd(fd, file_offset, a.size, a.offset, info.writable())
-                .map_err(|e| e.with_target(Target::Region(info.index)))
-        })
+        .map(|a| map_area(fd, info, a, info.writable()))
         .collect()
+}
+
+/// Maps one mappable area of a region.
+fn map_area(
+    fd: BorrowedFd<'_>,
+    info: &RegionInfo,
+    area: &SparseArea,
+    writable: bool,
+) -> Result<MmapArea> {
+    let file_offset = info
+        .offset
+        .checked_add(area.offset)
+        .ok_or(Error::Overflow {
+            op: "mmap",
+            target: Target::Region(info.index),
+            offset: info.offset,
+            len: area.offset,
+        })?;
+    // Give the bare mmap error its region.
+    MmapArea::map_fd(fd, file_offset, area.size, area.offset, writable)
+        .map_err(|e| e.with_target(Target::Region(info.index)))
 }
 
 /// A VFIO device: an open device fd, its info, and what keeps it usable.
@@ -434,7 +445,22 @@ impl VfioDevice {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.shared.fd.as_fd()
     }
+}
 
+/// The device fd, e.g. for `KVM_DEV_VFIO_FILE_ADD` or a sandbox's list.
+///
+/// Once the device is revoked the number stays open but names a
+/// placeholder (an eventfd, see [`sys::replace_with_placeholder`]), never
+/// a freed number that a later `open` could reuse: VFIO ioctls on it fail
+/// with `ENOTTY`, reads and writes with `ESPIPE`. The borrow cannot
+/// outlive the device.
+impl AsFd for VfioDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+impl VfioDevice {
     /// Whether the device was revoked ([`Device::revoker`]).
     pub fn is_revoked(&self) -> bool {
         self.shared.is_revoked()
@@ -844,12 +870,34 @@ impl Region for VfioRegion {
     /// Maps the region's mappable areas; a revocation detaches them
     /// ([`MmapArea::detach`]) while they are alive.
     fn mmap(&self) -> Result<Vec<MmapArea>> {
+        self.hand_out("mmap", |fd| map_areas(fd, &self.info))
+    }
+
+    /// Maps one mappable area; a revocation detaches it as those of
+    /// [`Region::mmap`].
+    fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> {
+        let chosen = self.info.mappable_area(area, protection)?;
+        let mut mapped = self.hand_out("mmap_area", |fd| {
+            map_area(fd, &self.info, &chosen, protection.writable()).map(|a| vec![a])
+        })?;
+        Ok(mapped.remove(0))
+    }
+}
+
+impl VfioRegion {
+    /// Runs `map` on the device fd unless the device is revoked, and
+    /// registers what it mapped for a revocation to detach.
+    fn hand_out(
+        &self,
+        op: &'static str,
+        map: impl FnOnce(BorrowedFd<'_>) -> Result<Vec<MmapArea>>,
+    ) -> Result<Vec<MmapArea>> {
         let target = || Target::Region(self.info.index);
         // Under the lock a revocation takes: registered before it looks.
         let mut release = self.shared.lock_release();
-        self.shared.live("mmap", target)?;
-        let areas = map_areas(self.shared.fd.as_fd(), &self.info);
-        let areas = self.shared.unless_revoked("mmap", target, areas)?;
+        self.shared.live(op, target)?;
+        let areas = map(self.shared.fd.as_fd());
+        let areas = self.shared.unless_revoked(op, target, areas)?;
         release.handed_out.retain(|d| !d.is_dropped());
         release
             .handed_out
@@ -1057,6 +1105,65 @@ mod tests {
         revoker.revoke().expect("idempotent");
         drop(region);
         assert!(revoker.is_revoked());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn one_area_is_mapped_at_its_offset_with_the_protection_asked() {
+        use vfio_hal::region::flags;
+        use vfio_hal::{Capability, Protection};
+        let mut content = vec![0x11u8; 3 * 4096];
+        content[2 * 4096..].fill(0x33);
+        let (file, path) = temp_file(&content);
+        let mut sparse = info(0, flags::READ | flags::WRITE | flags::MMAP, 3 * 4096, 0);
+        sparse.flags |= flags::CAPS;
+        sparse.caps = vec![Capability::SparseMmap(vec![
+            SparseArea {
+                offset: 0,
+                size: 4096,
+            },
+            SparseArea {
+                offset: 2 * 4096,
+                size: 4096,
+            },
+        ])];
+        let region = region_over(file, sparse);
+        let area = region
+            .mmap_area(1, Protection::Read)
+            .expect("map the second area");
+        assert_eq!((area.region_offset(), area.len()), (2 * 4096, 4096));
+        assert!(!area.is_writable());
+        assert_eq!(area.load::<u32>(0).expect("load"), 0x3333_3333);
+        let e = region
+            .mmap_area(2, Protection::Read)
+            .expect_err("two areas");
+        assert!(matches!(e, Error::NoSuchIndex { count: 2, .. }), "{e:?}");
+
+        Revoker::new(&region.shared).revoke().expect("revoke");
+        assert_eq!(area.load::<u32>(0).expect("load after"), 0, "not detached");
+        let e = region
+            .mmap_area(0, Protection::ReadWrite)
+            .expect_err("after revoke");
+        assert!(matches!(e, Error::Revoked { .. }), "{e:?}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_borrowed_device_fd_is_never_a_freed_number() {
+        let (file, path) = temp_file(&[0; 64]);
+        let device = VfioDevice {
+            shared: region_over(file, info(0, 0, 0, 0)).shared,
+            info: DeviceInfo::default(),
+        };
+        let raw = device.as_fd().as_raw_fd();
+        assert!(
+            fd_target(raw).contains("vfio-hal-linux-devfd"),
+            "{}",
+            fd_target(raw)
+        );
+        device.revoker().expect("revoker").revoke().expect("revoke");
+        assert_eq!(device.as_fd().as_raw_fd(), raw);
+        assert!(fd_target(raw).contains("eventfd"), "{}", fd_target(raw));
         let _ = std::fs::remove_file(path);
     }
 

@@ -35,7 +35,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::{
     Container, Device, DeviceInfo, DmaAccess, FeatureOp, FeatureSupport, IommuInfo, Irq, IrqAction,
-    IrqData, IrqInfo, IrqSet, MmapArea, Region, RegionInfo, Result, Revoker,
+    IrqData, IrqInfo, IrqSet, MmapArea, Protection, Region, RegionInfo, Result, Revoker,
 };
 
 pub mod inject;
@@ -558,6 +558,16 @@ impl<R: Region, H: Hook> Region for Decorated<R, H> {
             args,
             || self.inner.mmap(),
             |areas| Some(areas.len() as u64),
+        )
+    }
+
+    fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> {
+        let args = self.access(0, 0, None);
+        self.hook.around(
+            Op::RegionMmap,
+            args,
+            || self.inner.mmap_area(area, protection),
+            |_| Some(1),
         )
     }
 }
