@@ -69,6 +69,30 @@ impl Shared {
 /// assert_eq!(container.mapped_bytes(), 0);
 /// # Ok::<(), vfio_hal::Error>(())
 /// ```
+///
+/// A guard that owns a share of its container lives beside it in a VMM's
+/// state ([`Container::map_buffer_owned`]):
+///
+/// ```
+/// use std::sync::Arc;
+/// use vfio_hal::{Container, DmaAccess, DmaBuffer, OwnedDmaMapping};
+/// use vfio_hal_mock::MockContainer;
+///
+/// struct Vm {
+///     container: Arc<MockContainer>,
+///     ram: OwnedDmaMapping<MockContainer>,
+/// }
+///
+/// let container = Arc::new(MockContainer::new());
+/// let ram = container.map_buffer_owned(0, DmaBuffer::new(0x10_0000)?, DmaAccess::ReadWrite)?;
+/// let vm = Vm { container, ram };
+/// assert_eq!(vm.container.mapping_count(), 1);
+///
+/// let container = Arc::clone(&vm.container);
+/// drop(vm);
+/// assert_eq!(container.mapping_count(), 0, "dropping the state unmapped");
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct MockContainer {
     owner: Arc<Owner>,
