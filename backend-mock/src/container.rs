@@ -11,7 +11,8 @@ use crate::device::{DeviceCore, MockDevice};
 use crate::iommu::{IommuConfig, IommuFault, MappingInfo, MockIommu};
 use crate::model::{DeviceModel, Incident};
 
-/// How many incidents are kept; older ones are dropped.
+/// How many incidents are kept; older ones are dropped (and still counted
+/// by [`MockContainer::incident_count`]).
 pub const INCIDENT_LOG_CAPACITY: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -24,16 +25,24 @@ pub(crate) struct Shared {
     pub(crate) iommu: MockIommu,
     pub(crate) clock: VirtualTime,
     devices: Mutex<BTreeMap<String, Arc<DeviceCore>>>,
-    incidents: Mutex<VecDeque<Incident>>,
+    incidents: Mutex<IncidentLog>,
+}
+
+/// The newest incidents, and how many there were.
+#[derive(Debug, Default)]
+struct IncidentLog {
+    recent: VecDeque<Incident>,
+    total: u64,
 }
 
 impl Shared {
     pub(crate) fn record(&self, incident: Incident) {
         let mut log = lock(&self.incidents);
-        if log.len() == INCIDENT_LOG_CAPACITY {
-            log.pop_front();
+        if log.recent.len() == INCIDENT_LOG_CAPACITY {
+            log.recent.pop_front();
         }
-        log.push_back(incident);
+        log.recent.push_back(incident);
+        log.total += 1;
     }
 
     /// Lets every plugged device run the work its clock mode allows.
@@ -170,7 +179,7 @@ impl MockContainer {
             iommu,
             clock: VirtualTime::default(),
             devices: Mutex::new(BTreeMap::new()),
-            incidents: Mutex::new(VecDeque::new()),
+            incidents: Mutex::new(IncidentLog::default()),
         });
         Self {
             owner: Arc::new(Owner { shared }),
@@ -248,14 +257,27 @@ impl MockContainer {
         self.shared().iommu.take_faults()
     }
 
-    /// The recorded incidents (DMA without bus mastering, refused requests), oldest first.
+    /// The recorded incidents (DMA without bus mastering, refused
+    /// requests), oldest first: the newest [`INCIDENT_LOG_CAPACITY`].
     pub fn incidents(&self) -> Vec<Incident> {
-        lock(&self.shared().incidents).iter().cloned().collect()
+        lock(&self.shared().incidents)
+            .recent
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How many incidents were recorded in total, including dropped and
+    /// taken ones. Counting from 1, as the fault and trace logs do, the
+    /// last of [`MockContainer::incidents`] is incident number
+    /// `incident_count()`.
+    pub fn incident_count(&self) -> u64 {
+        lock(&self.shared().incidents).total
     }
 
     /// Returns and forgets the recorded incidents.
     pub fn take_incidents(&self) -> Vec<Incident> {
-        std::mem::take(&mut *lock(&self.shared().incidents)).into()
+        std::mem::take(&mut lock(&self.shared().incidents).recent).into()
     }
 
     /// Number of live DMA mappings.
@@ -320,5 +342,37 @@ unsafe impl Container for MockContainer {
                 Error::sys("open_device", Target::Device(name.to_owned()), libc::ENOENT)
             })?;
         core.open(self.shared())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incident_log_keeps_the_newest_and_counts_them_all() {
+        let c = MockContainer::new();
+        let extra = 3;
+        for i in 0..INCIDENT_LOG_CAPACITY + extra {
+            c.shared().record(Incident::Refused {
+                device: "d".into(),
+                reason: format!("incident {}", i + 1),
+            });
+        }
+        let kept = c.incidents();
+        assert_eq!(kept.len(), INCIDENT_LOG_CAPACITY, "bounded");
+        let total = (INCIDENT_LOG_CAPACITY + extra) as u64;
+        assert_eq!(c.incident_count(), total, "dropped ones still count");
+        let reason = |i: &Incident| match i {
+            Incident::Refused { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            kept.first().map(reason),
+            Some(format!("incident {}", extra + 1))
+        );
+        assert_eq!(kept.last().map(reason), Some(format!("incident {total}")));
+        c.take_incidents();
+        assert_eq!(c.incident_count(), total, "taking keeps the count");
     }
 }
