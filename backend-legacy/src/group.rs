@@ -55,6 +55,22 @@ impl fmt::Debug for GroupInner {
     }
 }
 
+/// The error of opening group `id`'s node at `path`.
+///
+/// The kernel allows one open file per group node and refuses a group one
+/// of whose devices is open through its cdev (`vfio_group_fops_open`), so
+/// `EBUSY` there means exactly that and the error says so.
+fn group_open_error(id: u32, path: &std::path::Path, e: &std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EBUSY) => Error::Busy {
+            op: "open",
+            target: Target::Group(id),
+            reason: "the group is already open (by another process, or by this one through a device, region or irq of it that is still alive: drop them to close it), or one of its devices is open through its cdev",
+        },
+        _ => Error::from_io("open", Target::Path(path.display().to_string()), e),
+    }
+}
+
 impl GroupInner {
     /// Opens group `id`, checks viability, attaches it to `container` and,
     /// when it is the container's first group, sets the IOMMU type. On any
@@ -71,7 +87,7 @@ impl GroupInner {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::from_io("open", Target::Path(path.display().to_string()), &e))?
+            .map_err(|e| group_open_error(id, &path, &e))?
             .into();
         let flags = sys::group_get_status(fd.as_fd())
             .map_err(|e| e.into_error("VFIO_GROUP_GET_STATUS", Target::Group(id)))?;
@@ -182,5 +198,31 @@ impl Group {
             .map_err(|e| e.into_error(OP, Target::Device(name.into())))?;
         let backing: Arc<dyn Backing> = self.inner.clone();
         VfioDevice::new(fd, name, backing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_hal::ErrorKind;
+
+    #[test]
+    fn ebusy_opening_a_group_node_says_the_group_is_open() {
+        let path = std::path::Path::new("/dev/vfio/7");
+        let busy = group_open_error(7, path, &std::io::Error::from_raw_os_error(libc::EBUSY));
+        assert_eq!(
+            (busy.kind(), busy.errno()),
+            (ErrorKind::Busy, Some(libc::EBUSY))
+        );
+        assert_eq!(busy.target(), Some(&Target::Group(7)));
+        let message = busy.to_string();
+        assert!(
+            message.contains("already open") && message.contains("region or irq"),
+            "{message}"
+        );
+        // Any other errno stays the plain system error about the node.
+        let missing = group_open_error(7, path, &std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(missing.errno(), Some(libc::ENOENT));
+        assert_eq!(missing.target(), Some(&Target::Path("/dev/vfio/7".into())));
     }
 }

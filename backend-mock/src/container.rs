@@ -11,7 +11,8 @@ use crate::device::{DeviceCore, MockDevice};
 use crate::iommu::{IommuConfig, IommuFault, MappingInfo, MockIommu};
 use crate::model::{DeviceModel, Incident};
 
-/// How many incidents are kept; older ones are dropped.
+/// How many incidents are kept; older ones are dropped (and still counted
+/// by [`MockContainer::incident_count`]).
 pub const INCIDENT_LOG_CAPACITY: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -24,16 +25,24 @@ pub(crate) struct Shared {
     pub(crate) iommu: MockIommu,
     pub(crate) clock: VirtualTime,
     devices: Mutex<BTreeMap<String, Arc<DeviceCore>>>,
-    incidents: Mutex<VecDeque<Incident>>,
+    incidents: Mutex<IncidentLog>,
+}
+
+/// The newest incidents, and how many there were.
+#[derive(Debug, Default)]
+struct IncidentLog {
+    recent: VecDeque<Incident>,
+    total: u64,
 }
 
 impl Shared {
     pub(crate) fn record(&self, incident: Incident) {
         let mut log = lock(&self.incidents);
-        if log.len() == INCIDENT_LOG_CAPACITY {
-            log.pop_front();
+        if log.recent.len() == INCIDENT_LOG_CAPACITY {
+            log.recent.pop_front();
         }
-        log.push_back(incident);
+        log.recent.push_back(incident);
+        log.total += 1;
     }
 
     /// Lets every plugged device run the work its clock mode allows.
@@ -67,6 +76,30 @@ impl Shared {
 /// assert_eq!(edu.region(0)?.read_at::<u32>(0)?, 0x0100_00ed);
 /// drop(ring);
 /// assert_eq!(container.mapped_bytes(), 0);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
+///
+/// A guard that owns a share of its container lives beside it in a VMM's
+/// state ([`Container::map_buffer_owned`]):
+///
+/// ```
+/// use std::sync::Arc;
+/// use vfio_hal::{Container, DmaAccess, DmaBuffer, OwnedDmaMapping};
+/// use vfio_hal_mock::MockContainer;
+///
+/// struct Vm {
+///     container: Arc<MockContainer>,
+///     ram: OwnedDmaMapping<MockContainer>,
+/// }
+///
+/// let container = Arc::new(MockContainer::new());
+/// let ram = container.map_buffer_owned(0, DmaBuffer::new(0x10_0000)?, DmaAccess::ReadWrite)?;
+/// let vm = Vm { container, ram };
+/// assert_eq!(vm.container.mapping_count(), 1);
+///
+/// let container = Arc::clone(&vm.container);
+/// drop(vm);
+/// assert_eq!(container.mapping_count(), 0, "dropping the state unmapped");
 /// # Ok::<(), vfio_hal::Error>(())
 /// ```
 #[derive(Clone)]
@@ -115,18 +148,29 @@ impl MockContainer {
 
     /// A container with the default IOMMU ([`IommuConfig::default`]).
     pub fn new() -> Self {
-        Self::with_config(IommuConfig::default())
+        let iommu = MockIommu::new(IommuConfig::default())
+            .unwrap_or_else(|e| unreachable!("the default IOMMU configuration is valid: {e}"));
+        Self::from_iommu(iommu)
     }
 
-    /// A container with this IOMMU configuration. An invalid configuration
-    /// is repaired with [`IommuConfig::normalized`] (and a warning logged);
-    /// use [`MockContainer::try_with_config`] to get an error instead.
-    pub fn with_config(config: IommuConfig) -> Self {
-        Self::from_iommu(MockIommu::from_normalized(config.normalized()))
-    }
-
-    /// A container with this IOMMU configuration, or `InvalidArgument` with the broken rule.
-    pub fn try_with_config(config: IommuConfig) -> Result<Self> {
+    /// A container with this IOMMU configuration.
+    ///
+    /// Errors: `InvalidArgument` for a configuration no IOMMU could have
+    /// (page size 0 or not a power of two, `max_mappings` 0, no IOVA range,
+    /// a range reversed, holding no page, or out of order); its source is
+    /// the [`ConfigError`](crate::ConfigError) naming the rule and value.
+    ///
+    /// ```
+    /// use vfio_hal::ErrorKind;
+    /// use vfio_hal_mock::{ConfigError, IommuConfig, MockContainer};
+    ///
+    /// let e = MockContainer::with_config(IommuConfig { page_size: 0, ..IommuConfig::default() })
+    ///     .unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    /// let why = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConfigError>());
+    /// assert_eq!(why, Some(&ConfigError::PageSize { page_size: 0 }));
+    /// ```
+    pub fn with_config(config: IommuConfig) -> Result<Self> {
         Ok(Self::from_iommu(MockIommu::new(config)?))
     }
 
@@ -135,7 +179,7 @@ impl MockContainer {
             iommu,
             clock: VirtualTime::default(),
             devices: Mutex::new(BTreeMap::new()),
-            incidents: Mutex::new(VecDeque::new()),
+            incidents: Mutex::new(IncidentLog::default()),
         });
         Self {
             owner: Arc::new(Owner { shared }),
@@ -213,14 +257,27 @@ impl MockContainer {
         self.shared().iommu.take_faults()
     }
 
-    /// The recorded incidents (DMA without bus mastering, refused requests), oldest first.
+    /// The recorded incidents (DMA without bus mastering, refused
+    /// requests), oldest first: the newest [`INCIDENT_LOG_CAPACITY`].
     pub fn incidents(&self) -> Vec<Incident> {
-        lock(&self.shared().incidents).iter().cloned().collect()
+        lock(&self.shared().incidents)
+            .recent
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How many incidents were recorded in total, including dropped and
+    /// taken ones. Counting from 1, as the fault and trace logs do, the
+    /// last of [`MockContainer::incidents`] is incident number
+    /// `incident_count()`.
+    pub fn incident_count(&self) -> u64 {
+        lock(&self.shared().incidents).total
     }
 
     /// Returns and forgets the recorded incidents.
     pub fn take_incidents(&self) -> Vec<Incident> {
-        std::mem::take(&mut *lock(&self.shared().incidents)).into()
+        std::mem::take(&mut lock(&self.shared().incidents).recent).into()
     }
 
     /// Number of live DMA mappings.
@@ -285,5 +342,37 @@ unsafe impl Container for MockContainer {
                 Error::sys("open_device", Target::Device(name.to_owned()), libc::ENOENT)
             })?;
         core.open(self.shared())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incident_log_keeps_the_newest_and_counts_them_all() {
+        let c = MockContainer::new();
+        let extra = 3;
+        for i in 0..INCIDENT_LOG_CAPACITY + extra {
+            c.shared().record(Incident::Refused {
+                device: "d".into(),
+                reason: format!("incident {}", i + 1),
+            });
+        }
+        let kept = c.incidents();
+        assert_eq!(kept.len(), INCIDENT_LOG_CAPACITY, "bounded");
+        let total = (INCIDENT_LOG_CAPACITY + extra) as u64;
+        assert_eq!(c.incident_count(), total, "dropped ones still count");
+        let reason = |i: &Incident| match i {
+            Incident::Refused { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            kept.first().map(reason),
+            Some(format!("incident {}", extra + 1))
+        );
+        assert_eq!(kept.last().map(reason), Some(format!("incident {total}")));
+        c.take_incidents();
+        assert_eq!(c.incident_count(), total, "taking keeps the count");
     }
 }

@@ -238,7 +238,11 @@ impl DeviceCore {
         let target = || Target::Device(self.name.clone());
         st.live("open_device", target())?;
         if st.open {
-            return Err(Error::sys("open_device", target(), libc::EBUSY));
+            return Err(Error::Busy {
+                op: "open_device",
+                target: target(),
+                reason: "the device is still open: its MockDevice or a region or irq taken from it is alive (drop them all to close it)",
+            });
         }
         st.open = true;
         st.pci.reopen();

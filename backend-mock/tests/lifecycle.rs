@@ -43,11 +43,18 @@ fn open_errors_not_found_and_busy_and_reopen_after_close() {
     );
     let bar = dev.region(0).expect("bar0");
     drop(dev);
+    let busy = c
+        .open_device(EDU)
+        .expect_err("a region handle keeps the device open");
     assert_eq!(
-        c.open_device(EDU)
-            .expect_err("a region handle keeps the device open")
-            .kind(),
-        ErrorKind::Busy
+        (busy.kind(), busy.errno()),
+        (ErrorKind::Busy, Some(libc::EBUSY))
+    );
+    // The message says why, not just "busy".
+    let message = busy.to_string();
+    assert!(
+        message.contains("still open") && message.contains("region or irq"),
+        "{message}"
     );
     assert_eq!(
         bar.read_at::<u32>(reg::ID).expect("still usable"),

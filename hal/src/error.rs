@@ -274,6 +274,17 @@ pub enum Error {
         /// Why, e.g. "region has no MMAP flag".
         reason: &'static str,
     },
+    /// A system call or ioctl failed with `EBUSY` where that answer is
+    /// known to have one meaning, which `reason` says (a device or group
+    /// that is still open). Its errno is `EBUSY`.
+    Busy {
+        /// The ioctl or syscall name.
+        op: &'static str,
+        /// What it acted on.
+        target: Target,
+        /// What is busy, and what frees it.
+        reason: &'static str,
+    },
     /// A limit was reached that the HAL itself tracks.
     Exhausted {
         /// The operation.
@@ -365,6 +376,9 @@ impl fmt::Display for Error {
             | Self::NotSupported { op, target, reason }
             | Self::Exhausted { op, target, reason }
             | Self::NotFound { op, target, reason } => write!(f, "{op} on {target}: {reason}"),
+            Self::Busy { op, target, reason } => {
+                write!(f, "{op} on {target}: {reason} (EBUSY)")
+            }
             Self::NotViable { group } => write!(
                 f,
                 "group {group}: bind every device in /sys/kernel/iommu_groups/{group}/devices to vfio-pci (or unbind it)"
@@ -413,6 +427,11 @@ macro_rules! op_and_target {
                 ..
             }
             | Error::NotSupported {
+                op: $op,
+                target: $target,
+                ..
+            }
+            | Error::Busy {
                 op: $op,
                 target: $target,
                 ..
@@ -502,6 +521,7 @@ impl Error {
             Self::NoSuchIndex { .. } | Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Self::NotSupported { .. } => ErrorKind::NotSupported,
             Self::NotViable { .. } => ErrorKind::NotViable,
+            Self::Busy { .. } => ErrorKind::Busy,
             Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Malformed { .. } => ErrorKind::Malformed,
@@ -514,6 +534,7 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::Sys { errno, .. } => Some(*errno),
+            Self::Busy { .. } => Some(libc::EBUSY),
             _ => None,
         }
     }
