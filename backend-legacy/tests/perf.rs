@@ -1,9 +1,13 @@
 //! The HAL's overhead over the raw calls, measured in the lane's guest (`bash tests/vm/lane.sh`)
 //! in one boot; ignored on the host. Prints one `perf(...)` line per
 //! comparison. Figures mean something only from an optimised build (the
-//! lane builds unoptimised test binaries); there the HAL's overhead over
-//! the raw calls is asserted with loose bounds that catch a regression,
-//! not noise.
+//! lane builds unoptimised test binaries).
+//!
+//! A measurement, not a test of speed: under TCG on a shared machine any
+//! ratio bound can fail from load alone, so none is asserted. What is
+//! checked cannot depend on load: every map and unmap succeeds (and unmaps
+//! the page it mapped), every read returns edu's identification value.
+//! The figures are recorded in docs/PERFORMANCE.md.
 //!
 //! - map+unmap of one 4 KiB page: the HAL (`map_dma_raw` + `unmap_dma`)
 //!   against a loop of raw `VFIO_IOMMU_{MAP,UNMAP}_DMA` ioctls;
@@ -174,25 +178,9 @@ fn perf_ratios() {
         raw_pread.as_nanos()
     ));
 
-    // Only the HAL's own overhead is asserted (how much an MMIO exit costs
-    // under TCG depends on the host's load), and only in an optimised
-    // build: unoptimised, the HAL's checks cost more than the access itself.
     if cfg!(debug_assertions) {
         report(format_args!(
-            "perf({kernel}): unoptimised build: overhead bounds not checked"
+            "perf({kernel}): unoptimised build: the figures are not representative"
         ));
-        return;
     }
-    assert!(
-        map_ratio < 1.5,
-        "the HAL's map+unmap costs {map_ratio:.2}x raw ioctls"
-    );
-    assert!(
-        mmap_overhead < 3.0,
-        "the mmap path costs {mmap_overhead:.2}x a raw load"
-    );
-    assert!(
-        pread_overhead < 1.5,
-        "the pread path costs {pread_overhead:.2}x a raw pread"
-    );
 }

@@ -357,9 +357,13 @@ impl DeviceModel for Edu {
         offset: u64,
         data: &mut [u8],
     ) -> vfio_hal::Result<()> {
-        let val = self.mmio_read(offset, data.len());
-        let n = data.len().min(8);
-        data[..n].copy_from_slice(&val.to_le_bytes()[..n]);
+        let val = self.mmio_read(offset, data.len()).to_le_bytes();
+        // Fixed-size copies for the sizes the plumbing passes (no memcpy call).
+        match data.len() {
+            4 => data.copy_from_slice(&val[..4]),
+            8 => data.copy_from_slice(&val),
+            n => data[..n.min(8)].copy_from_slice(&val[..n.min(8)]),
+        }
         Ok(())
     }
 

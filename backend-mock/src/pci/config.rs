@@ -61,8 +61,14 @@ impl ConfigSpace {
         self.bytes.get(at).copied().unwrap_or(0)
     }
 
+    /// One bounds check when both bytes exist (the command register is
+    /// read on every BAR access); a missing byte reads as 0.
+    #[inline]
     pub(crate) fn u16(&self, at: usize) -> u16 {
-        u16::from_le_bytes([self.u8(at), self.u8(at + 1)])
+        match self.bytes.get(at..at + 2) {
+            Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]),
+            _ => u16::from(self.u8(at)),
+        }
     }
 
     #[cfg(test)]

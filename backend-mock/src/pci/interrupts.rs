@@ -292,6 +292,7 @@ impl Interrupts {
     }
 
     /// Unmasks if the resample eventfd was written since the last look.
+    #[inline]
     pub(crate) fn poll_resample(&mut self) {
         let fired = self.intx.resample.as_ref().is_some_and(EventRoute::consume);
         if fired {

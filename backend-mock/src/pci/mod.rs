@@ -506,6 +506,7 @@ impl PciFunction {
     // ---- BARs --------------------------------------------------------------
 
     /// Whether accesses to BAR `bar` decode (memory or I/O enable).
+    #[inline]
     pub(crate) fn decodes(&self, bar: u8) -> bool {
         let cmd = self.command();
         match self.bars[bar as usize].layout.as_ref().map(|l| l.kind) {
@@ -516,6 +517,7 @@ impl PciFunction {
     }
 
     /// What backs `offset` of `bar`, and where that backing ends.
+    #[inline]
     pub(crate) fn classify(&self, bar: u8, offset: u64) -> (Backing, u64) {
         let b = &self.bars[bar as usize];
         for s in &b.spans {
