@@ -49,7 +49,8 @@ fn map_unmap(c: &mut Criterion) {
     let container = MockContainer::with_config(IommuConfig {
         max_mappings: 2 * LIVE as u32,
         ..IommuConfig::default()
-    });
+    })
+    .expect("valid configuration");
     for i in 0..LIVE {
         // SAFETY: `page` is declared before the container, so it outlives
         // every mapping; nothing reads or writes it during the benchmark.

@@ -65,7 +65,7 @@ impl Fixture for MockFixture {
     }
 
     fn container(&self) -> Result<MockContainer> {
-        let c = MockContainer::try_with_config(self.config.clone())?;
+        let c = MockContainer::with_config(self.config.clone())?;
         c.plug(Self::EDU, Edu::new())?;
         c.plug(Self::COPY_ENGINE, CopyEngine::new())?;
         Ok(c)

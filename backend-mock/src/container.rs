@@ -69,6 +69,30 @@ impl Shared {
 /// assert_eq!(container.mapped_bytes(), 0);
 /// # Ok::<(), vfio_hal::Error>(())
 /// ```
+///
+/// A guard that owns a share of its container lives beside it in a VMM's
+/// state ([`Container::map_buffer_owned`]):
+///
+/// ```
+/// use std::sync::Arc;
+/// use vfio_hal::{Container, DmaAccess, DmaBuffer, OwnedDmaMapping};
+/// use vfio_hal_mock::MockContainer;
+///
+/// struct Vm {
+///     container: Arc<MockContainer>,
+///     ram: OwnedDmaMapping<MockContainer>,
+/// }
+///
+/// let container = Arc::new(MockContainer::new());
+/// let ram = container.map_buffer_owned(0, DmaBuffer::new(0x10_0000)?, DmaAccess::ReadWrite)?;
+/// let vm = Vm { container, ram };
+/// assert_eq!(vm.container.mapping_count(), 1);
+///
+/// let container = Arc::clone(&vm.container);
+/// drop(vm);
+/// assert_eq!(container.mapping_count(), 0, "dropping the state unmapped");
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct MockContainer {
     owner: Arc<Owner>,
@@ -115,18 +139,29 @@ impl MockContainer {
 
     /// A container with the default IOMMU ([`IommuConfig::default`]).
     pub fn new() -> Self {
-        Self::with_config(IommuConfig::default())
+        let iommu = MockIommu::new(IommuConfig::default())
+            .unwrap_or_else(|e| unreachable!("the default IOMMU configuration is valid: {e}"));
+        Self::from_iommu(iommu)
     }
 
-    /// A container with this IOMMU configuration. An invalid configuration
-    /// is repaired with [`IommuConfig::normalized`] (and a warning logged);
-    /// use [`MockContainer::try_with_config`] to get an error instead.
-    pub fn with_config(config: IommuConfig) -> Self {
-        Self::from_iommu(MockIommu::from_normalized(config.normalized()))
-    }
-
-    /// A container with this IOMMU configuration, or `InvalidArgument` with the broken rule.
-    pub fn try_with_config(config: IommuConfig) -> Result<Self> {
+    /// A container with this IOMMU configuration.
+    ///
+    /// Errors: `InvalidArgument` for a configuration no IOMMU could have
+    /// (page size 0 or not a power of two, `max_mappings` 0, no IOVA range,
+    /// a range reversed, holding no page, or out of order); its source is
+    /// the [`ConfigError`](crate::ConfigError) naming the rule and value.
+    ///
+    /// ```
+    /// use vfio_hal::ErrorKind;
+    /// use vfio_hal_mock::{ConfigError, IommuConfig, MockContainer};
+    ///
+    /// let e = MockContainer::with_config(IommuConfig { page_size: 0, ..IommuConfig::default() })
+    ///     .unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    /// let why = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConfigError>());
+    /// assert_eq!(why, Some(&ConfigError::PageSize { page_size: 0 }));
+    /// ```
+    pub fn with_config(config: IommuConfig) -> Result<Self> {
         Ok(Self::from_iommu(MockIommu::new(config)?))
     }
 

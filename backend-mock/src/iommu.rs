@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use vfio_hal::{shared_memory, Capability, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
+use vfio_hal::{
+    shared_memory, Capability, DmaAccess, Error, ErrorKind, IommuInfo, IovaRange, Result, Target,
+};
 
 /// The ioctl names the errors carry, as the type1 backend spells them.
 const OP_MAP: &str = "VFIO_IOMMU_MAP_DMA";
@@ -64,8 +66,9 @@ pub const FAULT_LOG_CAPACITY: usize = 4096;
 ///     max_mappings: 8,
 ///     ..IommuConfig::default()
 /// };
-/// let container = MockContainer::with_config(config);
+/// let container = MockContainer::with_config(config)?;
 /// assert_eq!(container.mapping_count(), 0);
+/// # Ok::<(), vfio_hal::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IommuConfig {
@@ -83,6 +86,48 @@ pub struct IommuConfig {
     pub allow_split_unmap: bool,
 }
 
+/// An [`IommuConfig`] no IOMMU could have, as [`IommuConfig::validate`]
+/// reports it (the source of its `InvalidArgument` error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The page size is 0 or not a power of two.
+    #[error("page size {page_size:#x} is not a power of two")]
+    PageSize {
+        /// The configured page size.
+        page_size: u64,
+    },
+    /// `max_mappings` is 0: nothing could ever be mapped.
+    #[error("max_mappings is 0: nothing could be mapped")]
+    NoMappings,
+    /// No IOVA range: nothing could ever be mapped.
+    #[error("no IOVA range: nothing could be mapped")]
+    NoIovaRange,
+    /// A range ends before it starts.
+    #[error("IOVA range {range} ends before it starts")]
+    Reversed {
+        /// The range.
+        range: IovaRange,
+    },
+    /// A range holds no whole page-aligned page.
+    #[error("IOVA range {range} holds no aligned page of {page_size:#x} bytes")]
+    NoPage {
+        /// The range.
+        range: IovaRange,
+        /// The configured page size.
+        page_size: u64,
+    },
+    /// Two neighbouring ranges are out of order, overlap or touch (they
+    /// must be ascending with a hole between them).
+    #[error("IOVA ranges {first} and {second} are not ascending and apart")]
+    Unordered {
+        /// The earlier range in the list.
+        first: IovaRange,
+        /// The one after it.
+        second: IovaRange,
+    },
+}
+
 impl IommuConfig {
     /// x86's usable IOVA ranges with 48 address bits, around the MSI window.
     pub fn x86_iova_ranges() -> Vec<IovaRange> {
@@ -98,68 +143,50 @@ impl IommuConfig {
         ]
     }
 
-    /// Checks the configuration; used by [`MockIommu::new`].
+    /// Checks the configuration; used by [`MockIommu::new`] and
+    /// [`crate::MockContainer::with_config`].
+    ///
+    /// Errors: `InvalidArgument` whose source is the [`ConfigError`] naming
+    /// the broken rule and the offending value.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |reason| Error::InvalidArgument {
-            op: "IommuConfig",
-            target: Target::None,
-            reason,
-        };
-        if !self.page_size.is_power_of_two() {
-            return Err(invalid("page_size must be a power of two"));
-        }
-        if self.iova_ranges.is_empty() {
-            return Err(invalid("at least one IOVA range is needed"));
-        }
-        if self.iova_ranges.iter().any(|r| r.end < r.start) {
-            return Err(invalid("an IOVA range ends before it starts"));
-        }
-        if self.iova_ranges.windows(2).any(|w| w[0].end >= w[1].start) {
-            return Err(invalid(
-                "IOVA ranges must be sorted and must not overlap or touch",
-            ));
-        }
-        Ok(())
+        self.check()
+            .map_err(|e| Error::other("IommuConfig", Target::None, ErrorKind::InvalidArgument, e))
     }
 
-    /// A valid configuration close to this one: the page size rounded up to
-    /// a power of two, ranges sorted and merged. Used by
-    /// [`crate::MockContainer::with_config`], which cannot fail.
-    pub fn normalized(mut self) -> Self {
-        if !self.page_size.is_power_of_two() {
-            let fixed = self
-                .page_size
-                .checked_next_power_of_two()
-                .unwrap_or(1 << 63);
-            log::warn!(
-                "mock IOMMU: page size {:#x} is not a power of two, using {fixed:#x}",
-                self.page_size
-            );
-            self.page_size = fixed;
+    fn check(&self) -> Result<(), ConfigError> {
+        let page_size = self.page_size;
+        if !page_size.is_power_of_two() {
+            return Err(ConfigError::PageSize { page_size });
         }
-        let mut ranges: Vec<IovaRange> = self
-            .iova_ranges
-            .iter()
-            .map(|r| IovaRange {
-                start: r.start.min(r.end),
-                end: r.start.max(r.end),
-            })
-            .collect();
-        ranges.sort();
-        let mut merged: Vec<IovaRange> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if last.end.checked_add(1).is_none_or(|next| next >= r.start) => {
-                    last.end = last.end.max(r.end);
-                }
-                _ => merged.push(r),
+        if self.max_mappings == 0 {
+            return Err(ConfigError::NoMappings);
+        }
+        if self.iova_ranges.is_empty() {
+            return Err(ConfigError::NoIovaRange);
+        }
+        for &range in &self.iova_ranges {
+            if range.end < range.start {
+                return Err(ConfigError::Reversed { range });
+            }
+            // The first page-aligned IOVA in the range, and its last byte.
+            let holds_a_page = range
+                .start
+                .checked_next_multiple_of(page_size)
+                .and_then(|aligned| aligned.checked_add(page_size - 1))
+                .is_some_and(|last| last <= range.end);
+            if !holds_a_page {
+                return Err(ConfigError::NoPage { range, page_size });
             }
         }
-        if merged.is_empty() {
-            merged = Self::x86_iova_ranges();
+        // A hole must separate neighbours: touching ones are one range.
+        let apart = |w: &[IovaRange]| w[0].end.checked_add(1).is_some_and(|n| n < w[1].start);
+        if let Some(w) = self.iova_ranges.windows(2).find(|w| !apart(w)) {
+            return Err(ConfigError::Unordered {
+                first: w[0],
+                second: w[1],
+            });
         }
-        self.iova_ranges = merged;
-        self
+        Ok(())
     }
 
     /// The inclusive range containing `[iova, last]`, if one does.
@@ -327,17 +354,11 @@ impl MockIommu {
     /// An empty IOMMU; the configuration must be valid ([`IommuConfig::validate`]).
     pub fn new(config: IommuConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self::from_normalized(config))
-    }
-
-    /// An empty IOMMU from a configuration that is valid by construction
-    /// ([`IommuConfig::normalized`]).
-    pub(crate) fn from_normalized(config: IommuConfig) -> Self {
-        Self {
+        Ok(Self {
             config,
             table: Mutex::new(Table::default()),
             faults: Mutex::new(FaultLog::default()),
-        }
+        })
     }
 
     /// The configuration.
@@ -678,7 +699,6 @@ impl Copy<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vfio_hal::ErrorKind;
 
     fn iommu() -> MockIommu {
         MockIommu::new(IommuConfig::default()).expect("default config is valid")
@@ -727,42 +747,6 @@ mod tests {
             FaultReason::NotMapped
         );
         assert_eq!(io.unmap_all(), 0x2000);
-    }
-
-    #[test]
-    fn config_validation_and_normalisation() {
-        let bad = IommuConfig {
-            page_size: 3000,
-            ..IommuConfig::default()
-        };
-        assert_eq!(
-            MockIommu::new(bad.clone())
-                .expect_err("not a power of two")
-                .kind(),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(bad.normalized().page_size, 4096);
-        let overlapping = IommuConfig {
-            iova_ranges: vec![
-                IovaRange {
-                    start: 0x1000,
-                    end: 0x2fff,
-                },
-                IovaRange {
-                    start: 0,
-                    end: 0x1fff,
-                },
-            ],
-            ..IommuConfig::default()
-        };
-        assert!(overlapping.validate().is_err());
-        assert_eq!(
-            overlapping.normalized().iova_ranges,
-            vec![IovaRange {
-                start: 0,
-                end: 0x2fff
-            }]
-        );
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub use clock::MockClock;
 pub use container::{MockContainer, INCIDENT_LOG_CAPACITY};
 pub use device::{MockDevice, MockIrq, MockRegion};
 pub use iommu::{
-    DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu, FAULT_LOG_CAPACITY,
+    ConfigError, DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu,
+    FAULT_LOG_CAPACITY,
 };
 pub use layout::{BarKind, BarLayout, DeviceRegionLayout, MsiLayout, MsixLayout, PciLayout};
 pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident, ModelRefusal};

@@ -95,7 +95,7 @@ fn eventfd_route(fx: &Fx, irq: u32) -> Result<()> {
 #[case::map_above_the_address_width(|fx: &Fx| map(&fx.c, fx.host(0), 1 << 48, PAGE),
     ErrorKind::InvalidArgument, Some(libc::EINVAL))]
 #[case::map_past_the_mapping_limit(|fx: &Fx| {
-        let small = MockContainer::with_config(IommuConfig { max_mappings: 1, ..IommuConfig::default() });
+        let small = MockContainer::with_config(IommuConfig { max_mappings: 1, ..IommuConfig::default() })?;
         map(&small, fx.host(0), 0x20_0000, PAGE)?;
         map(&small, fx.host(PAGE as usize), 0x30_0000, PAGE)
     }, ErrorKind::Exhausted, Some(libc::ENOSPC))]
@@ -119,7 +119,7 @@ fn eventfd_route(fx: &Fx, irq: u32) -> Result<()> {
     ErrorKind::InvalidArgument, Some(libc::EINVAL))]
 #[case::unmap_that_wraps(|fx: &Fx| fx.c.unmap_dma(u64::MAX - (PAGE - 1), 2 * PAGE).map(drop),
     ErrorKind::Overflow, Some(libc::EOVERFLOW))]
-#[case::invalid_iommu_configuration(|_: &Fx| MockContainer::try_with_config(IommuConfig {
+#[case::invalid_iommu_configuration(|_: &Fx| MockContainer::with_config(IommuConfig {
         iova_ranges: vec![IovaRange { start: 0x2000, end: 0x1000 }],
         ..IommuConfig::default()
     }).map(drop), ErrorKind::InvalidArgument, None)]

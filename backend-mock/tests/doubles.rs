@@ -765,7 +765,7 @@ fn the_tracer_records_calls_arguments_and_results_in_order() {
         ]
     );
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (0..9).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "numbered from 1");
     assert_eq!(events[0].args, Args::Name(DEVICE.into()));
     assert_eq!(events[1].args, Args::Index(0));
     assert_eq!(
@@ -811,19 +811,19 @@ fn the_tracer_records_calls_arguments_and_results_in_order() {
     assert_eq!(dump.lines().count(), 9, "{dump}");
     assert!(
         dump.contains(&format!(
-            "#4 set_eventfd(index 2, Trigger [0, +1), eventfds [{raw}]) -> Ok"
+            "#5 set_eventfd(index 2, Trigger [0, +1), eventfds [{raw}]) -> Ok"
         )),
         "{dump}"
     );
     assert!(
-        dump.contains("#6 region.write(region 0, offset 0x10, len 2, value 0xabcd) -> Ok"),
+        dump.contains("#7 region.write(region 0, offset 0x10, len 2, value 0xabcd) -> Ok"),
         "{dump}"
     );
 
     tracer.clear();
     assert!(tracer.log().is_empty());
     tracer.iommu_info().expect("info");
-    assert_eq!(tracer.events()[0].seq, 9, "sequence numbers survive clear");
+    assert_eq!(tracer.events()[0].seq, 10, "call numbers survive clear");
 }
 
 #[test]
@@ -834,12 +834,20 @@ fn a_tracer_over_an_injector_logs_the_injected_failures() {
         Plan::fail_nth(3).with_kind(ErrorKind::Busy),
     );
     let tracer = Tracer::new(inj);
-    assert!(bring_up(&tracer, fd.as_fd()).is_err());
-    let outcomes: Vec<_> = tracer.events().into_iter().map(|e| e.outcome).collect();
+    let err = bring_up(&tracer, fd.as_fd()).expect_err("the third call fails");
+    let events = tracer.events();
+    let outcomes: Vec<_> = events.iter().map(|e| &e.outcome).collect();
     assert_eq!(outcomes.len(), 3);
     assert!(outcomes[0].is_ok() && outcomes[1].is_ok());
     assert_eq!(outcomes[2].kind(), Some(ErrorKind::Busy));
     assert_eq!(tracer.inner().injected(), 1);
+    // Both number calls from 1: the tracer's #3 is the injector's call #3.
+    let injection = InjectedFault::of(&err).expect("injected");
+    assert_eq!(
+        (events[2].seq, events[2].op),
+        (injection.call, injection.op)
+    );
+    assert_eq!(injection.call, 3);
 }
 
 #[test]

@@ -8,7 +8,9 @@ use rstest::rstest;
 use vfio_hal::decorate::inject::{FaultInjector, Plan};
 use vfio_hal::decorate::Op;
 use vfio_hal::{Container, DmaAccess, DmaBuffer, ErrorKind, IovaRange, Result};
-use vfio_hal_mock::{DmaDirection, FaultReason, IommuConfig, MockContainer, MockIommu};
+use vfio_hal_mock::{
+    ConfigError, DmaDirection, FaultReason, IommuConfig, MockContainer, MockIommu,
+};
 
 const PAGE: u64 = 4096;
 
@@ -123,7 +125,8 @@ fn address_wrap_is_eoverflow() {
             end: u64::MAX,
         }],
         ..IommuConfig::default()
-    });
+    })
+    .expect("valid configuration");
     let top = u64::MAX - (PAGE - 1);
     let r = map(&c, top, &mem, 0, 2 * PAGE, DmaAccess::ReadWrite);
     assert_eq!(kind_errno(r), (ErrorKind::Overflow, Some(libc::EOVERFLOW)));
@@ -179,7 +182,8 @@ fn the_mapping_limit_is_enospc_and_frees_up_on_unmap() {
     let c = MockContainer::with_config(IommuConfig {
         max_mappings: 3,
         ..IommuConfig::default()
-    });
+    })
+    .expect("valid configuration");
     for i in 0..3 {
         map(&c, i * PAGE, &mem, 0, PAGE, DmaAccess::ReadWrite).expect("under the limit");
     }
@@ -213,7 +217,8 @@ fn split_unmap_is_allowed_when_configured() {
     let c = MockContainer::with_config(IommuConfig {
         allow_split_unmap: true,
         ..IommuConfig::default()
-    });
+    })
+    .expect("valid configuration");
     map(&c, 0x10_000, &mem, 0, 0x4000, DmaAccess::ReadWrite).expect("map");
     assert_eq!(c.unmap_dma(0x11_000, 0x1000).expect("split"), 0x1000);
     assert_eq!((c.mapping_count(), c.mapped_bytes()), (2, 0x3000));
@@ -339,7 +344,8 @@ fn a_custom_page_size_is_enforced() {
     let c = MockContainer::with_config(IommuConfig {
         page_size: 0x10_000,
         ..IommuConfig::default()
-    });
+    })
+    .expect("valid configuration");
     assert_eq!(
         c.iommu_info().expect("info").min_page_size(),
         Some(0x10_000)
@@ -350,24 +356,36 @@ fn a_custom_page_size_is_enforced() {
     assert_eq!(kind_errno(r).0, ErrorKind::InvalidArgument);
 }
 
-#[test]
-fn an_invalid_configuration_is_refused_or_repaired() {
-    let bad = IommuConfig {
-        page_size: 0,
-        ..IommuConfig::default()
-    };
-    assert_eq!(
-        MockContainer::try_with_config(bad.clone())
-            .expect_err("page size 0")
-            .kind(),
-        ErrorKind::InvalidArgument
-    );
-    let repaired = MockContainer::with_config(bad);
-    assert!(repaired
-        .iommu_info()
-        .expect("info")
-        .min_page_size()
-        .is_some_and(|p| p.is_power_of_two()));
+const fn range(start: u64, end: u64) -> IovaRange {
+    IovaRange { start, end }
+}
+
+#[rstest]
+#[case::page_size_zero(IommuConfig { page_size: 0, ..IommuConfig::default() },
+    ConfigError::PageSize { page_size: 0 })]
+#[case::page_size_not_a_power_of_two(IommuConfig { page_size: 3000, ..IommuConfig::default() },
+    ConfigError::PageSize { page_size: 3000 })]
+#[case::no_mapping_allowed(IommuConfig { max_mappings: 0, ..IommuConfig::default() },
+    ConfigError::NoMappings)]
+#[case::no_iova_range(IommuConfig { iova_ranges: vec![], ..IommuConfig::default() },
+    ConfigError::NoIovaRange)]
+#[case::reversed_range(IommuConfig { iova_ranges: vec![range(0x2000, 0x1000)], ..IommuConfig::default() },
+    ConfigError::Reversed { range: range(0x2000, 0x1000) })]
+#[case::range_smaller_than_a_page(IommuConfig { iova_ranges: vec![range(0x1000, 0x1fff), range(0x10_0800, 0x10_17ff)], ..IommuConfig::default() },
+    ConfigError::NoPage { range: range(0x10_0800, 0x10_17ff), page_size: PAGE })]
+#[case::overlapping_ranges(IommuConfig { iova_ranges: vec![range(0x1000, 0x2fff), range(0, 0x1fff)], ..IommuConfig::default() },
+    ConfigError::Unordered { first: range(0x1000, 0x2fff), second: range(0, 0x1fff) })]
+#[case::touching_ranges(IommuConfig { iova_ranges: vec![range(0, 0xfff), range(0x1000, 0x1fff)], ..IommuConfig::default() },
+    ConfigError::Unordered { first: range(0, 0xfff), second: range(0x1000, 0x1fff) })]
+fn a_nonsense_configuration_is_refused_with_the_rule_it_breaks(
+    #[case] config: IommuConfig,
+    #[case] why: ConfigError,
+) {
+    let e = MockContainer::with_config(config).expect_err("refused, not repaired");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConfigError>());
+    assert_eq!(source, Some(&why), "{e}");
+    assert!(e.to_string().contains(&why.to_string()), "{e}");
 }
 
 // ---- Device-side translation --------------------------------------------
@@ -608,7 +626,8 @@ proptest! {
             iova_ranges: RANGES.iter().map(|&(start, end)| IovaRange { start, end }).collect(),
             max_mappings: MAX_MAPPINGS as u32,
             allow_split_unmap: false,
-        });
+        })
+    .expect("valid configuration");
         let mut model = Model::default();
         for s in steps {
             match s {

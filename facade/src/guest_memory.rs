@@ -39,6 +39,8 @@
 //! ```
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use vfio_hal::{Container, DmaAccess, Error, ErrorKind, Result, Target};
 use vm_memory::bitmap::Bitmap;
@@ -46,17 +48,38 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 
 /// Every region of a guest's memory mapped into a container at IOVA = GPA;
 /// unmapped on drop.
-pub struct GuestMemoryDma<'c, C: Container + ?Sized, B: Bitmap = ()> {
-    container: &'c C,
+///
+/// `H` is how the guard reaches its container: a borrow
+/// ([`GuestMemoryDma`], from [`map_guest_memory`]) or a shared owner
+/// ([`OwnedGuestMemoryDma`], from [`map_guest_memory_owned`]); both behave
+/// the same.
+pub struct GuestMemoryGuard<H, B: Bitmap = ()>
+where
+    H: Deref,
+    H::Target: Container,
+{
+    container: H,
     /// Keeps the host memory alive while it is mapped; `None` once
-    /// [`GuestMemoryDma::unmap`] has run.
+    /// [`GuestMemoryGuard::unmap`] has run.
     memory: Option<GuestMemoryMmap<B>>,
     /// `(iova, len)` of each live mapping, ascending.
     mapped: Vec<(u64, u64)>,
     access: DmaAccess,
 }
 
-impl<C: Container + ?Sized, B: Bitmap> fmt::Debug for GuestMemoryDma<'_, C, B> {
+/// A [`GuestMemoryGuard`] that borrows its container.
+pub type GuestMemoryDma<'c, C, B = ()> = GuestMemoryGuard<&'c C, B>;
+
+/// A [`GuestMemoryGuard`] that shares ownership of its container: no
+/// lifetime, so a VMM keeps it beside the container in its own state
+/// (`Send`/`Sync` when the container is both).
+pub type OwnedGuestMemoryDma<C, B = ()> = GuestMemoryGuard<Arc<C>, B>;
+
+impl<H, B: Bitmap> fmt::Debug for GuestMemoryGuard<H, B>
+where
+    H: Deref,
+    H::Target: Container,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuestMemoryDma")
             .field("mapped", &self.mapped)
@@ -81,35 +104,91 @@ where
     C: Container + ?Sized,
     B: Bitmap,
 {
-    let mut guard = GuestMemoryDma {
-        container,
-        memory: Some(memory.clone()),
-        mapped: Vec::with_capacity(memory.num_regions()),
-        access,
-    };
-    for region in memory.iter() {
-        let iova = region.start_addr().0;
-        let len = region.len();
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| Error::NotSupported {
-                op: "map_guest_memory",
-                target: Target::Iova { iova, len },
-                reason: "the region has no host mapping",
-            })?;
-        // SAFETY: `host` is the start of this region's mmap of `len` bytes.
-        // The guard owns a clone of the collection, which keeps every
-        // region's mmap alive until the guard has unmapped it (or, if the
-        // unmap fails, forever). The device may read and write guest
-        // memory at any time; vm-memory accesses it only through volatile
-        // slices, never through references assuming exclusivity.
-        unsafe { container.map_dma_raw(iova, host, len, access) }?;
-        guard.mapped.push((iova, len));
-    }
-    Ok(guard)
+    GuestMemoryGuard::map(container, memory, access)
 }
 
-impl<C: Container + ?Sized, B: Bitmap> GuestMemoryDma<'_, C, B> {
+/// [`map_guest_memory`] with a guard that holds a clone of the `Arc`
+/// instead of a borrow, to keep in long-lived VMM state.
+///
+/// ```
+/// # #[cfg(feature = "mock")]
+/// # fn main() -> Result<(), vfio_hal_facade::Error> {
+/// use std::sync::Arc;
+/// use vfio_hal_facade::guest_memory::{map_guest_memory_owned, OwnedGuestMemoryDma};
+/// use vfio_hal_facade::mock::MockContainer;
+/// use vfio_hal_facade::DmaAccess;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// struct Vm {
+///     container: Arc<MockContainer>,
+///     dma: OwnedGuestMemoryDma<MockContainer>,
+/// }
+///
+/// fn boot() -> Result<Vm, vfio_hal_facade::Error> {
+///     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)])
+///         .expect("guest memory");
+///     let container = Arc::new(MockContainer::new());
+///     let dma = map_guest_memory_owned(&container, &ram, DmaAccess::ReadWrite)?;
+///     Ok(Vm { container, dma })
+/// }
+///
+/// let vm = boot()?;
+/// assert_eq!(vm.dma.mappings(), [(0, 0x10_0000)]);
+/// let container = Arc::clone(&vm.container);
+/// drop(vm);
+/// assert_eq!(container.mapping_count(), 0);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "mock"))]
+/// # fn main() {}
+/// ```
+pub fn map_guest_memory_owned<C, B>(
+    container: &Arc<C>,
+    memory: &GuestMemoryMmap<B>,
+    access: DmaAccess,
+) -> Result<OwnedGuestMemoryDma<C, B>>
+where
+    C: Container + ?Sized,
+    B: Bitmap,
+{
+    GuestMemoryGuard::map(Arc::clone(container), memory, access)
+}
+
+impl<H, B: Bitmap> GuestMemoryGuard<H, B>
+where
+    H: Deref,
+    H::Target: Container,
+{
+    fn map(container: H, memory: &GuestMemoryMmap<B>, access: DmaAccess) -> Result<Self> {
+        let mut guard = Self {
+            container,
+            memory: Some(memory.clone()),
+            mapped: Vec::with_capacity(memory.num_regions()),
+            access,
+        };
+        for region in memory.iter() {
+            let iova = region.start_addr().0;
+            let len = region.len();
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| Error::NotSupported {
+                    op: "map_guest_memory",
+                    target: Target::Iova { iova, len },
+                    reason: "the region has no host mapping",
+                })?;
+            // SAFETY: `host` is the start of this region's mmap of `len` bytes.
+            // The guard owns a clone of the collection, which keeps every
+            // region's mmap alive until the guard has unmapped it (or, if the
+            // unmap fails, forever), and holds the container (borrow or
+            // shared owner) as long. The device may read and write guest
+            // memory at any time; vm-memory accesses it only through volatile
+            // slices, never through references assuming exclusivity.
+            unsafe { guard.container.map_dma_raw(iova, host, len, access) }?;
+            guard.mapped.push((iova, len));
+        }
+        Ok(guard)
+    }
+
     /// `(iova, len)` of every mapping, in the order the regions come.
     pub fn mappings(&self) -> &[(u64, u64)] {
         &self.mapped
@@ -118,6 +197,11 @@ impl<C: Container + ?Sized, B: Bitmap> GuestMemoryDma<'_, C, B> {
     /// What the device may do with guest memory.
     pub fn access(&self) -> DmaAccess {
         self.access
+    }
+
+    /// The container guest memory is mapped in.
+    pub fn container(&self) -> &H::Target {
+        &self.container
     }
 
     /// Unmaps everything now; the first error is returned after every
@@ -154,7 +238,11 @@ impl<C: Container + ?Sized, B: Bitmap> GuestMemoryDma<'_, C, B> {
     }
 }
 
-impl<C: Container + ?Sized, B: Bitmap> Drop for GuestMemoryDma<'_, C, B> {
+impl<H, B: Bitmap> Drop for GuestMemoryGuard<H, B>
+where
+    H: Deref,
+    H::Target: Container,
+{
     fn drop(&mut self) {
         // Errors are logged (and the memory leaked) inside.
         let _ = self.unmap_all();
@@ -262,5 +350,64 @@ mod tests {
         let e = map_guest_memory(&container, &ram, DmaAccess::ReadWrite).expect_err("misaligned");
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert_eq!(container.mapping_count(), 0);
+    }
+
+    /// What a VMM keeps: the container and guest memory's mappings into it.
+    struct Vm<C: Container> {
+        container: Arc<C>,
+        dma: OwnedGuestMemoryDma<C>,
+    }
+
+    fn boot<C: Container>(container: C, ram: &GuestMemoryMmap) -> Vm<C> {
+        let container = Arc::new(container);
+        let dma = map_guest_memory_owned(&container, ram, DmaAccess::ReadWrite).expect("maps");
+        Vm { container, dma }
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn the_owned_guard_lives_beside_its_container_and_unmaps_on_drop() {
+        assert_send_sync::<Vm<MockContainer>>();
+        let mock = MockContainer::new();
+        let vm = boot(mock.clone(), &guest());
+        assert_eq!(mock.mapping_count(), 2, "the mappings outlive boot()");
+        assert_eq!(
+            vm.dma.mappings(),
+            [(0x10_0000, 0x1_0000), (0x20_0000, 0x4000)]
+        );
+        assert!(std::ptr::eq(vm.dma.container(), &*vm.container));
+        std::thread::spawn(move || drop(vm)).join().expect("thread");
+        assert_eq!(mock.mapping_count(), 0);
+        let again = map_guest_memory(&mock, &guest(), DmaAccess::ReadOnly)
+            .expect("the dropped guard's ranges are free again");
+        assert_eq!(again.mappings().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_unmap_leaks_guest_memory_instead_of_freeing_it() {
+        use vfio_hal::decorate::inject::{FaultInjector, Plan};
+        use vfio_hal::decorate::Op;
+
+        let mock = MockContainer::new();
+        let ram = guest();
+        let vm = boot(
+            FaultInjector::with_plan(mock.clone(), Plan::fail_every(Op::UnmapDma)),
+            &ram,
+        );
+        ram.write_slice(b"still here", GuestAddress(0x20_0000))
+            .expect("write guest memory");
+        drop(ram);
+        let e = vm.dma.unmap().expect_err("unmaps fail");
+        assert_eq!(e.kind(), Plan::DEFAULT_KIND);
+        assert_eq!(mock.mapping_count(), 2, "the unmaps failed");
+        // The guard held the last handle on guest memory; had it freed the
+        // regions, this device read of a still-mapped one would touch
+        // unmapped memory.
+        let mut seen = [0u8; 10];
+        mock.iommu()
+            .dma_read("test", 0x20_0000, &mut seen)
+            .expect("the mapping still translates");
+        assert_eq!(&seen, b"still here");
     }
 }

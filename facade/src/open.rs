@@ -89,6 +89,42 @@ pub struct Opened {
     pub backend: Backend,
     /// Why this backend: what was found, or that it was asked for.
     pub reason: String,
+    /// The mock behind `container` (a shared handle), when the mock serves it.
+    #[cfg(feature = "mock")]
+    mock: Option<vfio_hal_mock::MockContainer>,
+}
+
+impl Opened {
+    /// The [`MockContainer`](vfio_hal_mock::MockContainer) behind
+    /// [`Opened::container`] when the mock backend serves the device; `None`
+    /// on a real backend. It shares the container's state: a test reads its
+    /// IOMMU faults and incidents, drives its clock, or plugs more models.
+    ///
+    /// ```
+    /// use vfio_hal_facade::prelude::*;
+    /// use vfio_hal_facade::{open, Backend, OpenSpec};
+    /// use vfio_hal_facade::mock::models::{edu::reg, Edu};
+    ///
+    /// let opened = open(&OpenSpec::new("edu").with_backend(Backend::Mock))?;
+    /// let mock = opened.mock().expect("the mock serves it");
+    /// // A device DMA with bus mastering off moves nothing and is recorded.
+    /// let bar0 = opened.device.region(0)?;
+    /// bar0.write_at::<u64>(reg::DMA_SRC, 0x10_0000)?;
+    /// bar0.write_at::<u64>(reg::DMA_DST, reg::DMA_START)?;
+    /// bar0.write_at::<u64>(reg::DMA_CNT, 4)?;
+    /// bar0.write_at::<u64>(reg::DMA_CMD, reg::EDU_DMA_RUN)?;
+    /// while bar0.read_at::<u64>(reg::DMA_CMD)? & reg::EDU_DMA_RUN != 0 {}
+    /// assert_eq!(mock.incidents().len(), 1, "{:?}", mock.incidents());
+    ///
+    /// mock.plug("second-edu", Edu::new())?;
+    /// let second = opened.container.open_device("second-edu")?;
+    /// assert_eq!(second.region(0)?.read_at::<u32>(0)?, 0x0100_00ed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "mock")]
+    pub fn mock(&self) -> Option<&vfio_hal_mock::MockContainer> {
+        self.mock.as_ref()
+    }
 }
 
 impl fmt::Debug for Opened {
@@ -223,10 +259,11 @@ fn open_mock(name: &str, reason: String) -> Result<Opened, OpenError> {
     let device = container.open_device(name).map_err(hal)?;
     Ok(Opened {
         device: erase_device(device),
-        container: erase_container(container),
+        container: erase_container(container.clone()),
         name: name.to_owned(),
         backend: Backend::Mock,
         reason,
+        mock: Some(container),
     })
 }
 
@@ -267,6 +304,8 @@ fn open_real(host: &Host, name: &str, requested: Backend) -> Result<Opened, Open
         name: device.name,
         backend,
         reason,
+        #[cfg(feature = "mock")]
+        mock: None,
     })
 }
 
@@ -355,6 +394,24 @@ mod tests {
         let e = open(&OpenSpec::new("nvme").with_backend(Backend::Mock)).expect_err("no model");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains("edu, copy-engine"), "{e}");
+    }
+
+    #[cfg(feature = "mock")]
+    #[test]
+    fn the_mock_behind_an_opened_device_is_its_container() {
+        use vfio_hal::{Container, DmaAccess, DmaBuffer};
+
+        let o = open(&OpenSpec::new("copy-engine").with_backend(Backend::Mock)).expect("opens");
+        let mock = o.mock().expect("served by the mock");
+        assert_eq!(mock.devices(), ["copy-engine", "edu"], "sorted");
+        let buffer = DmaBuffer::new(0x1000).expect("buffer");
+        let mapping = o
+            .container
+            .map_buffer(0x10_0000, buffer, DmaAccess::ReadOnly)
+            .expect("map");
+        assert_eq!(mock.mapping_count(), 1, "the same IOMMU");
+        drop(mapping);
+        assert_eq!(mock.mapping_count(), 0);
     }
 
     #[cfg(feature = "mock")]

@@ -1,6 +1,8 @@
 //! The `Container` trait: one IO address space and the DMA mappings in it.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::caps::Capability;
 use crate::device::Device;
@@ -171,6 +173,8 @@ pub unsafe trait Container {
 
     /// Maps an owned buffer; the returned guard unmaps it when dropped.
     ///
+    /// The guard borrows the container; [`Container::map_buffer_owned`]
+    /// makes one that can live next to the container in a struct.
     /// On failure the buffer comes back inside the error.
     fn map_buffer(
         &self,
@@ -181,18 +185,44 @@ pub unsafe trait Container {
     where
         Self: Sized,
     {
-        let len = buffer.len() as u64;
-        // SAFETY: the buffer is moved into the guard, which unmaps before it
-        // frees the memory (and the container outlives the guard by borrow).
-        match unsafe { self.map_dma_raw(iova, buffer.as_ptr(), len, access) } {
-            Ok(()) => Ok(DmaMapping {
-                container: self,
-                iova,
-                access,
-                buffer: Some(buffer),
-            }),
-            Err(error) => Err(MapBufferError { error, buffer }),
-        }
+        DmaGuard::map(self, iova, buffer, access)
+    }
+
+    /// Maps an owned buffer; the returned guard holds a clone of the `Arc`,
+    /// so it has no lifetime and can be kept in long-lived state (a VMM's
+    /// guest-RAM mappings beside the container). It unmaps when dropped,
+    /// like [`Container::map_buffer`]'s guard, and is `Send`/`Sync` when
+    /// the container is both.
+    ///
+    /// On failure the buffer comes back inside the error.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vfio_hal::{Container, DmaAccess, DmaBuffer, OwnedDmaMapping};
+    ///
+    /// /// What a VMM keeps: the container and the mappings into it.
+    /// struct Vm<C: Container> {
+    ///     container: Arc<C>,
+    ///     ram: Vec<OwnedDmaMapping<C>>,
+    /// }
+    ///
+    /// fn boot<C: Container>(container: C) -> vfio_hal::Result<Vm<C>> {
+    ///     let container = Arc::new(container);
+    ///     let low = container.map_buffer_owned(0, DmaBuffer::new(0x1000)?, DmaAccess::ReadWrite)?;
+    ///     Ok(Vm { ram: vec![low], container })
+    /// }
+    /// # let _ = boot::<vfio_hal::dynamic::DynContainer>;
+    /// ```
+    fn map_buffer_owned(
+        self: &Arc<Self>,
+        iova: u64,
+        buffer: DmaBuffer,
+        access: DmaAccess,
+    ) -> Result<OwnedDmaMapping<Self>, MapBufferError>
+    where
+        Self: Sized,
+    {
+        DmaGuard::map(Arc::clone(self), iova, buffer, access)
     }
 }
 
@@ -222,6 +252,25 @@ impl MapBufferError {
 
 /// A live DMA mapping of a [`DmaBuffer`]; unmapped on drop.
 ///
+/// `H` is how the guard reaches its container: a borrow
+/// ([`DmaMapping`], from [`Container::map_buffer`]) or a shared owner
+/// ([`OwnedDmaMapping`], from [`Container::map_buffer_owned`]). Both behave
+/// the same: [`DmaGuard::unmap`] hands the buffer back, drop unmaps before
+/// it frees, and a buffer the IOMMU may still point at is leaked.
+pub struct DmaGuard<H>
+where
+    H: Deref,
+    H::Target: Container,
+{
+    container: H,
+    iova: u64,
+    access: DmaAccess,
+    // Always Some until `unmap` or drop takes it.
+    buffer: Option<DmaBuffer>,
+}
+
+/// A [`DmaGuard`] that borrows its container.
+///
 /// ```
 /// use vfio_hal::prelude::*;
 /// use vfio_hal::{DmaAccess, DmaBuffer};
@@ -241,15 +290,16 @@ impl MapBufferError {
 /// assert_eq!(&out, b"descriptor");
 /// # Ok::<(), vfio_hal::Error>(())
 /// ```
-pub struct DmaMapping<'c, C: Container + ?Sized> {
-    container: &'c C,
-    iova: u64,
-    access: DmaAccess,
-    // Always Some until `unmap` or drop takes it.
-    buffer: Option<DmaBuffer>,
-}
+pub type DmaMapping<'c, C> = DmaGuard<&'c C>;
 
-impl<C: Container + ?Sized> fmt::Debug for DmaMapping<'_, C> {
+/// A [`DmaGuard`] that shares ownership of its container.
+pub type OwnedDmaMapping<C> = DmaGuard<Arc<C>>;
+
+impl<H> fmt::Debug for DmaGuard<H>
+where
+    H: Deref,
+    H::Target: Container,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DmaMapping")
             .field("iova", &format_args!("{:#x}", self.iova))
@@ -259,7 +309,37 @@ impl<C: Container + ?Sized> fmt::Debug for DmaMapping<'_, C> {
     }
 }
 
-impl<C: Container + ?Sized> DmaMapping<'_, C> {
+impl<H> DmaGuard<H>
+where
+    H: Deref,
+    H::Target: Container,
+{
+    fn map(
+        container: H,
+        iova: u64,
+        buffer: DmaBuffer,
+        access: DmaAccess,
+    ) -> Result<Self, MapBufferError> {
+        let len = buffer.len() as u64;
+        // SAFETY: the buffer is moved into the guard, which unmaps before it
+        // frees the memory; the guard holds `container` (a borrow or a
+        // shared owner), so the container outlives the mapping.
+        match unsafe { container.map_dma_raw(iova, buffer.as_ptr(), len, access) } {
+            Ok(()) => Ok(Self {
+                container,
+                iova,
+                access,
+                buffer: Some(buffer),
+            }),
+            Err(error) => Err(MapBufferError { error, buffer }),
+        }
+    }
+
+    /// The container the buffer is mapped in.
+    pub fn container(&self) -> &H::Target {
+        &self.container
+    }
+
     /// The IOVA the device uses.
     pub fn iova(&self) -> u64 {
         self.iova
@@ -319,7 +399,7 @@ impl<C: Container + ?Sized> DmaMapping<'_, C> {
     }
 }
 
-/// A failed [`DmaMapping::unmap`]: the error, and the buffer where it is
+/// A failed [`DmaGuard::unmap`]: the error, and the buffer where it is
 /// provably no longer mapped.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
@@ -345,7 +425,11 @@ impl UnmapError {
     }
 }
 
-impl<C: Container + ?Sized> Drop for DmaMapping<'_, C> {
+impl<H> Drop for DmaGuard<H>
+where
+    H: Deref,
+    H::Target: Container,
+{
     fn drop(&mut self) {
         let Some(buffer) = self.buffer.take() else {
             return;

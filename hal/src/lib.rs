@@ -109,7 +109,8 @@ pub mod shared_memory;
 pub use bytes::Reader;
 pub use caps::{Capability, ChainKind, SparseArea};
 pub use container::{
-    Container, DmaAccess, DmaMapping, IommuInfo, IovaRange, MapBufferError, UnmapError,
+    Container, DmaAccess, DmaGuard, DmaMapping, IommuInfo, IovaRange, MapBufferError,
+    OwnedDmaMapping, UnmapError,
 };
 pub use device::{Device, DeviceExt, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
 pub use error::{Error, ErrorKind, Result, Target};

@@ -20,6 +20,13 @@
 //! An event is appended when its call returns, so with several threads the
 //! log is in completion order.
 //!
+//! Calls are numbered from 1 ([`Event::seq`]), as the fault injector
+//! numbers them: on the same routine, the call a dump shows as `#n` is the
+//! one [`Plan::fail_nth(n)`](super::inject::Plan::fail_nth) fails. The log
+//! is bounded like the mock backend's fault and incident logs: it holds
+//! the newest [`TRACE_LOG_CAPACITY`] events, dropping the oldest, and
+//! [`TraceLog::total`] still counts every one.
+//!
 //! ```
 //! use vfio_hal::{irq::index, prelude::*, Result};
 //! use vfio_hal::decorate::{trace::Tracer, Op};
@@ -36,17 +43,22 @@
 //!     let dev = tracer.open_device(name)?;
 //!     tracer.clear();
 //!     quiesce(&dev)?;
-//!     println!("{tracer}"); // one line per call, e.g. "#1 reset() -> Ok"
+//!     println!("{tracer}"); // one line per call, e.g. "#2 reset() -> Ok"
 //!     assert_eq!(tracer.log().ops(), [Op::Reset, Op::Irq, Op::Mask]);
 //!     Ok(())
 //! }
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Args, Decorated, Hook, Op};
 use crate::{Error, ErrorKind, Result};
+
+/// How many events a [`TraceLog`] keeps; older ones are dropped (and still
+/// counted by [`TraceLog::total`]).
+pub const TRACE_LOG_CAPACITY: usize = 4096;
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +113,8 @@ impl Outcome {
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Position in the log, from 0; keeps counting across [`TraceLog::clear`].
+    /// The call's number, from 1 (the fault injector's numbering); keeps
+    /// counting across [`TraceLog::clear`] and dropped events.
     pub seq: u64,
     /// The method.
     pub op: Op,
@@ -143,11 +156,15 @@ impl fmt::Display for Event {
 
 #[derive(Debug, Default)]
 struct LogState {
-    events: Vec<Event>,
-    next_seq: u64,
+    /// The newest events, at most [`TRACE_LOG_CAPACITY`].
+    events: VecDeque<Event>,
+    /// Events recorded so far, including cleared and dropped ones.
+    total: u64,
 }
 
 /// The shared, ordered list of [`Event`]s of one tracer tree. Clones share it.
+///
+/// Bounded: the newest [`TRACE_LOG_CAPACITY`] events are kept.
 ///
 /// Its `Display` prints one event per line.
 #[derive(Debug, Clone, Default)]
@@ -167,20 +184,29 @@ impl TraceLog {
     /// Appends an event (what the tracer does; public for hand-written doubles).
     pub fn push(&self, op: Op, args: Args, outcome: Outcome) {
         let mut s = self.lock();
+        s.total = s.total.saturating_add(1);
         let event = Event {
-            seq: s.next_seq,
+            seq: s.total,
             op,
             args,
             outcome,
         };
-        s.next_seq = s.next_seq.saturating_add(1);
         log::trace!(target: "vfio_hal::trace", "{event}");
-        s.events.push(event);
+        if s.events.len() == TRACE_LOG_CAPACITY {
+            s.events.pop_front();
+        }
+        s.events.push_back(event);
     }
 
-    /// A copy of the events so far, in order.
+    /// A copy of the events held, oldest first.
     pub fn events(&self) -> Vec<Event> {
-        self.lock().events.clone()
+        self.lock().events.iter().cloned().collect()
+    }
+
+    /// How many events were recorded in total, including cleared and
+    /// dropped ones: the number of the latest call.
+    pub fn total(&self) -> u64 {
+        self.lock().total
     }
 
     /// Just the operations so far, in order: the usual thing to assert on.
@@ -188,7 +214,7 @@ impl TraceLog {
         self.lock().events.iter().map(|e| e.op).collect()
     }
 
-    /// Forgets the events (sequence numbers keep counting).
+    /// Forgets the events (call numbers keep counting).
     pub fn clear(&self) {
         self.lock().events.clear();
     }
@@ -318,12 +344,30 @@ mod tests {
         );
         assert_eq!(
             log.to_string(),
-            "#2 set_eventfd(index 2, Trigger [0, +1), eventfds [7]) -> Ok\n"
+            "#3 set_eventfd(index 2, Trigger [0, +1), eventfds [7]) -> Ok\n"
         );
         let unmap = Outcome::failed(&err).to_string();
         assert!(
             unmap.starts_with("Err NotMapped (errno 2): not mapped: VFIO_IOMMU_UNMAP_DMA"),
             "{unmap}"
         );
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_events_and_numbers_them_from_one() {
+        let log = TraceLog::new();
+        let calls = TRACE_LOG_CAPACITY as u64 + 3;
+        for _ in 0..calls {
+            log.push(Op::Reset, Args::None, Outcome::Ok);
+        }
+        assert_eq!(log.len(), TRACE_LOG_CAPACITY, "bounded");
+        assert_eq!(log.total(), calls, "dropped events still count");
+        let events = log.events();
+        assert_eq!(
+            events.first().map(|e| e.seq),
+            Some(4),
+            "the oldest 3 dropped"
+        );
+        assert_eq!(events.last().map(|e| e.seq), Some(calls));
     }
 }
