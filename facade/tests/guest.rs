@@ -283,3 +283,89 @@ mod guest_memory {
         }
     }
 }
+
+/// The `mini_vmm` example's VMM state, shared rather than copied.
+#[path = "../examples/mini_vmm/vmm.rs"]
+mod mini_vmm;
+
+/// The `mini_vmm` example's `Vmm` on the real devices of each real backend:
+/// guest RAM mapped at IOVA = GPA, edu's one MSI vector and the NVMe's
+/// MSI-X vectors (table in BAR0) routed from the MSI-X layout, edu's raised
+/// interrupt arriving on its eventfd, and after the teardown the guest RAM's
+/// IOVAs mapping again in the container it hands back. The copy engine's DMA
+/// is the example's, on the mock.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn the_mini_vmm_routes_interrupts_and_maps_guest_ram_on_real_devices() {
+    use std::time::Duration;
+    use vfio_hal::irq::index as irq_index;
+    use vfio_hal_facade::Opened;
+
+    const RAM: [(u64, usize); 2] = [(0x10_0000, 0x1_0000), (0x20_0000, 0x4000)];
+    const EDU_IRQ_RAISE: u64 = 0x60;
+    const EDU_IRQ_ACK: u64 = 0x64;
+    for backend in [Backend::Legacy, Backend::Iommufd] {
+        for bdf in [edu(), msix()] {
+            let Opened {
+                device, container, ..
+            } = open(&OpenSpec::new(bdf.clone()).with_backend(backend))
+                .unwrap_or_else(|e| panic!("{backend} {bdf}: {e}"));
+            let mut vmm = mini_vmm::Vmm::new(container);
+            let info = vmm.container().iommu_info().expect("iommu info");
+            for (gpa, len) in RAM {
+                assert!(
+                    info.iova_ranges.iter().any(|r| r.contains(gpa, len as u64)),
+                    "{backend}: guest RAM at {gpa:#x} outside {:?}",
+                    info.iova_ranges
+                );
+                vmm.add_ram(gpa, len)
+                    .unwrap_or_else(|e| panic!("{backend}: {e}"));
+            }
+            let ranges = vmm.ram_ranges();
+            vmm.write_guest(RAM[1].0 + 8, b"guest")
+                .expect("write guest RAM");
+            assert_eq!(
+                vmm.read_guest(RAM[1].0 + 8, 5).expect("read guest RAM"),
+                b"guest"
+            );
+            let slot = vmm
+                .attach(&bdf, device)
+                .unwrap_or_else(|e| panic!("{backend} {bdf}: attach: {e}"));
+            let dev = vmm.device(slot);
+            let irqs = &dev.interrupts;
+            if bdf == edu() {
+                assert_eq!(
+                    (irqs.index, irqs.vectors.len(), irqs.msix),
+                    (irq_index::MSI, 1, None),
+                    "{backend}: edu has one MSI vector, no MSI-X"
+                );
+                let bar0 = dev.device.region(0).expect("bar0");
+                bar0.write_at::<u32>(EDU_IRQ_RAISE, 1).expect("raise");
+                let signals = vmm
+                    .wait_interrupt(slot, 0, Duration::from_secs(5))
+                    .expect("wait");
+                bar0.write_at::<u32>(EDU_IRQ_ACK, 1).expect("ack");
+                assert_eq!(signals, 1, "{backend}: edu's MSI on its eventfd");
+            } else {
+                let layout = irqs.msix.expect("the NVMe has MSI-X");
+                assert_eq!(irqs.index, irq_index::MSIX, "{backend}");
+                assert_eq!(irqs.vectors.len() as u32, layout.table_size, "{backend}");
+                assert_eq!(layout.table_bar, 0, "{backend}: {layout:?}");
+                println!(
+                    "{backend}: NVMe {} MSI-X vectors, table at BAR0 {:#x}, {} direct areas",
+                    layout.table_size,
+                    layout.table_offset,
+                    irqs.direct_areas.len()
+                );
+            }
+            let container = vmm
+                .shutdown()
+                .unwrap_or_else(|e| panic!("{backend} {bdf}: shutdown: {e}"));
+            mini_vmm::assert_unmapped(&container, &ranges)
+                .unwrap_or_else(|e| panic!("{backend} {bdf}: {e}"));
+        }
+    }
+}
