@@ -693,6 +693,7 @@ mod tests {
     use vfio_hal::{Container, Device, Error, ErrorKind, Protection, Region, RegionExt};
 
     #[test]
+    #[cfg_attr(miri, ignore = "a RAM BAR is memfd-backed; Miri has no memfd_create")]
     fn one_ram_area_maps_alone_and_a_revocation_detaches_it() {
         let container = MockContainer::new();
         container.plug("ce", CopyEngine::new()).expect("plug");

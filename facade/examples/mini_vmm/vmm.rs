@@ -43,12 +43,15 @@ pub struct Passthrough<D> {
     pub interrupts: Interrupts,
 }
 
-/// A VMM's VFIO state. Fields drop in declaration order: the devices, then
-/// the guest RAM (each guard unmaps its range), then the container, which
-/// the mappings share through its `Arc` and so cannot outlive.
+/// A VMM's VFIO state. Fields drop in declaration order: the guest RAM
+/// (each guard unmaps its range), then the devices, then the container,
+/// which the mappings share through its `Arc` and so cannot outlive. RAM
+/// goes before the devices because on type1 a container's IOMMU, and every
+/// mapping in it, goes with its last group: closing the devices first
+/// would leave the guards nothing to unmap.
 pub struct Vmm<C: Container> {
-    devices: Vec<Passthrough<C::Device>>,
     ram: Vec<OwnedDmaMapping<C>>,
+    devices: Vec<Passthrough<C::Device>>,
     container: Arc<C>,
 }
 
@@ -56,8 +59,8 @@ impl<C: Container> Vmm<C> {
     /// A VMM with no RAM and no devices yet.
     pub fn new(container: C) -> Self {
         Self {
-            devices: Vec::new(),
             ram: Vec::new(),
+            devices: Vec::new(),
             container: Arc::new(container),
         }
     }
@@ -175,23 +178,29 @@ impl<C: Container> Vmm<C> {
         Ok(efd.wait(timeout)?)
     }
 
-    /// Tears the VM down in order — devices, then guest RAM (each range
-    /// unmapped, errors reported), then the VMM's hold on the container —
-    /// and hands the container back: only possible once no mapping is left
-    /// to share it.
+    /// Tears the VM down in order — the devices stop mastering the bus (no
+    /// DMA in flight to RAM about to go), the guest RAM is unmapped (each
+    /// range, errors reported), the devices are closed, then the VMM's hold
+    /// on the container goes — and hands the container back: only possible
+    /// once no mapping is left to share it.
     pub fn shutdown(self) -> Result<C, BoxError> {
         let Self {
-            devices,
             ram,
+            devices,
             container,
         } = self;
-        drop(devices);
+        for d in &devices {
+            d.device
+                .set_bus_master(false)
+                .map_err(|e| format!("{}: quiesce: {e}", d.name))?;
+        }
         for mapping in ram {
             let iova = mapping.iova();
             mapping
                 .unmap()
                 .map_err(|e| format!("unmap guest RAM at {iova:#x}: {e}"))?;
         }
+        drop(devices);
         Arc::into_inner(container).ok_or_else(|| "a mapping outlived the VMM".into())
     }
 }
