@@ -215,14 +215,12 @@ impl Host {
         if !dir.exists() {
             return Err(LookupError::NoSuchDevice { name, path: dir });
         }
-        let cdev = sorted_entries(&dir.join("vfio-dev"))
-            .into_iter()
-            .find(|n| is_cdev_name(n));
+        let cdev = cdev_in(&dir, &name).ok();
         Ok(PciDevice {
             vendor: read_hex_u16(&dir.join("vendor")),
             device: read_hex_u16(&dir.join("device")),
             driver: link_name(&dir.join("driver")),
-            group: link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok()),
+            group: group_in(&dir, &name).ok(),
             cdev,
             sysfs_dir: dir,
             name,
@@ -263,29 +261,11 @@ impl Host {
 
     /// The IOMMU group number of `device` (see [`Host::device_dir`]).
     pub fn iommu_group(&self, device: &str) -> Result<u32> {
-        const OP: &str = "iommu group lookup";
         let (dir, name) = self.device_dir(device)?;
         if !dir.exists() {
             return Err(LookupError::NoSuchDevice { name, path: dir }.into());
         }
-        let link = dir.join("iommu_group");
-        let target = std::fs::read_link(&link).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::NotFound {
-                op: OP,
-                target: Target::Device(name.clone()),
-                reason: "the device has no iommu_group link: no IOMMU, or the IOMMU is off",
-            },
-            _ => Error::from_io("readlink", Target::Path(path_string(&link)), &e),
-        })?;
-        target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok())
-            .ok_or(Error::InvalidArgument {
-                op: OP,
-                target: Target::Path(path_string(&link)),
-                reason: "the iommu_group link does not end in a group number",
-            })
+        group_in(&dir, &name)
     }
 
     /// The VFIO cdev name (`vfioN`) of `device`, for `<dev>/vfio/devices/`.
@@ -293,25 +273,8 @@ impl Host {
     /// `NotFound` when the device is not bound to a VFIO driver or the
     /// kernel lacks `CONFIG_VFIO_DEVICE_CDEV`.
     pub fn vfio_cdev(&self, device: &str) -> Result<String> {
-        const OP: &str = "vfio cdev lookup";
         let (dir, name) = self.device_dir(device)?;
-        let vfio_dev = dir.join("vfio-dev");
-        let entries = std::fs::read_dir(&vfio_dev).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::NotFound {
-                op: OP,
-                target: Target::Device(name.clone()),
-                reason: "no vfio-dev directory: not bound to vfio-pci, or no VFIO cdev support",
-            },
-            _ => Error::from_io("readdir", Target::Path(path_string(&vfio_dev)), &e),
-        })?;
-        entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .find(|n| is_cdev_name(n))
-            .ok_or(Error::NotFound {
-                op: OP,
-                target: Target::Device(name),
-                reason: "the vfio-dev directory holds no vfioN entry",
-            })
+        cdev_in(&dir, &name)
     }
 
     /// Finds the cdev of `device` (see [`Host::device_dir`]).
@@ -322,7 +285,7 @@ impl Host {
     /// opening it reports its absence with the path.
     pub fn find_cdev(&self, device: &str) -> Result<CdevLocation> {
         let (sysfs_dir, name) = self.device_dir(device)?;
-        let cdev = self.vfio_cdev(device)?;
+        let cdev = cdev_in(&sysfs_dir, &name)?;
         let node = self.cdev_dir().join(&cdev);
         Ok(CdevLocation {
             name,
@@ -370,6 +333,55 @@ pub fn check_name(op: &'static str, name: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The IOMMU group of the device `name` whose sysfs directory is `dir`: the
+/// last component of its `iommu_group` link.
+fn group_in(dir: &Path, name: &str) -> Result<u32> {
+    const OP: &str = "iommu group lookup";
+    let link = dir.join("iommu_group");
+    let target = std::fs::read_link(&link).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotFound {
+            op: OP,
+            target: Target::Device(name.to_owned()),
+            reason: "the device has no iommu_group link: no IOMMU, or the IOMMU is off",
+        },
+        _ => Error::from_io("readlink", Target::Path(path_string(&link)), &e),
+    })?;
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or(Error::InvalidArgument {
+            op: OP,
+            target: Target::Path(path_string(&link)),
+            reason: "the iommu_group link does not end in a group number",
+        })
+}
+
+/// The VFIO cdev (`vfioN`) listed in the `vfio-dev` directory of the
+/// device `name` whose sysfs directory is `dir`, the first by name.
+fn cdev_in(dir: &Path, name: &str) -> Result<String> {
+    const OP: &str = "vfio cdev lookup";
+    let vfio_dev = dir.join("vfio-dev");
+    let entries = std::fs::read_dir(&vfio_dev).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotFound {
+            op: OP,
+            target: Target::Device(name.to_owned()),
+            reason: "no vfio-dev directory: not bound to vfio-pci, or no VFIO cdev support",
+        },
+        _ => Error::from_io("readdir", Target::Path(path_string(&vfio_dev)), &e),
+    })?;
+    let mut cdevs: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| is_cdev_name(n))
+        .collect();
+    cdevs.sort();
+    cdevs.into_iter().next().ok_or(Error::NotFound {
+        op: OP,
+        target: Target::Device(name.to_owned()),
+        reason: "the vfio-dev directory holds no vfioN entry",
+    })
 }
 
 fn is_cdev_name(name: &str) -> bool {
