@@ -377,12 +377,18 @@ where
     /// it is leaked on purpose: the IOMMU may still point at it, so freeing
     /// it would let the device scribble over reused memory.
     pub fn unmap(mut self) -> Result<DmaBuffer, UnmapError> {
-        let len = self.len();
-        let buffer = self
-            .buffer
-            .take()
-            .unwrap_or_else(|| unreachable!("buffer taken twice"));
-        match self.container.unmap_dma(self.iova, len) {
+        self.release()
+            .unwrap_or_else(|| unreachable!("buffer taken twice"))
+    }
+
+    /// Unmaps and takes the buffer — the one rule `unmap` and drop share:
+    /// unmapped, or NotMapped (nothing of the range is mapped any more), and
+    /// the buffer is handed back; any other failure leaks it, because the
+    /// IOMMU may still point at it. `None` once the buffer is taken.
+    fn release(&mut self) -> Option<Result<DmaBuffer, UnmapError>> {
+        let buffer = self.buffer.take()?;
+        let len = buffer.len() as u64;
+        Some(match self.container.unmap_dma(self.iova, len) {
             Ok(_) => Ok(buffer),
             Err(error) if error.kind() == ErrorKind::NotMapped => Err(UnmapError {
                 error,
@@ -395,7 +401,7 @@ where
                     buffer: None,
                 })
             }
-        }
+        })
     }
 }
 
@@ -431,24 +437,22 @@ where
     H::Target: Container,
 {
     fn drop(&mut self) {
-        let Some(buffer) = self.buffer.take() else {
-            return;
-        };
-        let len = buffer.len() as u64;
-        match self.container.unmap_dma(self.iova, len) {
-            Ok(_) => drop(buffer),
-            // Already gone (unmap_all, container reset): the memory is free to release.
-            Err(e) if e.kind() == ErrorKind::NotMapped => drop(buffer),
-            Err(e) => {
-                log::error!(
-                    "DMA unmap of {} failed in drop, leaking the buffer: {e}",
-                    Target::Iova {
-                        iova: self.iova,
-                        len
-                    }
-                );
-                std::mem::forget(buffer);
-            }
+        let (iova, len) = (self.iova, self.len());
+        match self.release() {
+            // Unmapped, or already gone (unmap_all, container reset): the
+            // buffer is dropped here, its memory free to release.
+            None
+            | Some(Ok(_))
+            | Some(Err(UnmapError {
+                buffer: Some(_), ..
+            })) => {}
+            Some(Err(UnmapError {
+                error,
+                buffer: None,
+            })) => log::error!(
+                "DMA unmap of {} failed in drop, leaking the buffer: {error}",
+                Target::Iova { iova, len }
+            ),
         }
     }
 }
