@@ -446,7 +446,7 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> 
         qemu_binary(),
         "-machine", f"q35,accel={accel}",
         "-cpu", "max",
-        "-m", "1G",
+        "-m", "3G",
         # One vCPU: with two, QEMU 10's multi-threaded TCG hit
         # `iotlb_to_section: Assertion section_index < d->map.sections_nb`
         # (a race between a vCPU's TLB and a memory-map update) during the
