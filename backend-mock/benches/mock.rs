@@ -6,16 +6,25 @@
 //!   `RegionExt::read_at` on a `MockRegion` (generic), on the same region
 //!   erased to a `DynRegion` (`vfio_hal::dynamic`), and through `Region::read`;
 //!   the floor is a `dyn Region` read with checked bounds from a trivial
-//!   register file (no lock, no model). What the mock adds over the floor,
-//!   and what bounds it: the device lock (an uncontended mutex: two atomic
-//!   read-modify-writes), the revocation and removal checks, the BAR routing
-//!   (region role, memory decode in the command register, backing span,
-//!   vfio-pci's access split), the dynamic call into the model with its
-//!   `DeviceContext`, and the virtual-time check after the access (a second
-//!   dynamic call, `DeviceModel::deadline`); see docs/PERFORMANCE.md.
+//!   register file (no lock, no model). edu declares its registers
+//!   side-effect free, so these reads are answered from the device's
+//!   register mirror: the hal's bounds check, the revocation flag and the
+//!   mirror's four loads. The `locked path` benchmark reads the same
+//!   register of an edu that declares nothing, which every read of a
+//!   register with side effects pays: the device lock (one atomic
+//!   read-modify-write), the removal checks, the BAR routing (region role,
+//!   memory decode in the command register, backing span, vfio-pci's access
+//!   split), the dynamic call into the model with its `DeviceContext`, and
+//!   the virtual-time check after the access (a second dynamic call,
+//!   `DeviceModel::deadline`); see docs/PERFORMANCE.md.
 //! - `map_unmap`: one map plus one unmap of a 4 KiB page while n other
 //!   mappings are live, n = 1 k, 10 k, 100 k, 1 M; the floor is a bare
 //!   `BTreeMap` with the same overlap check and no lock. Both are O(log n).
+//!
+//! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not
+//! the wall clock: on a shared machine another process's load stretches
+//! wall time for some samples and not others, while neither path here ever
+//! blocks, so its CPU time is its cost.
 //!
 //! Run: `cargo bench -p vfio-hal-mock --bench mock -- --warm-up-time 1 --measurement-time 3`.
 //! Results are recorded in docs/PERFORMANCE.md.
@@ -23,13 +32,16 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
+use std::time::Duration;
+
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use vfio_hal::dynamic::{erase_container, DynRegion};
 use vfio_hal::prelude::*;
 use vfio_hal::region::flags;
 use vfio_hal::{Container, DmaAccess, DmaBuffer, IovaRange, RegionInfo, Result};
 use vfio_hal_mock::models::edu::{reg, Edu};
-use vfio_hal_mock::{IommuConfig, MockContainer};
+use vfio_hal_mock::{DeviceContext, DeviceModel, IommuConfig, MockContainer, PciLayout};
 
 const PAGE: u64 = 4096;
 /// Live mappings of the `map_unmap` curve.
@@ -63,7 +75,98 @@ impl Region for RegisterFile {
     }
 }
 
-fn region_read(c: &mut Criterion) {
+/// edu with no register declared side-effect free: every read takes the
+/// device lock and calls the model.
+#[derive(Debug)]
+struct Unmirrored(Edu);
+
+impl DeviceModel for Unmirrored {
+    fn layout(&self) -> PciLayout {
+        self.0.layout()
+    }
+
+    fn read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        self.0.read(ctx, region, offset, data)
+    }
+
+    fn write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.0.write(ctx, region, offset, data)
+    }
+
+    fn reset(&mut self, ctx: &mut DeviceContext<'_>) {
+        self.0.reset(ctx)
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        self.0.deadline()
+    }
+
+    fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
+        self.0.on_deadline(ctx)
+    }
+}
+
+/// The calling thread's CPU time, as a criterion measurement; shown in the
+/// same units as wall time.
+struct ThreadCpuTime;
+
+/// The wall-clock measurement, for its duration formatter.
+static WALL: WallTime = WallTime;
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives
+    // across the call; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(start)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
+
+fn region_read(c: &mut Criterion<ThreadCpuTime>) {
     let container = MockContainer::new();
     container.plug("edu", Edu::new()).expect("plug");
     let dev = container.open_device("edu").expect("open");
@@ -77,6 +180,16 @@ fn region_read(c: &mut Criterion) {
     let erased_dev = erased.open_device("edu").expect("open");
     let dyn_bar0: DynRegion = erased_dev.region(0).expect("bar0");
     dyn_bar0
+        .write_at::<u32>(reg::LIVENESS, 0x5a5a_5a5a)
+        .expect("write");
+
+    let locked_container = MockContainer::new();
+    locked_container
+        .plug("edu", Unmirrored(Edu::new()))
+        .expect("plug");
+    let locked_dev = locked_container.open_device("edu").expect("open");
+    let locked_bar0 = locked_dev.region(0).expect("bar0");
+    locked_bar0
         .write_at::<u32>(reg::LIVENESS, 0x5a5a_5a5a)
         .expect("write");
 
@@ -125,8 +238,21 @@ fn region_read(c: &mut Criterion) {
             black_box(buf)
         })
     });
+    g.bench_function("MockRegion read_at::<u32>, locked path", |b| {
+        b.iter(|| {
+            black_box(
+                locked_bar0
+                    .read_at::<u32>(black_box(reg::LIVENESS))
+                    .expect("read"),
+            )
+        })
+    });
     g.finish();
     assert_eq!(bar0.read_at::<u32>(reg::LIVENESS).expect("read"), expected);
+    assert_eq!(
+        locked_bar0.read_at::<u32>(reg::LIVENESS).expect("read"),
+        expected
+    );
     assert_eq!(
         dyn_bar0.read_at::<u32>(reg::LIVENESS).expect("read"),
         expected
@@ -154,7 +280,7 @@ impl BareTable {
     }
 }
 
-fn map_unmap(c: &mut Criterion) {
+fn map_unmap(c: &mut Criterion<ThreadCpuTime>) {
     // One host page (no allocation per mapping) mapped at every other IOVA
     // page; each iteration maps and unmaps one of the pages in between,
     // walking through the whole tree.
@@ -218,6 +344,10 @@ fn map_unmap(c: &mut Criterion) {
 /// The generated group function has no doc comment to carry.
 #[allow(missing_docs)]
 mod group {
-    criterion::criterion_group!(benches, super::region_read, super::map_unmap);
+    criterion::criterion_group! {
+        name = benches;
+        config = criterion::Criterion::default().with_measurement(super::ThreadCpuTime);
+        targets = super::region_read, super::map_unmap
+    }
 }
 criterion_main!(group::benches);

@@ -1,8 +1,11 @@
 //! `MockDevice`, `MockRegion` and `MockIrq`: the hal traits over a plugged model.
 //!
 //! A plugged device is a [`DeviceCore`]: the model and its [`PciFunction`]
-//! behind one mutex. Every hal call on a device, region or irq takes that
-//! one lock, once; the hot path (a register read) allocates nothing.
+//! behind one lock. Every hal call on a device, region or irq takes that
+//! lock, once, except a 4-byte read of a register the model declares
+//! side-effect free, which the register mirror ([`crate::mirror`]) answers
+//! while nothing has happened to the device since its last locked read.
+//! The hot path (a register read) allocates nothing.
 //!
 //! Lifetime follows the device file descriptor of vfio: the device is open
 //! while any handle to it — the [`MockDevice`], or a region or irq handle
@@ -12,8 +15,12 @@
 //! they then refuse every operation with [`Error::Revoked`].
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::relax::Yield;
 
 use vfio_hal::device::flags as dflags;
 use vfio_hal::error::check_index;
@@ -25,6 +32,7 @@ use vfio_hal::{
 };
 
 use crate::container::Shared;
+use crate::mirror::{Held, Mirror};
 use crate::model::{DeviceContext, DeviceModel};
 use crate::pci::{Backing, PciFunction, Role};
 
@@ -50,11 +58,61 @@ pub(crate) struct DeviceState {
     gone: bool,
 }
 
+/// The lock around a device's state: taken once per hal call, held only
+/// for the call's own work (never across a wait), and almost never
+/// contended. A test-and-set lock costs one atomic read-modify-write per
+/// lock and unlock pair, where std's futex mutex takes two (about 7 ns
+/// against 16 ns on the benchmark machine, most of a register read);
+/// a waiter yields its CPU between tries.
+type DeviceLock = SpinMutex<DeviceState, Yield>;
+
 /// One plugged device.
 #[derive(Debug)]
 pub(crate) struct DeviceCore {
     name: String,
-    state: Mutex<DeviceState>,
+    state: DeviceLock,
+    /// The model's side-effect-free registers, readable without the lock.
+    mirror: Mirror,
+}
+
+/// The device lock, held. Every holder is taken to change the device's
+/// state (so the mirror's values go stale on release) unless it says
+/// otherwise with [`StateGuard::changes_nothing`].
+struct StateGuard<'a> {
+    state: SpinMutexGuard<'a, DeviceState>,
+    mirror: &'a Mirror,
+    held: Held,
+    changed: bool,
+}
+
+impl StateGuard<'_> {
+    /// The holder only reads side-effect-free registers: the mirror's
+    /// values stay good.
+    fn changes_nothing(&mut self) {
+        self.changed = false;
+    }
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = DeviceState;
+
+    fn deref(&self) -> &DeviceState {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    /// Publishes the mirror's generation before the lock is released (the
+    /// fields drop after this).
+    fn drop(&mut self) {
+        self.mirror.release(self.held, self.changed);
+    }
 }
 
 fn gone(op: &'static str, target: Target) -> Error {
@@ -112,6 +170,24 @@ impl DeviceState {
                 return;
             }
         }
+    }
+
+    /// Whether a 4-byte read of a declared side-effect-free register at
+    /// `offset` of `index` would change nothing now: the model is called
+    /// (a handler-backed span of a decoding BAR), no work is scheduled and
+    /// no INTx resample eventfd is waiting to be polled.
+    fn reads_purely(&self, index: u32, offset: u64) -> bool {
+        let Role::Bar(bar) = self.pci.role(index) else {
+            return false;
+        };
+        let (backing, end) = self.pci.classify(bar, offset);
+        self.open
+            && !self.gone
+            && self.pci.decodes(bar)
+            && matches!(backing, Backing::Handler)
+            && end >= offset + 4
+            && !self.pci.irqs.resample_routed()
+            && self.model.deadline().is_none()
     }
 
     fn handler_read(
@@ -226,9 +302,11 @@ impl DeviceCore {
     /// Builds the device from `model`'s layout.
     pub(crate) fn new(name: &str, model: Box<dyn DeviceModel>) -> Result<Self> {
         let pci = PciFunction::new(name, &model.layout())?;
+        let mirror = Mirror::new(&model.pure_registers());
         Ok(Self {
             name: name.to_owned(),
-            state: Mutex::new(DeviceState {
+            mirror,
+            state: DeviceLock::new(DeviceState {
                 model,
                 pci,
                 open: false,
@@ -237,8 +315,15 @@ impl DeviceCore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, DeviceState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    #[inline]
+    fn lock(&self) -> StateGuard<'_> {
+        let state = self.state.lock();
+        StateGuard {
+            state,
+            held: self.mirror.hold(),
+            mirror: &self.mirror,
+            changed: true,
+        }
     }
 
     /// `open_device`: fails with `EBUSY` while already open.
@@ -309,11 +394,34 @@ impl DeviceCore {
         self.lock().settle(&self.name, shared);
     }
 
+    /// A 4-byte read of a side-effect-free register from the mirror, if
+    /// nothing has happened to the device since its value was read.
+    #[inline]
+    fn mirrored_read(&self, handle: &Handle, index: u32, offset: u64) -> Option<u32> {
+        // A revocation sets the flag before it closes the device: a read
+        // that sees it clear is wholly before the revocation.
+        if handle.revoked.is_set() {
+            return None;
+        }
+        self.mirror.read(index, offset)
+    }
+
     fn region_read(&self, handle: &Handle, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let shared = &*handle.shared;
         let mut st = self.lock();
         st.live("pread", Target::Region(index))?;
         handle.live("pread", || Target::Region(index))?;
+        if let Ok(word) = <&mut [u8; 4]>::try_from(&mut *buf) {
+            if self.mirror.declares(index, offset) && st.reads_purely(index, offset) {
+                let result = st.handler_read(&self.name, shared, index, offset, word);
+                if result.is_ok() {
+                    st.changes_nothing();
+                    self.mirror
+                        .fill(st.held, index, offset, u32::from_ne_bytes(*word));
+                }
+                return result;
+            }
+        }
         st.pci.irqs.poll_resample();
         let result = match st.pci.role(index) {
             Role::Config => {
@@ -564,9 +672,14 @@ impl Region for MockRegion {
             ));
         }
         self.info.check_access("pread", offset, buf.len() as u64)?;
-        self.handle
-            .core
-            .region_read(&self.handle, self.info.index, offset, buf)
+        let core = &self.handle.core;
+        if let Ok(word) = <&mut [u8; 4]>::try_from(&mut *buf) {
+            if let Some(value) = core.mirrored_read(&self.handle, self.info.index, offset) {
+                *word = value.to_ne_bytes();
+                return Ok(());
+            }
+        }
+        core.region_read(&self.handle, self.info.index, offset, buf)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {

@@ -86,6 +86,7 @@ mod container;
 mod device;
 pub mod iommu;
 pub mod layout;
+mod mirror;
 pub mod model;
 pub mod models;
 mod pci;

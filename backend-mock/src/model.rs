@@ -100,6 +100,21 @@ pub trait DeviceModel: Send + fmt::Debug + 'static {
         None
     }
 
+    /// The naturally aligned 4-byte registers, as `(region, offset)`, whose
+    /// read has no side effect and returns a value that depends only on
+    /// the model's own state (not on the clock). Read once, when the model
+    /// is plugged.
+    ///
+    /// A 4-byte read of one may be answered without calling
+    /// [`DeviceModel::read`], from the value an earlier read returned, as
+    /// long as nothing has happened to the device since (no write, reset,
+    /// due work, config or interrupt change) and no work is scheduled: such
+    /// reads take no lock. Declaring a register whose read does change
+    /// something makes the mock skip that change. Default: none.
+    fn pure_registers(&self) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
+
     /// Runs the work due at [`DeviceModel::deadline`]; the clock has reached it.
     fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
         let _ = ctx;
@@ -133,6 +148,9 @@ impl<M: DeviceModel + ?Sized> DeviceModel for Box<M> {
     }
     fn deadline(&self) -> Option<Duration> {
         (**self).deadline()
+    }
+    fn pure_registers(&self) -> Vec<(u32, u64)> {
+        (**self).pure_registers()
     }
     fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
         (**self).on_deadline(ctx)

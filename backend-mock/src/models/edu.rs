@@ -386,6 +386,23 @@ impl DeviceModel for Edu {
         ctx.set_intx(false);
     }
 
+    /// Every edu register: QEMU's `edu_mmio_read` only returns state.
+    fn pure_registers(&self) -> Vec<(u32, u64)> {
+        [
+            reg::ID,
+            reg::LIVENESS,
+            reg::FACTORIAL,
+            reg::STATUS,
+            reg::IRQ_STATUS,
+            reg::DMA_SRC,
+            reg::DMA_DST,
+            reg::DMA_CNT,
+            reg::DMA_CMD,
+        ]
+        .map(|offset| (0, offset))
+        .to_vec()
+    }
+
     fn deadline(&self) -> Option<Duration> {
         match (self.factorial_due, self.dma_due) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -291,6 +291,12 @@ impl Interrupts {
         }
     }
 
+    /// Whether an INTx resample eventfd is routed (and must be polled on
+    /// every access).
+    pub(crate) fn resample_routed(&self) -> bool {
+        self.intx.resample.is_some()
+    }
+
     /// Unmasks if the resample eventfd was written since the last look.
     #[inline]
     pub(crate) fn poll_resample(&mut self) {
