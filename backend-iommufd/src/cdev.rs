@@ -44,6 +44,29 @@ fn on_device(error: Error, name: &str) -> Error {
     }
 }
 
+/// The error of `VFIO_DEVICE_BIND_IOMMUFD` on device `name`. The
+/// arguments are always well formed, so EINVAL can only be
+/// `vfio_df_open`'s refusal of a device already open through another file
+/// (the cdev path allows one), and EBUSY the group's other owner
+/// (`vfio_device_block_group`, `iommu_device_claim_dma_owner`).
+fn bind_error(error: Error, name: &str) -> Error {
+    let reason = match error.errno() {
+        Some(libc::EINVAL) => {
+            "another file of this device is open or bound (an earlier open of it whose device, region or irq handle is still alive, or another process): close it first"
+        }
+        Some(libc::EBUSY) => {
+            "the device's IOMMU group has another owner (the group is open through /dev/vfio/N, e.g. by a legacy container, or another device of the group is bound to another iommufd)"
+        }
+        _ => return on_device(error, name),
+    };
+    Error::Busy {
+        op: "VFIO_DEVICE_BIND_IOMMUFD",
+        target: Target::Device(name.to_owned()),
+        errno: error.errno().unwrap_or(libc::EBUSY),
+        reason,
+    }
+}
+
 /// An open cdev (`/dev/vfio/devices/vfioN`), not yet bound to an iommufd.
 #[derive(Debug)]
 pub struct UnboundDevice {
@@ -84,9 +107,14 @@ impl UnboundDevice {
 
     /// Binds the device to `iommufd` (`VFIO_DEVICE_BIND_IOMMUFD`).
     ///
-    /// The kernel lets only one fd of a device be bound at a time: binding
-    /// while another fd of the same device is bound (or open through its
-    /// group) is `InvalidArgument` (EINVAL).
+    /// The kernel lets only one file of a device be bound at a time, and
+    /// none while its IOMMU group has another owner; both refusals are
+    /// [`Error::Busy`] saying what holds the device: another bound or open
+    /// file of the device (EINVAL: an earlier open through this library
+    /// whose device, region or irq handle is still alive, or another
+    /// process), or the group (EBUSY: open through `/dev/vfio/N` by a
+    /// legacy container, or another device of the group bound to another
+    /// iommufd).
     pub fn bind(self, iommufd: &Iommufd) -> Result<BoundDevice, BindError> {
         match sys::device_bind_iommufd(self.fd.as_fd(), iommufd.as_fd()) {
             Ok(dev_id) => Ok(BoundDevice {
@@ -96,7 +124,7 @@ impl UnboundDevice {
                 dev_id,
             }),
             Err(error) => Err(BindError {
-                error: on_device(error, &self.name),
+                error: bind_error(error, &self.name),
                 device: self,
             }),
         }
@@ -559,6 +587,30 @@ mod tests {
         let e = UnboundDevice::open_in(&tree.host(), "0000:00:05.0").expect_err("no node");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains("dev/vfio/devices/vfio7"), "{e}");
+    }
+
+    #[test]
+    fn the_kernels_refusals_of_a_bind_say_what_holds_the_device() {
+        let name = "0000:00:04.0";
+        let bind = |errno| {
+            bind_error(
+                Error::sys("VFIO_DEVICE_BIND_IOMMUFD", Target::None, errno),
+                name,
+            )
+        };
+        let e = bind(libc::EINVAL);
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::Busy, Some(libc::EINVAL)));
+        assert!(e.to_string().contains("another file of this device"), "{e}");
+        assert!(e.to_string().contains(name), "{e}");
+        let e = bind(libc::EBUSY);
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::Busy, Some(libc::EBUSY)));
+        assert!(
+            e.to_string().contains("IOMMU group has another owner"),
+            "{e}"
+        );
+        let e = bind(libc::EPERM);
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert_eq!(e.target(), Some(&Target::Device(name.to_owned())));
     }
 
     #[test]

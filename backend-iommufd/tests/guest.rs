@@ -125,8 +125,14 @@ fn lifecycle_with_its_three_typed_refusals() {
     assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
     let second = UnboundDevice::open(&edu()).expect("a second open of the cdev");
     let e = second.bind(&iommufd).expect_err("already bound elsewhere");
-    assert_eq!(e.error.kind(), ErrorKind::InvalidArgument, "{}", e.error);
+    assert_eq!(e.error.kind(), ErrorKind::Busy, "{}", e.error);
+    assert_eq!(e.error.errno(), Some(libc::EINVAL), "{}", e.error);
     assert!(e.error.to_string().contains(&edu()), "{}", e.error);
+    assert!(
+        e.error.to_string().contains("another file of this device"),
+        "{}",
+        e.error
+    );
     drop(e.device);
 
     // 3. Attach to bad ids: none at all, one naming the device (no page

@@ -64,6 +64,7 @@ fn group_open_error(id: u32, path: &std::path::Path, e: &std::io::Error) -> Erro
     match e.raw_os_error() {
         Some(libc::EBUSY) => Error::Busy {
             op: "open",
+            errno: libc::EBUSY,
             target: Target::Group(id),
             reason: "the group is already open (by another process, or by this one through a device, region or irq of it that is still alive: drop them to close it), or one of its devices is open through its cdev",
         },

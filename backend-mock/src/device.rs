@@ -334,6 +334,7 @@ impl DeviceCore {
         if st.open {
             return Err(Error::Busy {
                 op: "open_device",
+                errno: libc::EBUSY,
                 target: target(),
                 reason: "the device is still open: its MockDevice or a region or irq taken from it is alive (drop them all to close it)",
             });

@@ -274,14 +274,17 @@ pub enum Error {
         /// Why, e.g. "region has no MMAP flag".
         reason: &'static str,
     },
-    /// A system call or ioctl failed with `EBUSY` where that answer is
-    /// known to have one meaning, which `reason` says (a device or group
-    /// that is still open). Its errno is `EBUSY`.
+    /// A system call or ioctl failed with an errno that, at that call, is
+    /// known to mean one thing, which `reason` says: a device or group that
+    /// is still open or bound elsewhere. Usually `EBUSY`; binding a device
+    /// cdev while another file of the device is bound is `EINVAL`.
     Busy {
         /// The ioctl or syscall name.
         op: &'static str,
         /// What it acted on.
         target: Target,
+        /// The errno the kernel (or a kernel-faithful mock) returned.
+        errno: i32,
         /// What is busy, and what frees it.
         reason: &'static str,
     },
@@ -376,9 +379,16 @@ impl fmt::Display for Error {
             | Self::NotSupported { op, target, reason }
             | Self::Exhausted { op, target, reason }
             | Self::NotFound { op, target, reason } => write!(f, "{op} on {target}: {reason}"),
-            Self::Busy { op, target, reason } => {
-                write!(f, "{op} on {target}: {reason} (EBUSY)")
-            }
+            Self::Busy {
+                op,
+                target,
+                errno,
+                reason,
+            } => write!(
+                f,
+                "{op} on {target}: {reason} ({})",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
             Self::NotViable { group } => write!(
                 f,
                 "group {group}: bind every device in /sys/kernel/iommu_groups/{group}/devices to vfio-pci (or unbind it)"
@@ -534,7 +544,7 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::Sys { errno, .. } => Some(*errno),
-            Self::Busy { .. } => Some(libc::EBUSY),
+            Self::Busy { errno, .. } => Some(*errno),
             _ => None,
         }
     }
