@@ -557,6 +557,10 @@ impl Device for AttachedDevice {
     fn revoker(&self) -> Result<Revoker> {
         self.device.revoker()
     }
+    /// The device cdev: KVM-VFIO takes it since Linux 6.6.
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        self.device.vfio_file()
+    }
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.device.probe_feature(feature)
     }

@@ -120,6 +120,12 @@ impl Backing for GroupInner {
     fn keep_fds(&self) -> Vec<RawFd> {
         vec![self.fd.as_raw_fd(), self.container.fd.as_raw_fd()]
     }
+
+    /// The group: what KVM-VFIO takes on every kernel (device fds only
+    /// since Linux 6.6).
+    fn hypervisor_file(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.fd.as_fd())
+    }
 }
 
 impl Drop for GroupInner {

@@ -16,8 +16,8 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::relax::Yield;
@@ -356,6 +356,7 @@ impl DeviceCore {
                 core: Arc::clone(self),
                 revoked: RevokedFlag::new(),
                 handed_out: Mutex::default(),
+                file: OnceLock::new(),
             }),
             info,
         })
@@ -466,6 +467,9 @@ struct Handle {
     revoked: RevokedFlag,
     /// The RAM-BAR mmaps handed out through this open, held weakly.
     handed_out: Mutex<Vec<MmapDetacher>>,
+    /// The file standing for this open where a hypervisor wants the
+    /// device's VFIO file; made on first use.
+    file: OnceLock<OwnedFd>,
 }
 
 impl Handle {
@@ -641,6 +645,20 @@ impl Device for MockDevice {
     /// Revoking closes the device as dropping its last handle would.
     fn revoker(&self) -> Result<Revoker> {
         Ok(Revoker::new(&self.handle))
+    }
+
+    /// An empty memfd named `vfio-hal-mock:<device>`, one per open, made
+    /// on first use: what [`crate::MockHypervisor`] accepts as a mock
+    /// device's VFIO file (KVM would refuse it, as any non-VFIO file).
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        const OP: &str = "vfio_file";
+        self.handle
+            .live(OP, || Target::Device(self.info.name.clone()))?;
+        if let Some(file) = self.handle.file.get() {
+            return Ok(file.as_fd());
+        }
+        let made = crate::sys::device_file(&self.info.name)?;
+        Ok(self.handle.file.get_or_init(|| made).as_fd())
     }
 }
 

@@ -103,6 +103,7 @@ mock! {
         fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()>;
         fn keep_fds(&self) -> Vec<RawFd>;
         fn revoker(&self) -> Result<vfio_hal::Revoker>;
+        fn vfio_file<'a>(&'a self) -> Result<BorrowedFd<'a>>;
         fn probe_feature(&self, feature: u32) -> Result<FeatureSupport>;
         fn low_power_entry(&self) -> Result<()>;
         fn low_power_entry_with_wakeup<'a>(&self, wakeup: BorrowedFd<'a>) -> Result<()>;

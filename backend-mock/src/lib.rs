@@ -84,6 +84,7 @@ pub mod clock;
 pub mod conformance;
 mod container;
 mod device;
+mod hypervisor;
 pub mod iommu;
 pub mod layout;
 mod mirror;
@@ -95,6 +96,7 @@ mod sys;
 pub use clock::MockClock;
 pub use container::{MockContainer, INCIDENT_LOG_CAPACITY};
 pub use device::{MockDevice, MockIrq, MockRegion};
+pub use hypervisor::MockHypervisor;
 pub use iommu::{
     ConfigError, DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu,
     FAULT_LOG_CAPACITY,

@@ -59,6 +59,45 @@ impl EventRoute {
     }
 }
 
+/// The prefix of a mock device file's name: `/proc/self/fd` shows it as
+/// `/memfd:vfio-hal-mock:<device> (deleted)`.
+pub(crate) const DEVICE_FILE_PREFIX: &str = "vfio-hal-mock:";
+
+/// An empty memfd named `name`.
+fn memfd(name: &CStr) -> Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the
+    // call; memfd_create has no other memory-safety preconditions.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(Error::last_os_error("memfd_create", Target::None));
+    }
+    // SAFETY: memfd_create just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The file that stands for an open mock device where a hypervisor wants
+/// the device's VFIO file: an empty memfd named after the device.
+pub(crate) fn device_file(device: &str) -> Result<OwnedFd> {
+    let name = std::ffi::CString::new(format!("{DEVICE_FILE_PREFIX}{device}")).map_err(|_| {
+        Error::InvalidArgument {
+            op: "vfio_file",
+            target: Target::Device(device.to_owned()),
+            reason: "the device name contains a NUL byte",
+        }
+    })?;
+    memfd(&name)
+}
+
+/// The mock device `fd` stands for, if it is a mock device file.
+pub(crate) fn device_of_file(fd: BorrowedFd<'_>) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let link = link.to_str()?;
+    let name = link
+        .strip_prefix("/memfd:")?
+        .strip_prefix(DEVICE_FILE_PREFIX)?;
+    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_owned())
+}
+
 /// Device memory that a model and the user's mmaps share: a sealed-size memfd.
 #[derive(Debug)]
 pub(crate) struct SharedRam {
@@ -70,16 +109,7 @@ pub(crate) struct SharedRam {
 impl SharedRam {
     /// A zeroed memfd of `len` bytes (a whole number of host pages), mapped once for the device.
     pub(crate) fn new(name: &CStr, len: u64) -> Result<Self> {
-        let op = "memfd_create";
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the
-        // call; memfd_create has no other memory-safety preconditions.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(Error::last_os_error(op, Target::None));
-        }
-        // SAFETY: memfd_create just returned this fd and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let file = File::from(fd);
+        let file = File::from(memfd(name)?);
         file.set_len(len)
             .map_err(|e| Error::from_io("ftruncate", Target::None, &e))?;
         let fd = OwnedFd::from(file);

@@ -10,7 +10,8 @@
 //! | `mock` | [`mock`]: the in-memory backend with QEMU's edu and a copy engine | yes |
 //! | `legacy` | [`legacy`]: the VFIO type1 container/group backend | yes |
 //! | `iommufd` | [`iommufd`]: iommufd + the device cdev | yes |
-//! | `kvm` | `linux::kvm`: the KVM-VFIO pseudo device, for group and cdev fds | no |
+//! | `kvm` | `linux::kvm`: the KVM-VFIO pseudo device, for group and cdev fds (a [`hypervisor::Hypervisor`]) | no |
+//! | `mshv` | `linux::mshv`: the same for the Microsoft Hypervisor (built and unit-tested only: no MSHV to run it on in CI) | no |
 //! | `vm-memory` | [`guest_memory`]: a `GuestMemoryMmap` mapped into a container at IOVA = GPA | no |
 //! | `conformance` | [`conformance`]: the conformance suite against a real device, destructive cases left out | no |
 //!

@@ -131,6 +131,49 @@ fn both_real_backends_open_edu_by_request() {
     }
 }
 
+/// The file each real backend gives a hypervisor: the group node on the
+/// type1 path, the device cdev on the iommufd path; a registration (here
+/// with the mock hypervisor, which keeps KVM-VFIO's bookkeeping) adds it
+/// and removes it on drop.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn each_real_backend_gives_the_hypervisor_its_vfio_file() {
+    use std::os::fd::AsRawFd;
+    use vfio_hal::hypervisor::VfioFileRegistration;
+    use vfio_hal_facade::mock::MockHypervisor;
+
+    for (backend, prefix) in [
+        (Backend::Legacy, "/dev/vfio/"),
+        (Backend::Iommufd, "/dev/vfio/devices/vfio"),
+    ] {
+        let opened = open(&OpenSpec::new(edu()).with_backend(backend))
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let file = opened.device.vfio_file().expect("vfio_file");
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .expect("readlink")
+            .display()
+            .to_string();
+        let number = link
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{backend}: {link}"));
+        assert!(
+            !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
+            "{backend}: {link}"
+        );
+        let vm = MockHypervisor::new();
+        let registration = VfioFileRegistration::new(&vm, &opened.device).expect("register");
+        assert_eq!(vm.files(), [link], "{backend}");
+        drop(opened);
+        registration
+            .remove()
+            .expect("remove after the device closed");
+        assert!(vm.files().is_empty(), "{backend}");
+    }
+}
+
 /// The MSI-X lookups on a real device: the lane's NVMe has its table
 /// inside BAR0; edu has MSI only.
 #[test]

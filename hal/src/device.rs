@@ -216,6 +216,20 @@ pub trait Device {
     /// (its own fd, and its group, container or iommufd).
     fn keep_fds(&self) -> Vec<RawFd>;
 
+    /// The file a hypervisor's VFIO pseudo device must be given for this
+    /// device ([`crate::hypervisor`]): the group on the type1 path, the
+    /// device cdev on the iommufd path, a placeholder file of the device on
+    /// the mock. Valid while the device lives.
+    ///
+    /// `NotSupported` from a backend with no such file (the default).
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        Err(Error::NotSupported {
+            op: "vfio_file",
+            target: Target::Device(self.info().name.clone()),
+            reason: "this backend has no VFIO file to give a hypervisor",
+        })
+    }
+
     /// A handle that revokes this device and every region and irq handle of
     /// it at once, from any thread: what a VMM does when the device's REQ
     /// interrupt asks for it back (see [`crate::revoke`]).

@@ -62,6 +62,9 @@ where
     fn revoker(&self) -> Result<Revoker> {
         self.0.revoker()
     }
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        self.0.vfio_file()
+    }
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.0.probe_feature(feature)
     }

@@ -49,6 +49,7 @@ macro_rules! forward {
             fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> { (**self).feature(op, feature, data) }
             fn keep_fds(&self) -> Vec<RawFd> { (**self).keep_fds() }
             fn revoker(&self) -> Result<Revoker> { (**self).revoker() }
+            fn vfio_file(&self) -> Result<BorrowedFd<'_>> { (**self).vfio_file() }
             fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> { (**self).probe_feature(feature) }
             fn low_power_entry(&self) -> Result<()> { (**self).low_power_entry() }
             fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }

@@ -66,6 +66,9 @@
 //! Dispatch: generic code (`fn drive<D: Device>(d: &D)`) is the zero-cost
 //! default; [`dynamic`] erases a backend for run-time choice.
 //!
+//! Passthrough: [`hypervisor`] tells a VM's hypervisor (KVM, MSHV) about a
+//! device's VFIO file.
+//!
 //! # IOVA allocation
 //!
 //! [`IovaAllocator`] hands out IOVA ranges inside what the IOMMU reports.
@@ -96,6 +99,7 @@ pub mod dynamic;
 pub mod error;
 pub mod eventfd;
 mod forward;
+pub mod hypervisor;
 pub mod iova;
 pub mod irq;
 pub mod memory;

@@ -106,6 +106,14 @@ pub trait Backing: fmt::Debug + Send + Sync {
     /// The fds a sandboxed process must keep open besides the device fd
     /// (group and container, or the iommufd).
     fn keep_fds(&self) -> Vec<RawFd>;
+
+    /// The VFIO file a hypervisor must be given for the device
+    /// ([`Device::vfio_file`]) when it is not the device fd itself: the
+    /// group on the type1 path. `None` (the default): the device fd, a
+    /// cdev.
+    fn hypervisor_file(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// What the device knows about its memory decode (PCI command bit 1): the
@@ -720,6 +728,17 @@ impl Device for VfioDevice {
     /// the module docs, "Revocation").
     fn revoker(&self) -> Result<Revoker> {
         Ok(Revoker::new(&self.shared))
+    }
+
+    /// The backing's file (the group), or the device fd (a cdev); `Revoked`
+    /// once revoked, when the device fd names a placeholder.
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        self.check_not_revoked("vfio_file")?;
+        Ok(self
+            .shared
+            .backing
+            .hypervisor_file()
+            .unwrap_or_else(|| self.shared.fd.as_fd()))
     }
 }
 

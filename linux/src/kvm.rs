@@ -12,7 +12,10 @@
 //! `KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE` (3) has no new name.
 //!
 //! It takes any VFIO file, so both backends use it: the legacy backend's
-//! group fd (`Group::fd`) and the iommufd backend's cdev device fd.
+//! group fd and the iommufd backend's cdev device fd, each a device's
+//! [`Device::vfio_file`](vfio_hal::Device::vfio_file). [`KvmVfioDevice`]
+//! is a [`Hypervisor`], so a VMM registers a device with
+//! [`VfioFileRegistration`](vfio_hal::hypervisor::VfioFileRegistration).
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
@@ -29,6 +32,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use kvm_ioctls::{DeviceFd, VmFd};
+use vfio_hal::hypervisor::Hypervisor;
 use vfio_hal::{Error, Result, Target};
 
 /// `KVM_DEV_TYPE_VFIO` (`enum kvm_device_type` in `include/uapi/linux/kvm.h`).
@@ -101,16 +105,37 @@ impl KvmVfioDevice {
     }
 }
 
+impl Hypervisor for KvmVfioDevice {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn add_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
+        self.add_file(file)
+    }
+
+    fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
+        self.del_file(file)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
     use vfio_hal::ErrorKind;
 
-    /// A VM on this machine's /dev/kvm; `None` only where there is no /dev/kvm.
+    /// A VM on this machine's /dev/kvm; `None` only where there is no
+    /// /dev/kvm and `VFIO_HAL_REQUIRE_KVM=1` is not set (it makes a missing
+    /// /dev/kvm a failure).
     fn vm() -> Option<VmFd> {
         if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("no /dev/kvm: KVM-VFIO tests not run");
+            let required = std::env::var_os("VFIO_HAL_REQUIRE_KVM").is_some_and(|v| v == "1");
+            assert!(
+                !required,
+                "no /dev/kvm, and VFIO_HAL_REQUIRE_KVM=1 requires it"
+            );
+            eprintln!("SKIPPED: no /dev/kvm: KVM-VFIO tests not run");
             return None;
         }
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm exists but cannot be opened");
@@ -136,6 +161,21 @@ mod tests {
         // Removing a file that was never added: the kernel's ENOENT.
         let e = dev.del_file(null.as_fd()).expect_err("never added");
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn the_hypervisor_trait_speaks_to_the_same_pseudo_device() {
+        let Some(vm) = vm() else { return };
+        let dev = KvmVfioDevice::new(&vm).expect("KVM_CREATE_DEVICE(VFIO)");
+        let kvm: &dyn Hypervisor = &dev;
+        assert_eq!(kvm.name(), "kvm");
+        let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let e = kvm
+            .add_vfio_file(null.as_fd())
+            .expect_err("not a VFIO file");
+        assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+        let e = kvm.remove_vfio_file(null.as_fd()).expect_err("never added");
+        assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
     }
 
     #[test]

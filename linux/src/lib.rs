@@ -14,6 +14,7 @@
 //! | [`host`] | [`Host`]: the sysfs and `/dev` trees, the nodes each backend opens, PCI devices, IOMMU groups, cdevs |
 //! | [`fake`] | [`fake::FakeHost`]: a fake host tree for tests (public, for downstream tests too) |
 //! | `kvm` (feature `kvm`) | the KVM-VFIO pseudo device: adds a group fd or a cdev fd to a VM |
+//! | `mshv` (feature `mshv`) | the MSHV-VFIO pseudo device: the same for a VM on the Microsoft Hypervisor (built and unit-tested, never run here) |
 //! | `crosvm` (feature `crosvm-ext`) | crosvm's out-of-tree extensions, opt-in |
 //!
 //! A backend crate builds on this one; no backend depends on another.
@@ -27,6 +28,8 @@ pub mod host;
 pub mod info;
 #[cfg(feature = "kvm")]
 pub mod kvm;
+#[cfg(feature = "mshv")]
+pub mod mshv;
 pub mod sys;
 
 pub use devfd::{Backing, HotResetDevice, HotResetInfo, VfioDevice, VfioIrq, VfioRegion};

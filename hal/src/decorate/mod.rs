@@ -499,6 +499,12 @@ impl<D: Device, H: Hook> Device for Decorated<D, H> {
         self.inner.revoker()
     }
 
+    /// The inner device's file: handing it to a hypervisor happens outside
+    /// this wrapper's calls.
+    fn vfio_file(&self) -> Result<BorrowedFd<'_>> {
+        self.inner.vfio_file()
+    }
+
     fn probe_feature(&self, feature: u32) -> Result<FeatureSupport> {
         self.call(Op::ProbeFeature, Args::Probe { feature }, || {
             self.inner.probe_feature(feature)
