@@ -11,6 +11,11 @@
 //!   so the VMM holds a `DynDevice` and does not know which backend serves
 //!   it. By default that is the mock edu; a PCI address of a real edu bound
 //!   to vfio-pci runs the same VMM on the kernel's VFIO.
+//! - The hypervisor is told about the device
+//!   ([`vfio_hal_facade::hypervisor`]): a real device's VFIO file (its
+//!   group, or its cdev) is added to KVM's VFIO pseudo device for the run;
+//!   the mock's placeholder file is no VFIO file to KVM, so for the mock
+//!   edu the registration goes to the mock hypervisor.
 //! - Guest RAM is 64 KiB at GPA 0 (a page-aligned `DmaBuffer`). BAR0 of the
 //!   device is an MMIO window at GPA `0x10000`: no memory slot covers it,
 //!   so every guest access there exits to the VMM, which forwards it to the
@@ -41,6 +46,9 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vfio_hal_facade::dynamic::DynRegion;
 use vfio_hal_facade::eventfd::{EventFd, EventFdExt};
+use vfio_hal_facade::hypervisor::{Hypervisor, VfioFileRegistration};
+use vfio_hal_facade::linux::kvm::KvmVfioDevice;
+use vfio_hal_facade::mock::MockHypervisor;
 use vfio_hal_facade::prelude::*;
 use vfio_hal_facade::{open, Backend, DmaBuffer, OpenSpec, Opened};
 
@@ -179,6 +187,8 @@ enum Delivery {
 struct Outcome {
     device: String,
     backend: Backend,
+    /// Which hypervisor the device's VFIO file was added to for the run.
+    hypervisor: &'static str,
     identification: Option<u32>,
     liveness: Option<u32>,
     delivery: Delivery,
@@ -376,21 +386,27 @@ fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Ex
 /// waiting at most `timeout` for it.
 /// `want_irqchip: false` skips `KVM_CREATE_IRQCHIP`, to exercise the path
 /// of a KVM without one.
-fn run_vmm(
-    device: Option<&str>,
-    want_irqchip: bool,
-    timeout: Duration,
-) -> Result<Outcome, BoxError> {
-    let spec = match device {
+/// What to open: the mock edu, or a device by name (a PCI address).
+fn spec_for(device: Option<&str>) -> OpenSpec {
+    match device {
         None => OpenSpec::new("edu").with_backend(Backend::Mock),
         Some(name) => OpenSpec::new(name),
-    };
-    let opened: Opened = open(&spec)?;
+    }
+}
+
+fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Outcome, BoxError> {
+    let opened: Opened = open(spec)?;
     opened.device.set_bus_master(true)?; // memory decode + bus mastering
     let bar0 = opened.device.region(vfio_hal_facade::pci::region::BAR0)?;
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
     let mut machine = setup_machine(want_irqchip)?;
+    let hook: Box<dyn Hypervisor> = match opened.backend {
+        Backend::Mock => Box::new(MockHypervisor::new()),
+        _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
+    };
+    let registration = VfioFileRegistration::new(hook, &opened.device)?;
+    let hypervisor = registration.hypervisor().name();
     let efd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
     if machine.irqchip {
         machine
@@ -423,6 +439,7 @@ fn run_vmm(
         .recv_timeout(timeout)
         .map_err(|_| format!("the guest did not finish within {timeout:?}: no interrupt?"))??;
     let _ = worker.join();
+    registration.remove()?;
 
     let status_after = opened
         .device
@@ -442,6 +459,7 @@ fn run_vmm(
     Ok(Outcome {
         device: opened.name.clone(),
         backend: opened.backend,
+        hypervisor,
         identification: exits.identification,
         liveness: exits.liveness,
         delivery,
@@ -457,8 +475,8 @@ fn hex(v: Option<u32>) -> String {
 
 fn print(outcome: &Outcome) {
     println!(
-        "device {} ({} backend), BAR0 at GPA {BAR0_GPA:#x}",
-        outcome.device, outcome.backend
+        "device {} ({} backend, its VFIO file added to the {} hypervisor), BAR0 at GPA {BAR0_GPA:#x}",
+        outcome.device, outcome.backend, outcome.hypervisor
     );
     println!(
         "guest read identification {} (expected {EDU_ID:#010x})",
@@ -495,7 +513,7 @@ fn main() -> ExitCode {
     let want_irqchip = !args.iter().any(|a| a == "--no-irqchip");
     let device = args.iter().find(|a| !a.starts_with("--"));
     match run_vmm(
-        device.map(String::as_str),
+        &spec_for(device.map(String::as_str)),
         want_irqchip,
         Duration::from_secs(10),
     ) {
@@ -554,7 +572,8 @@ mod tests {
         if !kvm_usable("irqfd") {
             return;
         }
-        let outcome = run_vmm(None, true, Duration::from_secs(20)).expect("the VMM runs");
+        let outcome =
+            run_vmm(&spec_for(None), true, Duration::from_secs(20)).expect("the VMM runs");
         print(&outcome);
         if let Err(e) = outcome.check() {
             panic!("{e}: {outcome:?}");
@@ -579,7 +598,8 @@ mod tests {
         if !kvm_usable("no irqchip") {
             return;
         }
-        let outcome = run_vmm(None, false, Duration::from_secs(20)).expect("the VMM runs");
+        let outcome =
+            run_vmm(&spec_for(None), false, Duration::from_secs(20)).expect("the VMM runs");
         print(&outcome);
         if let Err(e) = outcome.check() {
             panic!("{e}: {outcome:?}");
@@ -587,11 +607,39 @@ mod tests {
         assert_eq!(outcome.delivery, Delivery::EventfdRead(1), "{outcome:?}");
     }
 
+    /// In the lane's guest (nested KVM under TCG): the same VMM on the
+    /// guest's real edu, through each real backend, its VFIO file added to
+    /// KVM and the MSI injected by KVM's irqfd.
+    #[test]
+    #[cfg_attr(
+        not(vfio_hal_guest),
+        ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+    )]
+    fn the_vmm_drives_the_lanes_real_edu_through_each_backend_with_kvm_told() {
+        assert!(kvm_usable("lane"), "the lane's guest kernel has KVM");
+        let edu = vfio_hal_guest_tests::lane_env(vfio_hal_guest_tests::EDU_BDF);
+        for backend in [Backend::Legacy, Backend::Iommufd] {
+            let spec = OpenSpec::new(edu.as_str()).with_backend(backend);
+            let outcome = run_vmm(&spec, true, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{backend}: {e}"));
+            print(&outcome);
+            if let Err(e) = outcome.check() {
+                panic!("{backend}: {e}: {outcome:?}");
+            }
+            assert_eq!((outcome.backend, outcome.hypervisor), (backend, "kvm"));
+            assert!(
+                matches!(outcome.delivery, Delivery::Irqfd { .. }),
+                "{backend}: {outcome:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_check_fails_on_a_wrong_value_or_a_missing_interrupt() {
         let good = Outcome {
             device: "edu".into(),
             backend: Backend::Mock,
+            hypervisor: "mock",
             identification: Some(EDU_ID),
             liveness: Some(!LIVENESS_PATTERN),
             delivery: Delivery::Irqfd {

@@ -45,6 +45,7 @@ GUEST_TEST_PACKAGES = [
 # defaults (a guest test that needs an optional feature is gated on it).
 GUEST_TEST_FEATURES = {
     "vfio-hal-facade": ["vm-memory", "conformance"],
+    "vfio-hal-linux": ["kvm"],
 }
 
 # Guest kernels: config fragments from tests/vm/kernel/, applied in order on
@@ -752,6 +753,8 @@ def run_kernel(flavour: str, kernel: Path, initrd: Path, expected: list[str], ac
             "intel_iommu=on",
             f"VFIO_HAL_KERNEL={flavour}",
             f"VFIO_HAL_FAIL_DEMO={int(fail_demo)}",
+            # The guest kernel has KVM: a KVM test that finds no /dev/kvm fails.
+            "VFIO_HAL_REQUIRE_KVM=1",
             *(f"VFIO_HAL_{role}_ID={qid}" for role, qid in DEVICE_IDS.items()),
         ]
     )
