@@ -17,9 +17,12 @@
 //!   the mock's placeholder file is no VFIO file to KVM, so for the mock
 //!   edu the registration goes to the mock hypervisor.
 //! - Guest RAM is 64 KiB at GPA 0 (a page-aligned `DmaBuffer`). BAR0 of the
-//!   device is an MMIO window at GPA `0x10000`: no memory slot covers it,
-//!   so every guest access there exits to the VMM, which forwards it to the
-//!   hal `Region` of BAR0 with the guest's width and offset.
+//!   device appears at GPA `0x10000`. Where the region can be mmapped (a
+//!   real device), its mmap is a KVM memory slot there and the guest's
+//!   register accesses never exit; where it cannot (the mock's registers
+//!   are handler-backed), the window has no memory slot, every access
+//!   exits to the VMM, and the VMM forwards it to the hal `Region` of BAR0
+//!   with the guest's width and offset. The outcome says which it was.
 //! - The guest (listing at [`GUEST_CODE`]) installs an interrupt handler
 //!   for IRQ 5 on the 8259 PIC, reads edu's identification register, writes
 //!   and reads back the liveness register, reports both on I/O ports, then
@@ -50,7 +53,7 @@ use vfio_hal_facade::hypervisor::{Hypervisor, VfioFileRegistration};
 use vfio_hal_facade::linux::kvm::KvmVfioDevice;
 use vfio_hal_facade::mock::MockHypervisor;
 use vfio_hal_facade::prelude::*;
-use vfio_hal_facade::{open, Backend, DmaBuffer, OpenSpec, Opened};
+use vfio_hal_facade::{open, Backend, DmaBuffer, MmapArea, OpenSpec, Opened, Protection};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -183,10 +186,12 @@ enum Delivery {
 }
 
 /// What the run observed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Outcome {
     device: String,
     backend: Backend,
+    /// How the guest reached BAR0.
+    bar0: Bar0Path,
     /// Which hypervisor the device's VFIO file was added to for the run.
     hypervisor: &'static str,
     identification: Option<u32>,
@@ -225,6 +230,12 @@ impl Outcome {
                 self.status_after
             )),
         }
+        if self.bar0 == Bar0Path::Mapped && self.mmio_reads + self.mmio_writes != 0 {
+            failures.push(format!(
+                "BAR0 is a memory slot, yet {} reads and {} writes exited",
+                self.mmio_reads, self.mmio_writes
+            ));
+        }
         if failures.is_empty() {
             Ok(())
         } else {
@@ -235,10 +246,22 @@ impl Outcome {
 
 /// The parts of the VM the vCPU thread owns. Field order is drop order:
 /// the vCPU and VM go before the RAM they map.
+/// How the guest reaches BAR0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bar0Path {
+    /// The region's mmap is a KVM memory slot: accesses do not exit.
+    Mapped,
+    /// No memory slot (why): every access exits and is forwarded.
+    Trapped(String),
+}
+
 struct Machine {
     vcpu: VcpuFd,
     vm: VmFd,
     ram: DmaBuffer,
+    /// The mmap of BAR0 behind memory slot 1, if any; declared after the
+    /// VM, so it is unmapped only once the VM and its vCPU are gone.
+    bar0_map: Option<MmapArea>,
     irqchip: bool,
 }
 
@@ -320,8 +343,41 @@ fn setup_machine(want_irqchip: bool) -> Result<Machine, BoxError> {
         vcpu,
         vm,
         ram,
+        bar0_map: None,
         irqchip,
     })
+}
+
+/// Makes the mmap of BAR0's first [`BAR0_WINDOW`] bytes memory slot 1 at
+/// [`BAR0_GPA`], if the region has a mappable area there; otherwise the
+/// window stays trapped, and the reason is returned.
+fn map_bar0(machine: &mut Machine, bar0: &DynRegion) -> Bar0Path {
+    let area = match bar0.mmap_area(0, Protection::ReadWrite) {
+        Ok(area) if area.region_offset() == 0 && area.len() >= BAR0_WINDOW => area,
+        Ok(area) => {
+            return Bar0Path::Trapped(format!(
+                "BAR0's first mappable area is [{:#x}, +{:#x}), not the window",
+                area.region_offset(),
+                area.len()
+            ))
+        }
+        Err(e) => return Bar0Path::Trapped(e.to_string()),
+    };
+    let slot = kvm_userspace_memory_region {
+        slot: 1,
+        flags: 0,
+        guest_phys_addr: BAR0_GPA,
+        memory_size: BAR0_WINDOW,
+        userspace_addr: area.as_ptr() as u64,
+    };
+    // SAFETY: `area` maps at least BAR0_WINDOW bytes (checked above) and is
+    // kept in `machine.bar0_map`, declared after the VM, so it stays mapped
+    // for as long as the VM can reach it.
+    if let Err(e) = unsafe { machine.vm.set_user_memory_region(slot) } {
+        return Bar0Path::Trapped(format!("KVM_SET_USER_MEMORY_REGION of BAR0: {e}"));
+    }
+    machine.bar0_map = Some(area);
+    Bar0Path::Mapped
 }
 
 /// What the exit loop collected.
@@ -401,6 +457,7 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
     let mut machine = setup_machine(want_irqchip)?;
+    let bar0_path = map_bar0(&mut machine, &bar0);
     let hook: Box<dyn Hypervisor> = match opened.backend {
         Backend::Mock => Box::new(MockHypervisor::new()),
         _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
@@ -459,6 +516,7 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
     Ok(Outcome {
         device: opened.name.clone(),
         backend: opened.backend,
+        bar0: bar0_path,
         hypervisor,
         identification: exits.identification,
         liveness: exits.liveness,
@@ -478,6 +536,10 @@ fn print(outcome: &Outcome) {
         "device {} ({} backend, its VFIO file added to the {} hypervisor), BAR0 at GPA {BAR0_GPA:#x}",
         outcome.device, outcome.backend, outcome.hypervisor
     );
+    match &outcome.bar0 {
+        Bar0Path::Mapped => println!("BAR0: its mmap is a KVM memory slot (no exits)"),
+        Bar0Path::Trapped(why) => println!("BAR0: trapped, every access exits ({why})"),
+    }
     println!(
         "guest read identification {} (expected {EDU_ID:#010x})",
         hex(outcome.identification)
@@ -627,6 +689,11 @@ mod tests {
                 panic!("{backend}: {e}: {outcome:?}");
             }
             assert_eq!((outcome.backend, outcome.hypervisor), (backend, "kvm"));
+            assert_eq!(
+                outcome.bar0,
+                Bar0Path::Mapped,
+                "{backend}: the BAR is mappable"
+            );
             assert!(
                 matches!(outcome.delivery, Delivery::Irqfd { .. }),
                 "{backend}: {outcome:?}"
@@ -639,6 +706,7 @@ mod tests {
         let good = Outcome {
             device: "edu".into(),
             backend: Backend::Mock,
+            bar0: Bar0Path::Trapped("handler-backed".into()),
             hypervisor: "mock",
             identification: Some(EDU_ID),
             liveness: Some(!LIVENESS_PATTERN),
@@ -653,7 +721,7 @@ mod tests {
         assert_eq!(good.check(), Ok(()));
         let wrong_id = Outcome {
             identification: Some(0xffff_ffff),
-            ..good
+            ..good.clone()
         };
         assert!(wrong_id
             .check()
@@ -677,6 +745,13 @@ mod tests {
             ..no_irq
         };
         assert!(unacked.check().is_err());
+        let mapped_but_exiting = Outcome {
+            bar0: Bar0Path::Mapped,
+            ..good.clone()
+        };
+        assert!(mapped_but_exiting
+            .check()
+            .is_err_and(|e| e.contains("memory slot")));
     }
 
     #[test]
