@@ -23,10 +23,14 @@
 //!   are handler-backed), the window has no memory slot, every access
 //!   exits to the VMM, and the VMM forwards it to the hal `Region` of BAR0
 //!   with the guest's width and offset. The outcome says which it was.
+//! - Guest RAM is DMA-mapped in the device's container at IOVA = GPA for
+//!   the run, so the device reads and writes guest memory directly.
 //! - The guest (listing at [`GUEST_CODE`]) installs an interrupt handler
 //!   for IRQ 5 on the 8259 PIC, reads edu's identification register, writes
 //!   and reads back the liveness register, reports both on I/O ports, then
-//!   writes edu's raise-interrupt register (`0x60`) and waits with `hlt`.
+//!   has edu copy 16 bytes of its RAM into edu's buffer and back to another
+//!   place in its RAM (the second transfer raising edu's DMA interrupt),
+//!   compares the two, reports the answer and waits with `hlt`.
 //! - The device's MSI goes to an eventfd (`VFIO_DEVICE_SET_IRQS`). Where KVM
 //!   has an in-kernel irqchip (`KVM_CREATE_IRQCHIP`), that eventfd is an
 //!   irqfd on GSI 5: KVM injects the interrupt without the VMM, the guest's
@@ -42,18 +46,21 @@
 //! `VFIO_HAL_REQUIRE_KVM=1` says the machine must have KVM.
 
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vfio_hal_facade::dynamic::DynContainer;
 use vfio_hal_facade::dynamic::DynRegion;
 use vfio_hal_facade::eventfd::{EventFd, EventFdExt};
 use vfio_hal_facade::hypervisor::{Hypervisor, VfioFileRegistration};
 use vfio_hal_facade::linux::kvm::KvmVfioDevice;
 use vfio_hal_facade::mock::MockHypervisor;
 use vfio_hal_facade::prelude::*;
-use vfio_hal_facade::{open, Backend, DmaBuffer, MmapArea, OpenSpec, Opened, Protection};
+use vfio_hal_facade::{
+    open, Backend, DmaAccess, DmaBuffer, MmapArea, OpenSpec, Opened, OwnedDmaMapping, Protection,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,6 +74,14 @@ const BAR0_GPA: u64 = 0x1_0000;
 const BAR0_WINDOW: u64 = 0x1_0000;
 /// The byte the guest's interrupt handler increments.
 const HANDLER_COUNT_GPA: u64 = 0x600;
+/// Where the guest's DMA data is (the VMM puts [`DMA_PATTERN`] there), and
+/// where edu copies it back to.
+const DMA_SOURCE_GPA: u64 = 0x2000;
+const DMA_BACK_GPA: u64 = 0x3000;
+/// The 16 bytes the guest has edu copy out and back.
+const DMA_PATTERN: [u8; 16] = *b"vfio-hal DMA L2!";
+/// edu's interrupt status bit for a finished DMA transfer.
+const EDU_DMA_IRQ: u32 = 0x100;
 /// The GSI (PIC IRQ line) the device's MSI is routed to.
 const EDU_GSI: u32 = 5;
 /// The pattern the guest writes to edu's liveness register.
@@ -84,90 +99,128 @@ mod port {
     pub const ISR_STATUS: u16 = 0x518;
     /// The end: how many times the handler ran (one byte).
     pub const DONE: u16 = 0x51c;
+    /// Whether the 16 bytes edu copied back equal the ones it copied out
+    /// (one byte: 1 or 0).
+    pub const DMA_MATCH: u16 = 0x520;
     /// The master 8259's command and data ports (KVM's in-kernel PIC
     /// serves them; without it they exit and are ignored).
     pub const PIC: [u16; 2] = [0x20, 0x21];
 }
 
 /// The guest: 16-bit real mode, loaded at `0000:1000`. Assembled with GNU
-/// as (`.code16`) and checked with `objdump -d -M i8086`; the listing is
-/// the source.
+/// as (`.code16`, linked at 0x1000) and listed with `objdump -d -M
+/// i8086,intel`; the listing is the source. Offsets are from the start of
+/// the code; jump targets are absolute.
 ///
 /// ```text
-/// 00 fa                  cli
-/// 01 31 c0               xor  ax, ax
-/// 03 8e d8               mov  ds, ax
-/// 05 8e d0               mov  ss, ax
-/// 07 bc 00 80            mov  sp, 0x8000
-/// 0a c7 06 94 00 6d 10   mov  word [0x94], 0x106d   ; IVT[0x25].ip = isr
-/// 10 c7 06 96 00 00 00   mov  word [0x96], 0        ; IVT[0x25].cs = 0
-/// 16 b0 11  e6 20        mov al, 0x11 / out 0x20, al ; ICW1: edge, cascade, ICW4
-/// 1a b0 20  e6 21        mov al, 0x20 / out 0x21, al ; ICW2: vectors 0x20..0x27
-/// 1e b0 04  e6 21        mov al, 0x04 / out 0x21, al ; ICW3: slave on IRQ 2
-/// 22 b0 01  e6 21        mov al, 0x01 / out 0x21, al ; ICW4: 8086 mode
-/// 26 b0 df  e6 21        mov al, 0xdf / out 0x21, al ; mask all but IRQ 5
-/// 2a b8 00 10            mov  ax, 0x1000
-/// 2d 8e c0               mov  es, ax                ; es:0 = BAR0 (GPA 0x10000)
-/// 2f 26 66 a1 00 00      mov  eax, es:[0x00]        ; identification
-/// 34 ba 10 05            mov  dx, 0x510
-/// 37 66 ef               out  dx, eax
-/// 39 26 66 c7 06 04 00 78 56 34 12
-///                        mov  dword es:[0x04], 0x12345678 ; liveness
-/// 43 26 66 a1 04 00      mov  eax, es:[0x04]
-/// 48 ba 14 05            mov  dx, 0x514
-/// 4b 66 ef               out  dx, eax
-/// 4d 26 66 c7 06 60 00 01 00 00 00
-///                        mov  dword es:[0x60], 1    ; raise edu's interrupt
+/// 000 fa                     cli
+/// 001 31 c0                  xor ax,ax
+/// 003 8e d8                  mov ds,ax
+/// 005 8e d0                  mov ss,ax
+/// 007 bc 00 80               mov sp,0x8000
+/// 00a c7 06 94 00 e5 10      mov WORD PTR ds:0x94,0x10e5   ; IVT[0x25].ip = isr
+/// 010 c7 06 96 00 00 00      mov WORD PTR ds:0x96,0x0      ; IVT[0x25].cs = 0
+/// 016 b0 11                  mov al,0x11
+/// 018 e6 20                  out 0x20,al
+/// 01a b0 20                  mov al,0x20
+/// 01c e6 21                  out 0x21,al
+/// 01e b0 04                  mov al,0x4
+/// 020 e6 21                  out 0x21,al
+/// 022 b0 01                  mov al,0x1
+/// 024 e6 21                  out 0x21,al
+/// 026 b0 df                  mov al,0xdf
+/// 028 e6 21                  out 0x21,al
+/// 02a b8 00 10               mov ax,0x1000
+/// 02d 8e c0                  mov es,ax                     ; es:0 = BAR0 (GPA 0x10000)
+/// 02f 26 66 a1 00 00         mov eax,es:0x0                ; identification
+/// 034 ba 10 05               mov dx,0x510
+/// 037 66 ef                  out dx,eax
+/// 039 26 66 c7 06 04 00 78 56 34 12 mov DWORD PTR es:0x4,0x12345678 ; liveness
+/// 043 26 66 a1 04 00         mov eax,es:0x4
+/// 048 ba 14 05               mov dx,0x514
+/// 04b 66 ef                  out dx,eax
+/// 04d 26 66 c7 06 80 00 00 20 00 00 mov DWORD PTR es:0x80,0x2000 ; DMA source: guest RAM at 0x2000 (IOVA = GPA)
+/// 057 26 66 c7 06 88 00 00 00 04 00 mov DWORD PTR es:0x88,0x40000 ; destination: edu's buffer
+/// 061 26 66 c7 06 90 00 10 00 00 00 mov DWORD PTR es:0x90,0x10 ; 16 bytes
+/// 06b 26 66 c7 06 98 00 01 00 00 00 mov DWORD PTR es:0x98,0x1 ; start, RAM -> device
+/// to_dev:
+/// 075 26 66 a1 98 00         mov eax,es:0x98               ; poll the command register (4-byte read)
+/// 07a a8 01                  test al,0x1
+/// 07c 75 f7                  jne 0x1075
+/// 07e 26 66 c7 06 80 00 00 00 04 00 mov DWORD PTR es:0x80,0x40000 ; source: edu's buffer
+/// 088 26 66 c7 06 88 00 00 30 00 00 mov DWORD PTR es:0x88,0x3000 ; destination: guest RAM at 0x3000
+/// 092 26 66 c7 06 90 00 10 00 00 00 mov DWORD PTR es:0x90,0x10
+/// 09c 26 66 c7 06 98 00 07 00 00 00 mov DWORD PTR es:0x98,0x7 ; start, device -> RAM, interrupt when done
+/// to_ram:
+/// 0a6 26 66 a1 98 00         mov eax,es:0x98
+/// 0ab a8 01                  test al,0x1
+/// 0ad 75 f7                  jne 0x10a6
+/// 0af 31 db                  xor bx,bx
+/// compare:
+/// 0b1 66 8b 87 00 20         mov eax,DWORD PTR [bx+0x2000] ; the 16 bytes came back?
+/// 0b6 66 3b 87 00 30         cmp eax,DWORD PTR [bx+0x3000]
+/// 0bb 75 0c                  jne 0x10c9
+/// 0bd 83 c3 04               add bx,0x4
+/// 0c0 83 fb 10               cmp bx,0x10
+/// 0c3 75 ec                  jne 0x10b1
+/// 0c5 b0 01                  mov al,0x1
+/// 0c7 eb 02                  jmp 0x10cb
+/// differ:
+/// 0c9 b0 00                  mov al,0x0
+/// report:
+/// 0cb ba 20 05               mov dx,0x520                  ; 1: they did, 0: they did not
+/// 0ce ee                     out dx,al
 /// wait:
-/// 57 80 3e 00 06 00      cmp  byte [0x600], 0       ; handler ran?
-/// 5c 75 05               jne  done
-/// 5e fb                  sti                        ; sti; hlt: no lost wakeup
-/// 5f f4                  hlt
-/// 60 fa                  cli
-/// 61 eb f4               jmp  wait
+/// 0cf 80 3e 00 06 00         cmp BYTE PTR ds:0x600,0x0     ; handler ran?
+/// 0d4 75 05                  jne 0x10db
+/// 0d6 fb                     sti                           ; sti; hlt: no lost wakeup
+/// 0d7 f4                     hlt
+/// 0d8 fa                     cli
+/// 0d9 eb f4                  jmp 0x10cf
 /// done:
-/// 63 a0 00 06            mov  al, [0x600]
-/// 66 ba 1c 05            mov  dx, 0x51c
-/// 69 ee                  out  dx, al
-/// 6a f4                  hlt
-/// 6b eb f6               jmp  done
-/// isr:                                              ; vector 0x25 (IRQ 5)
-/// 6d 66 50               push eax
-/// 6f 52                  push dx
-/// 70 26 66 a1 24 00      mov  eax, es:[0x24]        ; interrupt status
-/// 75 ba 18 05            mov  dx, 0x518
-/// 78 66 ef               out  dx, eax
-/// 7a 26 66 a3 64 00      mov  es:[0x64], eax        ; acknowledge
-/// 7f fe 06 00 06         inc  byte [0x600]
-/// 83 b0 20  e6 20        mov al, 0x20 / out 0x20, al ; EOI
-/// 87 5a                  pop  dx
-/// 88 66 58               pop  eax
-/// 8a cf                  iret
+/// 0db a0 00 06               mov al,ds:0x600
+/// 0de ba 1c 05               mov dx,0x51c
+/// 0e1 ee                     out dx,al
+/// 0e2 f4                     hlt
+/// 0e3 eb f6                  jmp 0x10db
+/// isr:
+/// 0e5 66 50                  push eax                      ; vector 0x25 (IRQ 5)
+/// 0e7 52                     push dx
+/// 0e8 26 66 a1 24 00         mov eax,es:0x24               ; interrupt status (0x100: DMA done)
+/// 0ed ba 18 05               mov dx,0x518
+/// 0f0 66 ef                  out dx,eax
+/// 0f2 26 66 a3 64 00         mov es:0x64,eax               ; acknowledge
+/// 0f7 fe 06 00 06            inc BYTE PTR ds:0x600
+/// 0fb b0 20                  mov al,0x20                   ; EOI
+/// 0fd e6 20                  out 0x20,al
+/// 0ff 5a                     pop dx
+/// 100 66 58                  pop eax
+/// 102 cf                     iret
 /// ```
 #[rustfmt::skip]
-const GUEST_CODE: [u8; 0x8b] = [
-    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x80,
-    0xc7, 0x06, 0x94, 0x00, 0x6d, 0x10,
-    0xc7, 0x06, 0x96, 0x00, 0x00, 0x00,
-    0xb0, 0x11, 0xe6, 0x20, 0xb0, 0x20, 0xe6, 0x21,
-    0xb0, 0x04, 0xe6, 0x21, 0xb0, 0x01, 0xe6, 0x21,
-    0xb0, 0xdf, 0xe6, 0x21,
-    0xb8, 0x00, 0x10, 0x8e, 0xc0,
-    0x26, 0x66, 0xa1, 0x00, 0x00, 0xba, 0x10, 0x05, 0x66, 0xef,
-    0x26, 0x66, 0xc7, 0x06, 0x04, 0x00, 0x78, 0x56, 0x34, 0x12,
-    0x26, 0x66, 0xa1, 0x04, 0x00, 0xba, 0x14, 0x05, 0x66, 0xef,
-    0x26, 0x66, 0xc7, 0x06, 0x60, 0x00, 0x01, 0x00, 0x00, 0x00,
-    // wait:
-    0x80, 0x3e, 0x00, 0x06, 0x00, 0x75, 0x05, 0xfb, 0xf4, 0xfa, 0xeb, 0xf4,
-    // done:
-    0xa0, 0x00, 0x06, 0xba, 0x1c, 0x05, 0xee, 0xf4, 0xeb, 0xf6,
-    // isr:
-    0x66, 0x50, 0x52,
-    0x26, 0x66, 0xa1, 0x24, 0x00, 0xba, 0x18, 0x05, 0x66, 0xef,
-    0x26, 0x66, 0xa3, 0x64, 0x00,
-    0xfe, 0x06, 0x00, 0x06,
-    0xb0, 0x20, 0xe6, 0x20,
-    0x5a, 0x66, 0x58, 0xcf,
+const GUEST_CODE: [u8; 0x103] = [
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x80, 0xc7, 0x06,
+    0x94, 0x00, 0xe5, 0x10, 0xc7, 0x06, 0x96, 0x00, 0x00, 0x00, 0xb0, 0x11,
+    0xe6, 0x20, 0xb0, 0x20, 0xe6, 0x21, 0xb0, 0x04, 0xe6, 0x21, 0xb0, 0x01,
+    0xe6, 0x21, 0xb0, 0xdf, 0xe6, 0x21, 0xb8, 0x00, 0x10, 0x8e, 0xc0, 0x26,
+    0x66, 0xa1, 0x00, 0x00, 0xba, 0x10, 0x05, 0x66, 0xef, 0x26, 0x66, 0xc7,
+    0x06, 0x04, 0x00, 0x78, 0x56, 0x34, 0x12, 0x26, 0x66, 0xa1, 0x04, 0x00,
+    0xba, 0x14, 0x05, 0x66, 0xef, 0x26, 0x66, 0xc7, 0x06, 0x80, 0x00, 0x00,
+    0x20, 0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x88, 0x00, 0x00, 0x00, 0x04,
+    0x00, 0x26, 0x66, 0xc7, 0x06, 0x90, 0x00, 0x10, 0x00, 0x00, 0x00, 0x26,
+    0x66, 0xc7, 0x06, 0x98, 0x00, 0x01, 0x00, 0x00, 0x00, 0x26, 0x66, 0xa1,
+    0x98, 0x00, 0xa8, 0x01, 0x75, 0xf7, 0x26, 0x66, 0xc7, 0x06, 0x80, 0x00,
+    0x00, 0x00, 0x04, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x88, 0x00, 0x00, 0x30,
+    0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x90, 0x00, 0x10, 0x00, 0x00, 0x00,
+    0x26, 0x66, 0xc7, 0x06, 0x98, 0x00, 0x07, 0x00, 0x00, 0x00, 0x26, 0x66,
+    0xa1, 0x98, 0x00, 0xa8, 0x01, 0x75, 0xf7, 0x31, 0xdb, 0x66, 0x8b, 0x87,
+    0x00, 0x20, 0x66, 0x3b, 0x87, 0x00, 0x30, 0x75, 0x0c, 0x83, 0xc3, 0x04,
+    0x83, 0xfb, 0x10, 0x75, 0xec, 0xb0, 0x01, 0xeb, 0x02, 0xb0, 0x00, 0xba,
+    0x20, 0x05, 0xee, 0x80, 0x3e, 0x00, 0x06, 0x00, 0x75, 0x05, 0xfb, 0xf4,
+    0xfa, 0xeb, 0xf4, 0xa0, 0x00, 0x06, 0xba, 0x1c, 0x05, 0xee, 0xf4, 0xeb,
+    0xf6, 0x66, 0x50, 0x52, 0x26, 0x66, 0xa1, 0x24, 0x00, 0xba, 0x18, 0x05,
+    0x66, 0xef, 0x26, 0x66, 0xa3, 0x64, 0x00, 0xfe, 0x06, 0x00, 0x06, 0xb0,
+    0x20, 0xe6, 0x20, 0x5a, 0x66, 0x58, 0xcf,
 ];
 
 /// How the device's interrupt reached the guest (or the VMM).
@@ -201,6 +254,10 @@ struct Outcome {
     mmio_writes: u32,
     /// edu's interrupt status after the run (the handler acknowledges it).
     status_after: u32,
+    /// The guest's answer: did the bytes edu copied back match (1)?
+    dma_match: Option<u8>,
+    /// What the VMM found at [`DMA_BACK_GPA`] after the run.
+    dma_back: [u8; 16],
 }
 
 impl Outcome {
@@ -219,14 +276,22 @@ impl Outcome {
                 self.liveness, !LIVENESS_PATTERN
             ));
         }
+        if self.dma_match != Some(1) || self.dma_back != DMA_PATTERN {
+            failures.push(format!(
+                "DMA round trip: the guest answered {:?} (1: equal), guest RAM at {DMA_BACK_GPA:#x} holds {:?}, expected {:?}",
+                self.dma_match,
+                String::from_utf8_lossy(&self.dma_back),
+                String::from_utf8_lossy(&DMA_PATTERN)
+            ));
+        }
         match self.delivery {
             Delivery::Irqfd {
                 handler_runs: 1,
-                status: Some(1),
+                status: Some(EDU_DMA_IRQ),
             } if self.status_after == 0 => {}
             Delivery::EventfdRead(n) if n >= 1 => {}
             other => failures.push(format!(
-                "interrupt: {other:?}, status after the run {:#x}; expected the handler to run once, see status 0x1 and acknowledge it",
+                "interrupt: {other:?}, status after the run {:#x}; expected the handler to run once, see status {EDU_DMA_IRQ:#x} (DMA done) and acknowledge it",
                 self.status_after
             )),
         }
@@ -244,8 +309,6 @@ impl Outcome {
     }
 }
 
-/// The parts of the VM the vCPU thread owns. Field order is drop order:
-/// the vCPU and VM go before the RAM they map.
 /// How the guest reaches BAR0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Bar0Path {
@@ -255,10 +318,14 @@ enum Bar0Path {
     Trapped(String),
 }
 
+/// The parts of the VM the vCPU thread owns. Field order is drop order:
+/// the vCPU and VM go before the memory they map.
 struct Machine {
     vcpu: VcpuFd,
     vm: VmFd,
-    ram: DmaBuffer,
+    /// Guest RAM, DMA-mapped in the device's container at IOVA = GPA; the
+    /// guard unmaps it (and frees it) when the machine goes.
+    ram: OwnedDmaMapping<DynContainer>,
     /// The mmap of BAR0 behind memory slot 1, if any; declared after the
     /// VM, so it is unmapped only once the VM and its vCPU are gone.
     bar0_map: Option<MmapArea>,
@@ -273,7 +340,7 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-fn setup_machine(want_irqchip: bool) -> Result<Machine, BoxError> {
+fn setup_machine(want_irqchip: bool, container: &Arc<DynContainer>) -> Result<Machine, BoxError> {
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     // Intel CPUs without unrestricted guest run real mode through a TSS.
@@ -281,18 +348,22 @@ fn setup_machine(want_irqchip: bool) -> Result<Machine, BoxError> {
         .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
     let irqchip = want_irqchip && vm.create_irq_chip().is_ok();
 
-    let ram = DmaBuffer::new(RAM_SIZE)?;
-    ram.write(CODE_GPA, &GUEST_CODE)?;
+    let memory = DmaBuffer::new(RAM_SIZE)?;
+    memory.write(CODE_GPA, &GUEST_CODE)?;
+    memory.write(DMA_SOURCE_GPA, &DMA_PATTERN)?;
+    let ram = container
+        .map_buffer_owned(0, memory, DmaAccess::ReadWrite)
+        .map_err(|e| format!("DMA-map guest RAM at IOVA = GPA: {}", e.error))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
         guest_phys_addr: 0,
         memory_size: RAM_SIZE as u64,
-        userspace_addr: ram.as_ptr() as u64,
+        userspace_addr: ram.buffer().as_ptr() as u64,
     };
-    // SAFETY: `ram` is RAM_SIZE bytes of this process's memory and lives in
-    // `Machine` next to the VM, declared after it, so it is freed only once
-    // the VM and its vCPU are gone.
+    // SAFETY: `ram` owns RAM_SIZE bytes of this process's memory and lives
+    // in `Machine` next to the VM, declared after it, so it is freed only
+    // once the VM and its vCPU are gone.
     unsafe { vm.set_user_memory_region(region) }
         .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
 
@@ -386,6 +457,8 @@ struct Exits {
     identification: Option<u32>,
     liveness: Option<u32>,
     isr_status: Option<u32>,
+    dma_match: Option<u8>,
+    dma_back: [u8; 16],
     handler_runs: Option<u8>,
     eventfd_count: Option<u64>,
     handler_count_in_ram: u8,
@@ -415,6 +488,7 @@ fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Ex
             VcpuExit::IoOut(port::ID, data) => exits.identification = le_u32(data),
             VcpuExit::IoOut(port::LIVENESS, data) => exits.liveness = le_u32(data),
             VcpuExit::IoOut(port::ISR_STATUS, data) => exits.isr_status = le_u32(data),
+            VcpuExit::IoOut(port::DMA_MATCH, data) => exits.dma_match = data.first().copied(),
             VcpuExit::IoOut(port::DONE, data) => {
                 exits.handler_runs = data.first().copied();
                 return Ok(exits);
@@ -438,10 +512,6 @@ fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Ex
     Err("the guest did not finish within 10 000 exits".into())
 }
 
-/// Builds the VM, wires the device and runs the guest on its own thread,
-/// waiting at most `timeout` for it.
-/// `want_irqchip: false` skips `KVM_CREATE_IRQCHIP`, to exercise the path
-/// of a KVM without one.
 /// What to open: the mock edu, or a device by name (a PCI address).
 fn spec_for(device: Option<&str>) -> OpenSpec {
     match device {
@@ -450,13 +520,19 @@ fn spec_for(device: Option<&str>) -> OpenSpec {
     }
 }
 
+/// Builds the VM, wires the device and runs the guest on its own thread,
+/// waiting at most `timeout` for it.
+/// `want_irqchip: false` skips `KVM_CREATE_IRQCHIP`, to exercise the path
+/// of a KVM without one.
 fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Outcome, BoxError> {
     let opened: Opened = open(spec)?;
+    // Shared with the guest-RAM mapping the vCPU thread owns.
+    let container = Arc::new(opened.container);
     opened.device.set_bus_master(true)?; // memory decode + bus mastering
     let bar0 = opened.device.region(vfio_hal_facade::pci::region::BAR0)?;
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
-    let mut machine = setup_machine(want_irqchip)?;
+    let mut machine = setup_machine(want_irqchip, &container)?;
     let bar0_path = map_bar0(&mut machine, &bar0);
     let hook: Box<dyn Hypervisor> = match opened.backend {
         Backend::Mock => Box::new(MockHypervisor::new()),
@@ -480,8 +556,12 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
         let result = run_vcpu(&mut machine, &bar0, &efd).and_then(|mut exits| {
             // The handler's counter, straight from guest RAM.
             let mut flag = [0u8; 1];
-            machine.ram.read(HANDLER_COUNT_GPA, &mut flag)?;
+            machine.ram.buffer().read(HANDLER_COUNT_GPA, &mut flag)?;
             exits.handler_count_in_ram = flag[0];
+            machine
+                .ram
+                .buffer()
+                .read(DMA_BACK_GPA, &mut exits.dma_back)?;
             Ok((exits, machine.irqchip))
         });
         // Tear the route down before the eventfd goes.
@@ -524,6 +604,8 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
         mmio_reads: exits.mmio_reads,
         mmio_writes: exits.mmio_writes,
         status_after,
+        dma_match: exits.dma_match,
+        dma_back: exits.dma_back,
     })
 }
 
@@ -548,6 +630,15 @@ fn print(outcome: &Outcome) {
         "guest wrote liveness {LIVENESS_PATTERN:#010x}, read back {} (expected {:#010x})",
         hex(outcome.liveness),
         !LIVENESS_PATTERN
+    );
+    println!(
+        "DMA: edu copied guest RAM {DMA_SOURCE_GPA:#x} -> its buffer -> guest RAM {DMA_BACK_GPA:#x} (IOVA = GPA); the guest found them {}, the VMM reads {:?} there",
+        match outcome.dma_match {
+            Some(1) => "equal",
+            Some(_) => "different",
+            None => "(no answer)",
+        },
+        String::from_utf8_lossy(&outcome.dma_back)
     );
     match outcome.delivery {
         Delivery::Irqfd {
@@ -712,11 +803,13 @@ mod tests {
             liveness: Some(!LIVENESS_PATTERN),
             delivery: Delivery::Irqfd {
                 handler_runs: 1,
-                status: Some(1),
+                status: Some(EDU_DMA_IRQ),
             },
             mmio_reads: 3,
             mmio_writes: 3,
             status_after: 0,
+            dma_match: Some(1),
+            dma_back: DMA_PATTERN,
         };
         assert_eq!(good.check(), Ok(()));
         let wrong_id = Outcome {
@@ -739,12 +832,19 @@ mod tests {
             identification: Some(EDU_ID),
             delivery: Delivery::Irqfd {
                 handler_runs: 1,
-                status: Some(1),
+                status: Some(EDU_DMA_IRQ),
             },
             status_after: 1,
             ..no_irq
         };
         assert!(unacked.check().is_err());
+        let dma_lost = Outcome {
+            dma_back: [0; 16],
+            ..good.clone()
+        };
+        assert!(dma_lost
+            .check()
+            .is_err_and(|e| e.contains("DMA round trip")));
         let mapped_but_exiting = Outcome {
             bar0: Bar0Path::Mapped,
             ..good.clone()
@@ -758,7 +858,7 @@ mod tests {
     fn the_listing_matches_the_bytes() {
         // Spot checks that tie the listing to the array: the handler's
         // address in the vector table, and the handler's first and last bytes.
-        let isr = 0x6d;
+        let isr = 0xe5;
         assert_eq!(
             &GUEST_CODE[0x0e..0x10],
             &((CODE_GPA as u16) + isr).to_le_bytes()
@@ -767,5 +867,15 @@ mod tests {
         assert_eq!(GUEST_CODE.last(), Some(&0xcf));
         assert_eq!(&GUEST_CODE[0x35..0x37], &port::ID.to_le_bytes());
         assert_eq!(&GUEST_CODE[0x3f..0x43], &LIVENESS_PATTERN.to_le_bytes());
+        // The DMA source and destination in guest RAM, and the answer's port.
+        assert_eq!(
+            &GUEST_CODE[0x53..0x57],
+            &(DMA_SOURCE_GPA as u32).to_le_bytes()
+        );
+        assert_eq!(
+            &GUEST_CODE[0x8e..0x92],
+            &(DMA_BACK_GPA as u32).to_le_bytes()
+        );
+        assert_eq!(&GUEST_CODE[0xcc..0xce], &port::DMA_MATCH.to_le_bytes());
     }
 }
