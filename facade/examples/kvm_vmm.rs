@@ -30,7 +30,12 @@
 //!   and reads back the liveness register, reports both on I/O ports, then
 //!   has edu copy 16 bytes of its RAM into edu's buffer and back to another
 //!   place in its RAM (the second transfer raising edu's DMA interrupt),
-//!   compares the two, reports the answer and waits with `hlt`.
+//!   compares the two and reports the answer; takes the DMA interrupt,
+//!   then raises one through edu's raise register (`0x60`) and takes that
+//!   too. It times, with `rdtsc`, 64 reads of the identification register,
+//!   the DMA round trip, and the raised interrupt from the register write
+//!   to its handler; the VMM prints them (`--trap-bar` keeps BAR0 trapped
+//!   on a real device too, to compare).
 //! - The device's MSI goes to an eventfd (`VFIO_DEVICE_SET_IRQS`). Where KVM
 //!   has an in-kernel irqchip (`KVM_CREATE_IRQCHIP`), that eventfd is an
 //!   irqfd on GSI 5: KVM injects the interrupt without the VMM, the guest's
@@ -82,6 +87,8 @@ const DMA_BACK_GPA: u64 = 0x3000;
 const DMA_PATTERN: [u8; 16] = *b"vfio-hal DMA L2!";
 /// edu's interrupt status bit for a finished DMA transfer.
 const EDU_DMA_IRQ: u32 = 0x100;
+/// The status the guest raises through edu's raise register.
+const EDU_RAISED: u32 = 0x1;
 /// The GSI (PIC IRQ line) the device's MSI is routed to.
 const EDU_GSI: u32 = 5;
 /// The pattern the guest writes to edu's liveness register.
@@ -102,6 +109,13 @@ mod port {
     /// Whether the 16 bytes edu copied back equal the ones it copied out
     /// (one byte: 1 or 0).
     pub const DMA_MATCH: u16 = 0x520;
+    /// TSC cycles of 64 reads of the identification register.
+    pub const READ_CYCLES: u16 = 0x524;
+    /// TSC cycles of the DMA round trip (both transfers, with polling).
+    pub const DMA_CYCLES: u16 = 0x528;
+    /// TSC cycles from a write of the raise register to the handler (the
+    /// handler reports it each time; the raised interrupt's is the last).
+    pub const IRQ_CYCLES: u16 = 0x52c;
     /// The master 8259's command and data ports (KVM's in-kernel PIC
     /// serves them; without it they exit and are ignored).
     pub const PIC: [u16; 2] = [0x20, 0x21];
@@ -113,114 +127,152 @@ mod port {
 /// the code; jump targets are absolute.
 ///
 /// ```text
-/// 000 fa                     cli
-/// 001 31 c0                  xor ax,ax
-/// 003 8e d8                  mov ds,ax
-/// 005 8e d0                  mov ss,ax
-/// 007 bc 00 80               mov sp,0x8000
-/// 00a c7 06 94 00 e5 10      mov WORD PTR ds:0x94,0x10e5   ; IVT[0x25].ip = isr
-/// 010 c7 06 96 00 00 00      mov WORD PTR ds:0x96,0x0      ; IVT[0x25].cs = 0
-/// 016 b0 11                  mov al,0x11
-/// 018 e6 20                  out 0x20,al
-/// 01a b0 20                  mov al,0x20
-/// 01c e6 21                  out 0x21,al
-/// 01e b0 04                  mov al,0x4
-/// 020 e6 21                  out 0x21,al
-/// 022 b0 01                  mov al,0x1
-/// 024 e6 21                  out 0x21,al
-/// 026 b0 df                  mov al,0xdf
-/// 028 e6 21                  out 0x21,al
-/// 02a b8 00 10               mov ax,0x1000
-/// 02d 8e c0                  mov es,ax                     ; es:0 = BAR0 (GPA 0x10000)
-/// 02f 26 66 a1 00 00         mov eax,es:0x0                ; identification
-/// 034 ba 10 05               mov dx,0x510
-/// 037 66 ef                  out dx,eax
-/// 039 26 66 c7 06 04 00 78 56 34 12 mov DWORD PTR es:0x4,0x12345678 ; liveness
-/// 043 26 66 a1 04 00         mov eax,es:0x4
-/// 048 ba 14 05               mov dx,0x514
-/// 04b 66 ef                  out dx,eax
-/// 04d 26 66 c7 06 80 00 00 20 00 00 mov DWORD PTR es:0x80,0x2000 ; DMA source: guest RAM at 0x2000 (IOVA = GPA)
-/// 057 26 66 c7 06 88 00 00 00 04 00 mov DWORD PTR es:0x88,0x40000 ; destination: edu's buffer
-/// 061 26 66 c7 06 90 00 10 00 00 00 mov DWORD PTR es:0x90,0x10 ; 16 bytes
-/// 06b 26 66 c7 06 98 00 01 00 00 00 mov DWORD PTR es:0x98,0x1 ; start, RAM -> device
+/// 000 fa                             cli
+/// 001 31 c0                          xor ax,ax
+/// 003 8e d8                          mov ds,ax
+/// 005 8e d0                          mov ss,ax
+/// 007 bc 00 80                       mov sp,0x8000
+/// 00a c7 06 94 00 29 11              mov WORD PTR ds:0x94,isr          ; IVT[0x25].ip = isr
+/// 010 c7 06 96 00 00 00              mov WORD PTR ds:0x96,0x0          ; IVT[0x25].cs = 0
+/// 016 b0 11                          mov al,0x11                       ; ICW1: edge, cascade, ICW4
+/// 018 e6 20                          out 0x20,al
+/// 01a b0 20                          mov al,0x20                       ; ICW2: vectors 0x20..0x27
+/// 01c e6 21                          out 0x21,al
+/// 01e b0 04                          mov al,0x4                        ; ICW3: slave on IRQ 2
+/// 020 e6 21                          out 0x21,al
+/// 022 b0 01                          mov al,0x1                        ; ICW4: 8086 mode
+/// 024 e6 21                          out 0x21,al
+/// 026 b0 df                          mov al,0xdf                       ; mask all but IRQ 5
+/// 028 e6 21                          out 0x21,al
+/// 02a b8 00 10                       mov ax,0x1000
+/// 02d 8e c0                          mov es,ax                         ; es:0 = BAR0 (GPA 0x10000)
+/// 02f 26 66 a1 00 00                 mov eax,es:0x0                    ; identification
+/// 034 ba 10 05                       mov dx,0x510
+/// 037 66 ef                          out dx,eax
+/// 039 26 66 c7 06 04 00 78 56 34 12  mov DWORD PTR es:0x4,0x12345678   ; liveness
+/// 043 26 66 a1 04 00                 mov eax,es:0x4
+/// 048 ba 14 05                       mov dx,0x514
+/// 04b 66 ef                          out dx,eax
+/// 04d 0f 31                          rdtsc                             ; time 64 reads of the identification register
+/// 04f 66 89 c3                       mov ebx,eax
+/// 052 b9 40 00                       mov cx,0x40
+/// reads:
+/// 055 26 66 a1 00 00                 mov eax,es:0x0
+/// 05a e2 f9                          loop reads
+/// 05c 0f 31                          rdtsc
+/// 05e 66 29 d8                       sub eax,ebx
+/// 061 ba 24 05                       mov dx,0x524                      ; cycles
+/// 064 66 ef                          out dx,eax
+/// 066 0f 31                          rdtsc                             ; time the DMA round trip
+/// 068 66 89 c3                       mov ebx,eax
+/// 06b 26 66 c7 06 80 00 00 20 00 00  mov DWORD PTR es:0x80,0x2000      ; source: guest RAM (IOVA = GPA)
+/// 075 26 66 c7 06 88 00 00 00 04 00  mov DWORD PTR es:0x88,0x40000     ; destination: edu's buffer
+/// 07f 26 66 c7 06 90 00 10 00 00 00  mov DWORD PTR es:0x90,0x10        ; 16 bytes
+/// 089 26 66 c7 06 98 00 01 00 00 00  mov DWORD PTR es:0x98,0x1         ; start, RAM -> device
 /// to_dev:
-/// 075 26 66 a1 98 00         mov eax,es:0x98               ; poll the command register (4-byte read)
-/// 07a a8 01                  test al,0x1
-/// 07c 75 f7                  jne 0x1075
-/// 07e 26 66 c7 06 80 00 00 00 04 00 mov DWORD PTR es:0x80,0x40000 ; source: edu's buffer
-/// 088 26 66 c7 06 88 00 00 30 00 00 mov DWORD PTR es:0x88,0x3000 ; destination: guest RAM at 0x3000
-/// 092 26 66 c7 06 90 00 10 00 00 00 mov DWORD PTR es:0x90,0x10
-/// 09c 26 66 c7 06 98 00 07 00 00 00 mov DWORD PTR es:0x98,0x7 ; start, device -> RAM, interrupt when done
+/// 093 26 66 a1 98 00                 mov eax,es:0x98                   ; poll the command register (4-byte reads)
+/// 098 a8 01                          test al,0x1
+/// 09a 75 f7                          jne to_dev
+/// 09c 26 66 c7 06 80 00 00 00 04 00  mov DWORD PTR es:0x80,0x40000     ; source: edu's buffer
+/// 0a6 26 66 c7 06 88 00 00 30 00 00  mov DWORD PTR es:0x88,0x3000      ; destination: guest RAM
+/// 0b0 26 66 c7 06 90 00 10 00 00 00  mov DWORD PTR es:0x90,0x10
+/// 0ba 26 66 c7 06 98 00 07 00 00 00  mov DWORD PTR es:0x98,0x7         ; start, device -> RAM, interrupt when done
 /// to_ram:
-/// 0a6 26 66 a1 98 00         mov eax,es:0x98
-/// 0ab a8 01                  test al,0x1
-/// 0ad 75 f7                  jne 0x10a6
-/// 0af 31 db                  xor bx,bx
+/// 0c4 26 66 a1 98 00                 mov eax,es:0x98
+/// 0c9 a8 01                          test al,0x1
+/// 0cb 75 f7                          jne to_ram
+/// 0cd 0f 31                          rdtsc
+/// 0cf 66 29 d8                       sub eax,ebx
+/// 0d2 ba 28 05                       mov dx,0x528                      ; cycles
+/// 0d5 66 ef                          out dx,eax
+/// 0d7 31 db                          xor bx,bx
 /// compare:
-/// 0b1 66 8b 87 00 20         mov eax,DWORD PTR [bx+0x2000] ; the 16 bytes came back?
-/// 0b6 66 3b 87 00 30         cmp eax,DWORD PTR [bx+0x3000]
-/// 0bb 75 0c                  jne 0x10c9
-/// 0bd 83 c3 04               add bx,0x4
-/// 0c0 83 fb 10               cmp bx,0x10
-/// 0c3 75 ec                  jne 0x10b1
-/// 0c5 b0 01                  mov al,0x1
-/// 0c7 eb 02                  jmp 0x10cb
+/// 0d9 66 8b 87 00 20                 mov eax,DWORD PTR [bx+0x2000]     ; did the 16 bytes come back?
+/// 0de 66 3b 87 00 30                 cmp eax,DWORD PTR [bx+0x3000]
+/// 0e3 75 0c                          jne differ
+/// 0e5 83 c3 04                       add bx,0x4
+/// 0e8 83 fb 10                       cmp bx,0x10
+/// 0eb 75 ec                          jne compare
+/// 0ed b0 01                          mov al,0x1
+/// 0ef eb 02                          jmp report
 /// differ:
-/// 0c9 b0 00                  mov al,0x0
+/// 0f1 b0 00                          mov al,0x0
 /// report:
-/// 0cb ba 20 05               mov dx,0x520                  ; 1: they did, 0: they did not
-/// 0ce ee                     out dx,al
-/// wait:
-/// 0cf 80 3e 00 06 00         cmp BYTE PTR ds:0x600,0x0     ; handler ran?
-/// 0d4 75 05                  jne 0x10db
-/// 0d6 fb                     sti                           ; sti; hlt: no lost wakeup
-/// 0d7 f4                     hlt
-/// 0d8 fa                     cli
-/// 0d9 eb f4                  jmp 0x10cf
+/// 0f3 ba 20 05                       mov dx,0x520                      ; 1: yes, 0: no
+/// 0f6 ee                             out dx,al
+/// dma_irq:
+/// 0f7 80 3e 00 06 01                 cmp BYTE PTR ds:0x600,0x1         ; the DMA interrupt taken?
+/// 0fc 73 05                          jae raise
+/// 0fe fb                             sti                               ; sti; hlt: no lost wakeup
+/// 0ff f4                             hlt
+/// 100 fa                             cli
+/// 101 eb f4                          jmp dma_irq
+/// raise:
+/// 103 0f 31                          rdtsc                             ; time an interrupt: raise it
+/// 105 66 a3 00 07                    mov ds:0x700,eax
+/// 109 26 66 c7 06 60 00 01 00 00 00  mov DWORD PTR es:0x60,0x1
+/// raised:
+/// 113 80 3e 00 06 02                 cmp BYTE PTR ds:0x600,0x2         ; the raised one taken?
+/// 118 73 05                          jae done
+/// 11a fb                             sti
+/// 11b f4                             hlt
+/// 11c fa                             cli
+/// 11d eb f4                          jmp raised
 /// done:
-/// 0db a0 00 06               mov al,ds:0x600
-/// 0de ba 1c 05               mov dx,0x51c
-/// 0e1 ee                     out dx,al
-/// 0e2 f4                     hlt
-/// 0e3 eb f6                  jmp 0x10db
+/// 11f a0 00 06                       mov al,ds:0x600                   ; report the handler count
+/// 122 ba 1c 05                       mov dx,0x51c
+/// 125 ee                             out dx,al
+/// 126 f4                             hlt
+/// 127 eb f6                          jmp done
 /// isr:
-/// 0e5 66 50                  push eax                      ; vector 0x25 (IRQ 5)
-/// 0e7 52                     push dx
-/// 0e8 26 66 a1 24 00         mov eax,es:0x24               ; interrupt status (0x100: DMA done)
-/// 0ed ba 18 05               mov dx,0x518
-/// 0f0 66 ef                  out dx,eax
-/// 0f2 26 66 a3 64 00         mov es:0x64,eax               ; acknowledge
-/// 0f7 fe 06 00 06            inc BYTE PTR ds:0x600
-/// 0fb b0 20                  mov al,0x20                   ; EOI
-/// 0fd e6 20                  out 0x20,al
-/// 0ff 5a                     pop dx
-/// 100 66 58                  pop eax
-/// 102 cf                     iret
+/// 129 66 50                          push eax
+/// 12b 66 52                          push edx
+/// 12d 0f 31                          rdtsc                             ; cycles since the raise
+/// 12f 66 2b 06 00 07                 sub eax,DWORD PTR ds:0x700
+/// 134 ba 2c 05                       mov dx,0x52c
+/// 137 66 ef                          out dx,eax
+/// 139 26 66 a1 24 00                 mov eax,es:0x24                   ; interrupt status: 0x100 DMA, 0x1 raised
+/// 13e ba 18 05                       mov dx,0x518
+/// 141 66 ef                          out dx,eax
+/// 143 26 66 a3 64 00                 mov es:0x64,eax                   ; acknowledge
+/// 148 fe 06 00 06                    inc BYTE PTR ds:0x600
+/// 14c b0 20                          mov al,0x20                       ; EOI
+/// 14e e6 20                          out 0x20,al
+/// 150 66 5a                          pop edx
+/// 152 66 58                          pop eax
+/// 154 cf                             iret
 /// ```
 #[rustfmt::skip]
-const GUEST_CODE: [u8; 0x103] = [
+const GUEST_CODE: [u8; 0x155] = [
     0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x80, 0xc7, 0x06,
-    0x94, 0x00, 0xe5, 0x10, 0xc7, 0x06, 0x96, 0x00, 0x00, 0x00, 0xb0, 0x11,
+    0x94, 0x00, 0x29, 0x11, 0xc7, 0x06, 0x96, 0x00, 0x00, 0x00, 0xb0, 0x11,
     0xe6, 0x20, 0xb0, 0x20, 0xe6, 0x21, 0xb0, 0x04, 0xe6, 0x21, 0xb0, 0x01,
     0xe6, 0x21, 0xb0, 0xdf, 0xe6, 0x21, 0xb8, 0x00, 0x10, 0x8e, 0xc0, 0x26,
     0x66, 0xa1, 0x00, 0x00, 0xba, 0x10, 0x05, 0x66, 0xef, 0x26, 0x66, 0xc7,
     0x06, 0x04, 0x00, 0x78, 0x56, 0x34, 0x12, 0x26, 0x66, 0xa1, 0x04, 0x00,
-    0xba, 0x14, 0x05, 0x66, 0xef, 0x26, 0x66, 0xc7, 0x06, 0x80, 0x00, 0x00,
-    0x20, 0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x88, 0x00, 0x00, 0x00, 0x04,
-    0x00, 0x26, 0x66, 0xc7, 0x06, 0x90, 0x00, 0x10, 0x00, 0x00, 0x00, 0x26,
-    0x66, 0xc7, 0x06, 0x98, 0x00, 0x01, 0x00, 0x00, 0x00, 0x26, 0x66, 0xa1,
-    0x98, 0x00, 0xa8, 0x01, 0x75, 0xf7, 0x26, 0x66, 0xc7, 0x06, 0x80, 0x00,
-    0x00, 0x00, 0x04, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x88, 0x00, 0x00, 0x30,
-    0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x90, 0x00, 0x10, 0x00, 0x00, 0x00,
-    0x26, 0x66, 0xc7, 0x06, 0x98, 0x00, 0x07, 0x00, 0x00, 0x00, 0x26, 0x66,
-    0xa1, 0x98, 0x00, 0xa8, 0x01, 0x75, 0xf7, 0x31, 0xdb, 0x66, 0x8b, 0x87,
-    0x00, 0x20, 0x66, 0x3b, 0x87, 0x00, 0x30, 0x75, 0x0c, 0x83, 0xc3, 0x04,
-    0x83, 0xfb, 0x10, 0x75, 0xec, 0xb0, 0x01, 0xeb, 0x02, 0xb0, 0x00, 0xba,
-    0x20, 0x05, 0xee, 0x80, 0x3e, 0x00, 0x06, 0x00, 0x75, 0x05, 0xfb, 0xf4,
-    0xfa, 0xeb, 0xf4, 0xa0, 0x00, 0x06, 0xba, 0x1c, 0x05, 0xee, 0xf4, 0xeb,
-    0xf6, 0x66, 0x50, 0x52, 0x26, 0x66, 0xa1, 0x24, 0x00, 0xba, 0x18, 0x05,
-    0x66, 0xef, 0x26, 0x66, 0xa3, 0x64, 0x00, 0xfe, 0x06, 0x00, 0x06, 0xb0,
-    0x20, 0xe6, 0x20, 0x5a, 0x66, 0x58, 0xcf,
+    0xba, 0x14, 0x05, 0x66, 0xef, 0x0f, 0x31, 0x66, 0x89, 0xc3, 0xb9, 0x40,
+    0x00, 0x26, 0x66, 0xa1, 0x00, 0x00, 0xe2, 0xf9, 0x0f, 0x31, 0x66, 0x29,
+    0xd8, 0xba, 0x24, 0x05, 0x66, 0xef, 0x0f, 0x31, 0x66, 0x89, 0xc3, 0x26,
+    0x66, 0xc7, 0x06, 0x80, 0x00, 0x00, 0x20, 0x00, 0x00, 0x26, 0x66, 0xc7,
+    0x06, 0x88, 0x00, 0x00, 0x00, 0x04, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x90,
+    0x00, 0x10, 0x00, 0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x98, 0x00, 0x01,
+    0x00, 0x00, 0x00, 0x26, 0x66, 0xa1, 0x98, 0x00, 0xa8, 0x01, 0x75, 0xf7,
+    0x26, 0x66, 0xc7, 0x06, 0x80, 0x00, 0x00, 0x00, 0x04, 0x00, 0x26, 0x66,
+    0xc7, 0x06, 0x88, 0x00, 0x00, 0x30, 0x00, 0x00, 0x26, 0x66, 0xc7, 0x06,
+    0x90, 0x00, 0x10, 0x00, 0x00, 0x00, 0x26, 0x66, 0xc7, 0x06, 0x98, 0x00,
+    0x07, 0x00, 0x00, 0x00, 0x26, 0x66, 0xa1, 0x98, 0x00, 0xa8, 0x01, 0x75,
+    0xf7, 0x0f, 0x31, 0x66, 0x29, 0xd8, 0xba, 0x28, 0x05, 0x66, 0xef, 0x31,
+    0xdb, 0x66, 0x8b, 0x87, 0x00, 0x20, 0x66, 0x3b, 0x87, 0x00, 0x30, 0x75,
+    0x0c, 0x83, 0xc3, 0x04, 0x83, 0xfb, 0x10, 0x75, 0xec, 0xb0, 0x01, 0xeb,
+    0x02, 0xb0, 0x00, 0xba, 0x20, 0x05, 0xee, 0x80, 0x3e, 0x00, 0x06, 0x01,
+    0x73, 0x05, 0xfb, 0xf4, 0xfa, 0xeb, 0xf4, 0x0f, 0x31, 0x66, 0xa3, 0x00,
+    0x07, 0x26, 0x66, 0xc7, 0x06, 0x60, 0x00, 0x01, 0x00, 0x00, 0x00, 0x80,
+    0x3e, 0x00, 0x06, 0x02, 0x73, 0x05, 0xfb, 0xf4, 0xfa, 0xeb, 0xf4, 0xa0,
+    0x00, 0x06, 0xba, 0x1c, 0x05, 0xee, 0xf4, 0xeb, 0xf6, 0x66, 0x50, 0x66,
+    0x52, 0x0f, 0x31, 0x66, 0x2b, 0x06, 0x00, 0x07, 0xba, 0x2c, 0x05, 0x66,
+    0xef, 0x26, 0x66, 0xa1, 0x24, 0x00, 0xba, 0x18, 0x05, 0x66, 0xef, 0x26,
+    0x66, 0xa3, 0x64, 0x00, 0xfe, 0x06, 0x00, 0x06, 0xb0, 0x20, 0xe6, 0x20,
+    0x66, 0x5a, 0x66, 0x58, 0xcf,
 ];
 
 /// How the device's interrupt reached the guest (or the VMM).
@@ -230,7 +282,10 @@ enum Delivery {
     /// this many times and saw this interrupt status.
     Irqfd {
         handler_runs: u8,
-        status: Option<u32>,
+        /// The status the first run saw (edu's DMA interrupt).
+        dma_status: Option<u32>,
+        /// The status the second run saw (the raised interrupt).
+        raised_status: Option<u32>,
     },
     /// No in-kernel irqchip: the VMM read this count from the eventfd.
     EventfdRead(u64),
@@ -258,6 +313,38 @@ struct Outcome {
     dma_match: Option<u8>,
     /// What the VMM found at [`DMA_BACK_GPA`] after the run.
     dma_back: [u8; 16],
+    /// What the guest timed.
+    timing: Timing,
+}
+
+/// The guest's `rdtsc` figures, and the TSC rate to turn them into time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    tsc_khz: Option<u32>,
+    read_cycles: Option<u32>,
+    dma_cycles: Option<u32>,
+    irq_cycles: Option<u32>,
+}
+
+impl Timing {
+    /// `cycles` in nanoseconds, divided by `per`.
+    fn ns(&self, cycles: Option<u32>, per: u32) -> Option<f64> {
+        let khz = f64::from(self.tsc_khz?);
+        Some(f64::from(cycles?) * 1e6 / khz / f64::from(per))
+    }
+
+    /// One 4-byte register read, in ns.
+    fn read_ns(&self) -> Option<f64> {
+        self.ns(self.read_cycles, 64)
+    }
+
+    fn dma_ns(&self) -> Option<f64> {
+        self.ns(self.dma_cycles, 1)
+    }
+
+    fn irq_ns(&self) -> Option<f64> {
+        self.ns(self.irq_cycles, 1)
+    }
 }
 
 impl Outcome {
@@ -286,12 +373,13 @@ impl Outcome {
         }
         match self.delivery {
             Delivery::Irqfd {
-                handler_runs: 1,
-                status: Some(EDU_DMA_IRQ),
+                handler_runs: 2,
+                dma_status: Some(EDU_DMA_IRQ),
+                raised_status: Some(EDU_RAISED),
             } if self.status_after == 0 => {}
             Delivery::EventfdRead(n) if n >= 1 => {}
             other => failures.push(format!(
-                "interrupt: {other:?}, status after the run {:#x}; expected the handler to run once, see status {EDU_DMA_IRQ:#x} (DMA done) and acknowledge it",
+                "interrupt: {other:?}, status after the run {:#x}; expected the handler to run twice, see status {EDU_DMA_IRQ:#x} (DMA done), then {EDU_RAISED:#x} (raised), and acknowledge both",
                 self.status_after
             )),
         }
@@ -456,8 +544,9 @@ fn map_bar0(machine: &mut Machine, bar0: &DynRegion) -> Bar0Path {
 struct Exits {
     identification: Option<u32>,
     liveness: Option<u32>,
-    isr_status: Option<u32>,
+    isr_statuses: Vec<u32>,
     dma_match: Option<u8>,
+    timing: Timing,
     dma_back: [u8; 16],
     handler_runs: Option<u8>,
     eventfd_count: Option<u64>,
@@ -475,6 +564,7 @@ fn le_u32(data: &[u8]) -> Option<u32> {
 fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Exits, BoxError> {
     let window = BAR0_GPA..BAR0_GPA + BAR0_WINDOW;
     let mut exits = Exits::default();
+    exits.timing.tsc_khz = machine.vcpu.get_tsc_khz().ok();
     for _ in 0..10_000 {
         match machine.vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
             VcpuExit::MmioRead(addr, data) if window.contains(&addr) => {
@@ -487,7 +577,10 @@ fn run_vcpu(machine: &mut Machine, bar0: &DynRegion, efd: &EventFd) -> Result<Ex
             }
             VcpuExit::IoOut(port::ID, data) => exits.identification = le_u32(data),
             VcpuExit::IoOut(port::LIVENESS, data) => exits.liveness = le_u32(data),
-            VcpuExit::IoOut(port::ISR_STATUS, data) => exits.isr_status = le_u32(data),
+            VcpuExit::IoOut(port::ISR_STATUS, data) => exits.isr_statuses.extend(le_u32(data)),
+            VcpuExit::IoOut(port::READ_CYCLES, data) => exits.timing.read_cycles = le_u32(data),
+            VcpuExit::IoOut(port::DMA_CYCLES, data) => exits.timing.dma_cycles = le_u32(data),
+            VcpuExit::IoOut(port::IRQ_CYCLES, data) => exits.timing.irq_cycles = le_u32(data),
             VcpuExit::IoOut(port::DMA_MATCH, data) => exits.dma_match = data.first().copied(),
             VcpuExit::IoOut(port::DONE, data) => {
                 exits.handler_runs = data.first().copied();
@@ -524,7 +617,12 @@ fn spec_for(device: Option<&str>) -> OpenSpec {
 /// waiting at most `timeout` for it.
 /// `want_irqchip: false` skips `KVM_CREATE_IRQCHIP`, to exercise the path
 /// of a KVM without one.
-fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Outcome, BoxError> {
+fn run_vmm(
+    spec: &OpenSpec,
+    want_irqchip: bool,
+    map_bar: bool,
+    timeout: Duration,
+) -> Result<Outcome, BoxError> {
     let opened: Opened = open(spec)?;
     // Shared with the guest-RAM mapping the vCPU thread owns.
     let container = Arc::new(opened.container);
@@ -533,7 +631,11 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
     let mut machine = setup_machine(want_irqchip, &container)?;
-    let bar0_path = map_bar0(&mut machine, &bar0);
+    let bar0_path = if map_bar {
+        map_bar0(&mut machine, &bar0)
+    } else {
+        Bar0Path::Trapped("asked to trap it (--trap-bar)".into())
+    };
     let hook: Box<dyn Hypervisor> = match opened.backend {
         Backend::Mock => Box::new(MockHypervisor::new()),
         _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
@@ -586,7 +688,8 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
         (true, _) => match exits.handler_runs {
             Some(n) if n > 0 && n == exits.handler_count_in_ram => Delivery::Irqfd {
                 handler_runs: n,
-                status: exits.isr_status,
+                dma_status: exits.isr_statuses.first().copied(),
+                raised_status: exits.isr_statuses.get(1).copied(),
             },
             _ => Delivery::None,
         },
@@ -606,6 +709,7 @@ fn run_vmm(spec: &OpenSpec, want_irqchip: bool, timeout: Duration) -> Result<Out
         status_after,
         dma_match: exits.dma_match,
         dma_back: exits.dma_back,
+        timing: exits.timing,
     })
 }
 
@@ -643,10 +747,12 @@ fn print(outcome: &Outcome) {
     match outcome.delivery {
         Delivery::Irqfd {
             handler_runs,
-            status,
+            dma_status,
+            raised_status,
         } => println!(
-            "interrupt: MSI eventfd -> KVM irqfd GSI {EDU_GSI} -> in-kernel PIC -> guest handler ran {handler_runs} time(s), saw status {}, acknowledged it (status now {:#x})",
-            hex(status),
+            "interrupt: MSI eventfd -> KVM irqfd GSI {EDU_GSI} -> in-kernel PIC -> guest handler ran {handler_runs} time(s), saw status {} then {}, acknowledged them (status now {:#x})",
+            hex(dma_status),
+            hex(raised_status),
             outcome.status_after
         ),
         Delivery::EventfdRead(n) => println!(
@@ -658,16 +764,28 @@ fn print(outcome: &Outcome) {
         "MMIO exits forwarded to the hal region: {} reads, {} writes",
         outcome.mmio_reads, outcome.mmio_writes
     );
+    let t = &outcome.timing;
+    let shown =
+        |ns: Option<f64>| ns.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.0} ns"));
+    println!(
+        "guest-timed (TSC at {} kHz): register read {}, DMA round trip {}, interrupt raise -> handler {}",
+        t.tsc_khz.map_or_else(|| "?".to_owned(), |k| k.to_string()),
+        shown(t.read_ns()),
+        shown(t.dma_ns()),
+        shown(t.irq_ns())
+    );
 }
 
 #[cfg_attr(test, allow(dead_code))]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want_irqchip = !args.iter().any(|a| a == "--no-irqchip");
+    let map_bar = !args.iter().any(|a| a == "--trap-bar");
     let device = args.iter().find(|a| !a.starts_with("--"));
     match run_vmm(
         &spec_for(device.map(String::as_str)),
         want_irqchip,
+        map_bar,
         Duration::from_secs(10),
     ) {
         Ok(outcome) => {
@@ -726,7 +844,7 @@ mod tests {
             return;
         }
         let outcome =
-            run_vmm(&spec_for(None), true, Duration::from_secs(20)).expect("the VMM runs");
+            run_vmm(&spec_for(None), true, true, Duration::from_secs(20)).expect("the VMM runs");
         print(&outcome);
         if let Err(e) = outcome.check() {
             panic!("{e}: {outcome:?}");
@@ -752,7 +870,7 @@ mod tests {
             return;
         }
         let outcome =
-            run_vmm(&spec_for(None), false, Duration::from_secs(20)).expect("the VMM runs");
+            run_vmm(&spec_for(None), false, true, Duration::from_secs(20)).expect("the VMM runs");
         print(&outcome);
         if let Err(e) = outcome.check() {
             panic!("{e}: {outcome:?}");
@@ -762,32 +880,56 @@ mod tests {
 
     /// In the lane's guest (nested KVM under TCG): the same VMM on the
     /// guest's real edu, through each real backend, its VFIO file added to
-    /// KVM and the MSI injected by KVM's irqfd.
+    /// KVM, guest RAM DMA-mapped at IOVA = GPA and the MSI injected by
+    /// KVM's irqfd; once with BAR0 a memory slot and once trapped, and the
+    /// guest's timings of both printed side by side (a `passthrough(...)`
+    /// line per backend).
     #[test]
     #[cfg_attr(
         not(vfio_hal_guest),
         ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
     )]
-    fn the_vmm_drives_the_lanes_real_edu_through_each_backend_with_kvm_told() {
+    fn the_vmm_passes_the_lanes_real_edu_through_each_backend_to_a_kvm_guest() {
         assert!(kvm_usable("lane"), "the lane's guest kernel has KVM");
+        let kernel = vfio_hal_guest_tests::lane_env(vfio_hal_guest_tests::KERNEL);
         let edu = vfio_hal_guest_tests::lane_env(vfio_hal_guest_tests::EDU_BDF);
         for backend in [Backend::Legacy, Backend::Iommufd] {
             let spec = OpenSpec::new(edu.as_str()).with_backend(backend);
-            let outcome = run_vmm(&spec, true, Duration::from_secs(60))
-                .unwrap_or_else(|e| panic!("{backend}: {e}"));
-            print(&outcome);
-            if let Err(e) = outcome.check() {
-                panic!("{backend}: {e}: {outcome:?}");
-            }
-            assert_eq!((outcome.backend, outcome.hypervisor), (backend, "kvm"));
+            let run = |map_bar| {
+                let outcome = run_vmm(&spec, true, map_bar, Duration::from_secs(120))
+                    .unwrap_or_else(|e| panic!("{backend}: {e}"));
+                print(&outcome);
+                if let Err(e) = outcome.check() {
+                    panic!("{backend}: {e}: {outcome:?}");
+                }
+                assert_eq!((outcome.backend, outcome.hypervisor), (backend, "kvm"));
+                assert!(
+                    matches!(outcome.delivery, Delivery::Irqfd { .. }),
+                    "{backend}: {outcome:?}"
+                );
+                outcome
+            };
+            let mapped = run(true);
             assert_eq!(
-                outcome.bar0,
+                mapped.bar0,
                 Bar0Path::Mapped,
                 "{backend}: the BAR is mappable"
             );
-            assert!(
-                matches!(outcome.delivery, Delivery::Irqfd { .. }),
-                "{backend}: {outcome:?}"
+            let trapped = run(false);
+            assert!(trapped.mmio_reads >= 64, "{backend}: {trapped:?}");
+            let figure = |ns: Option<f64>| ns.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+            let ratio = match (trapped.timing.read_ns(), mapped.timing.read_ns()) {
+                (Some(t), Some(m)) if m > 0.0 => format!("{:.1}", t / m),
+                _ => "?".to_owned(),
+            };
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "passthrough({kernel}, {backend}): L2 register read {} ns mapped, {} ns trapped ({ratio}x); DMA round trip {} ns; interrupt raise -> L2 handler {} ns (mapped run)",
+                figure(mapped.timing.read_ns()),
+                figure(trapped.timing.read_ns()),
+                figure(mapped.timing.dma_ns()),
+                figure(mapped.timing.irq_ns()),
             );
         }
     }
@@ -802,14 +944,16 @@ mod tests {
             identification: Some(EDU_ID),
             liveness: Some(!LIVENESS_PATTERN),
             delivery: Delivery::Irqfd {
-                handler_runs: 1,
-                status: Some(EDU_DMA_IRQ),
+                handler_runs: 2,
+                dma_status: Some(EDU_DMA_IRQ),
+                raised_status: Some(EDU_RAISED),
             },
             mmio_reads: 3,
             mmio_writes: 3,
             status_after: 0,
             dma_match: Some(1),
             dma_back: DMA_PATTERN,
+            timing: Timing::default(),
         };
         assert_eq!(good.check(), Ok(()));
         let wrong_id = Outcome {
@@ -831,8 +975,9 @@ mod tests {
         let unacked = Outcome {
             identification: Some(EDU_ID),
             delivery: Delivery::Irqfd {
-                handler_runs: 1,
-                status: Some(EDU_DMA_IRQ),
+                handler_runs: 2,
+                dma_status: Some(EDU_DMA_IRQ),
+                raised_status: Some(EDU_RAISED),
             },
             status_after: 1,
             ..no_irq
@@ -858,7 +1003,7 @@ mod tests {
     fn the_listing_matches_the_bytes() {
         // Spot checks that tie the listing to the array: the handler's
         // address in the vector table, and the handler's first and last bytes.
-        let isr = 0xe5;
+        let isr = 0x129;
         assert_eq!(
             &GUEST_CODE[0x0e..0x10],
             &((CODE_GPA as u16) + isr).to_le_bytes()
@@ -869,13 +1014,14 @@ mod tests {
         assert_eq!(&GUEST_CODE[0x3f..0x43], &LIVENESS_PATTERN.to_le_bytes());
         // The DMA source and destination in guest RAM, and the answer's port.
         assert_eq!(
-            &GUEST_CODE[0x53..0x57],
+            &GUEST_CODE[0x71..0x75],
             &(DMA_SOURCE_GPA as u32).to_le_bytes()
         );
         assert_eq!(
-            &GUEST_CODE[0x8e..0x92],
+            &GUEST_CODE[0xac..0xb0],
             &(DMA_BACK_GPA as u32).to_le_bytes()
         );
-        assert_eq!(&GUEST_CODE[0xcc..0xce], &port::DMA_MATCH.to_le_bytes());
+        assert_eq!(&GUEST_CODE[0xf4..0xf6], &port::DMA_MATCH.to_le_bytes());
+        assert_eq!(&GUEST_CODE[0x135..0x137], &port::IRQ_CYCLES.to_le_bytes());
     }
 }
