@@ -23,6 +23,10 @@ macro_rules! forward {
             fn info(&self) -> &RegionInfo { (**self).info() }
             fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { (**self).read(offset, buf) }
             fn write(&self, offset: u64, data: &[u8]) -> Result<()> { (**self).write(offset, data) }
+            #[inline]
+            fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> { (**self).read_scalar(offset, size) }
+            #[inline]
+            fn write_scalar(&self, offset: u64, size: usize, value: u64) -> Result<()> { (**self).write_scalar(offset, size, value) }
             fn mmap(&self) -> Result<Vec<MmapArea>> { (**self).mmap() }
             fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> { (**self).mmap_area(area, protection) }
         }
