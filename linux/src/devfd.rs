@@ -123,6 +123,10 @@ const FAST_OFF: u64 = 1 << 2;
 /// A low-power entry is on its way or done (vfio-pci zaps BAR mmaps).
 const LOW_POWER: u64 = 1 << 3;
 const DECODE_GENERATION: u64 = 1 << 4;
+/// The bits of `Shared::state` that decide whether a BAR mmap may be
+/// touched: it may while they read `DECODE_ON` (a device that is not PCI
+/// has no decode to know and keeps `DECODE_ON`).
+const TOUCH_MASK: u64 = FAST_OFF | LOW_POWER | DECODE_STATE;
 
 /// State shared by a device and every region and irq handle of it.
 struct Shared {
@@ -232,6 +236,7 @@ impl Shared {
     }
 
     /// Whether a BAR mmap may be touched now (see the module docs).
+    #[inline]
     fn fast_path_allowed(&self, index: u32) -> bool {
         let seen = self.state.load(Ordering::Acquire);
         if seen & FAST_OFF != 0 {
@@ -246,17 +251,23 @@ impl Shared {
         match seen & DECODE_STATE {
             DECODE_ON => true,
             DECODE_OFF => false,
-            _ => {
-                let on = self.read_memory_decode().unwrap_or(false);
-                let known = (seen & !DECODE_STATE) | if on { DECODE_ON } else { DECODE_OFF };
-                // A config write since `seen` makes this reading stale: use
-                // pread for this access and read again next time.
-                self.state
-                    .compare_exchange(seen, known, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                    && on
-            }
+            _ => self.learn_decode(seen),
         }
+    }
+
+    /// Reads the decode state, unknown in `seen`, and stores it unless a
+    /// config write came between; whether it is on and was stored.
+    #[cold]
+    #[inline(never)]
+    fn learn_decode(&self, seen: u64) -> bool {
+        let on = self.read_memory_decode().unwrap_or(false);
+        let known = (seen & !DECODE_STATE) | if on { DECODE_ON } else { DECODE_OFF };
+        // A config write since `seen` makes this reading stale: use pread
+        // for this access and read again next time.
+        self.state
+            .compare_exchange(seen, known, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && on
     }
 
     fn read_memory_decode(&self) -> Option<bool> {
@@ -269,6 +280,9 @@ impl Shared {
     }
 
     fn forget_decode(&self) {
+        if !self.pci {
+            return; // no decode to forget: stays DECODE_ON
+        }
         // Next generation, state unknown (the generation wraps harmlessly).
         let _ = self
             .state
@@ -438,7 +452,11 @@ impl VfioDevice {
                 pci: flags & device_flags::PCI != 0,
                 name,
                 config_offset: OnceLock::new(),
-                state: AtomicU64::new(DECODE_UNKNOWN),
+                state: AtomicU64::new(if flags & device_flags::PCI != 0 {
+                    DECODE_UNKNOWN
+                } else {
+                    DECODE_ON
+                }),
                 revoked: RevokedFlag::new(),
                 release: Mutex::default(),
                 backing,
@@ -691,7 +709,7 @@ impl Device for VfioDevice {
                 feature,
                 feature::LOW_POWER_ENTRY | feature::LOW_POWER_ENTRY_WITH_WAKEUP
             );
-        if entering {
+        if entering && self.shared.pci {
             self.shared.state.fetch_or(LOW_POWER, Ordering::AcqRel);
         }
         let result = sys::device_feature(self.fd(), op.flags() | feature, data)
@@ -755,28 +773,17 @@ struct Window {
     read_len: AtomicU64,
     /// As `read_len`, for stores: 0 also for a read-only mapping.
     write_len: AtomicU64,
-    /// The mmap may be touched while `Shared::state & mask == want`.
-    mask: u64,
-    want: u64,
 }
 
 impl Window {
-    fn new(pci: bool, info: &RegionInfo) -> Self {
-        // A PCI BAR needs decode known on, no low power and the fast path
-        // on; another device's region only the fast path on. PCI regions
-        // past BAR5 are never armed (`Shared::fast_path_allowed`).
-        let (mask, want) = if pci {
-            (FAST_OFF | LOW_POWER | DECODE_STATE, DECODE_ON)
-        } else {
-            (FAST_OFF, 0)
-        };
+    /// Unarmed. PCI regions past BAR5 are never armed: the fast path
+    /// never serves them (`Shared::fast_path_allowed`).
+    fn new(info: &RegionInfo) -> Self {
         Self {
             start: info.mappable_areas().first().map_or(0, |a| a.offset),
             base: AtomicPtr::new(std::ptr::null_mut()),
             read_len: AtomicU64::new(0),
             write_len: AtomicU64::new(0),
-            mask,
-            want,
         }
     }
 }
@@ -793,8 +800,6 @@ impl Clone for Window {
             base: AtomicPtr::new(self.base.load(Ordering::Relaxed)),
             read_len: AtomicU64::new(read_len),
             write_len: AtomicU64::new(write_len),
-            mask: self.mask,
-            want: self.want,
         }
     }
 }
@@ -853,6 +858,18 @@ fn revoked_error(op: &'static str, index: u32) -> Error {
     }
 }
 
+/// The error of a region offset whose file offset does not fit in 64 bits.
+#[cold]
+#[inline(never)]
+fn overflow(op: &'static str, index: u32, offset: u64, len: u64) -> Error {
+    Error::Overflow {
+        op,
+        target: Target::Region(index),
+        offset,
+        len,
+    }
+}
+
 /// The error of a scalar access wider than 8 bytes.
 #[cold]
 #[inline(never)]
@@ -867,7 +884,7 @@ fn too_wide(op: &'static str, index: u32) -> Error {
 impl VfioRegion {
     fn new(shared: Arc<Shared>, info: RegionInfo) -> Self {
         Self {
-            window: Window::new(shared.pci, &info),
+            window: Window::new(&info),
             shared,
             info,
         }
@@ -876,19 +893,27 @@ impl VfioRegion {
     /// The address of a `size`-byte access at `offset` inside the armed
     /// window, if the device state lets the mmap be touched now; `len` is
     /// the window's `read_len` or `write_len`. One load of the state, and
-    /// the checks folded into one branch.
+    /// the checks folded into one comparison.
     #[inline(always)]
     fn window_at(&self, offset: u64, size: usize, len: &AtomicU64) -> Option<*mut u8> {
-        let w = &self.window;
-        let rel = offset.wrapping_sub(w.start);
-        // `len` is a multiple of 8 and `rel` a multiple of `size` (a power
-        // of two up to 8), so `rel < len` puts the whole access inside.
-        let inside = rel < len.load(Ordering::Acquire);
-        let aligned = rel & (size as u64).wrapping_sub(1) == 0;
-        let allowed = self.shared.state.load(Ordering::Acquire) & w.mask == w.want;
-        if matches!(size, 1 | 2 | 4 | 8) && (inside & aligned & allowed) {
+        let rel = offset.wrapping_sub(self.window.start);
+        let state = self.shared.state.load(Ordering::Acquire);
+        // Zero exactly when the access is naturally aligned and the state
+        // lets the BAR be touched.
+        let refused = (rel & (size as u64).wrapping_sub(1)) | ((state & TOUCH_MASK) ^ DECODE_ON);
+        // A refusal sets the top bit, above any window length (a mapping
+        // is far below 2^63 bytes). `len` is a multiple of 8 and `rel` a
+        // multiple of `size` (a power of two up to 8), so `rel < len` puts
+        // the whole access inside.
+        let probe = rel | (u64::from(refused != 0) << 63);
+        if matches!(size, 1 | 2 | 4 | 8) && probe < len.load(Ordering::Acquire) {
             // In bounds of the mapping (above): the usize conversion holds.
-            Some(w.base.load(Ordering::Relaxed).wrapping_add(rel as usize))
+            Some(
+                self.window
+                    .base
+                    .load(Ordering::Relaxed)
+                    .wrapping_add(rel as usize),
+            )
         } else {
             None
         }
@@ -964,13 +989,12 @@ impl VfioRegion {
     }
 
     /// The file offset of `offset` within this region, overflow-checked.
+    #[inline]
     fn file_offset(&self, op: &'static str, offset: u64, len: u64) -> Result<u64> {
-        self.info.offset.checked_add(offset).ok_or(Error::Overflow {
-            op,
-            target: Target::Region(self.info.index),
-            offset,
-            len,
-        })
+        match self.info.offset.checked_add(offset) {
+            Some(at) => Ok(at),
+            None => Err(overflow(op, self.info.index, offset, len)),
+        }
     }
 
     /// Whether an access of `len` bytes at `offset` would be served by the
@@ -984,10 +1008,11 @@ impl VfioRegion {
     /// may serve this access.
     #[inline]
     fn fast_area(&self, offset: u64, len: usize) -> Option<&MmapArea> {
-        if !matches!(len, 1 | 2 | 4 | 8) || offset & (len as u64 - 1) != 0 {
-            return None;
-        }
-        if !self.info.mmappable() || !self.shared.fast_path_allowed(self.info.index) {
+        if !self.shared.fast_path_allowed(self.info.index)
+            || !matches!(len, 1 | 2 | 4 | 8)
+            || offset & (len as u64 - 1) != 0
+            || !self.info.mmappable()
+        {
             return None;
         }
         self.shared
