@@ -46,6 +46,11 @@
 //! `SIGBUS` in those states, while `pread` returns an error. The decode
 //! state is read from the command register on first use and forgotten after
 //! every config write touching the command register and after a reset.
+//! A scalar access ([`Region::read_scalar`] and [`Region::write_scalar`],
+//! what `read_at` and `write_at` call) is served inline: each region handle
+//! caches a window over the mmap of its first mappable area, and the access
+//! checks its offset against that window and the device's one state word
+//! (decode known on, not in low power, fast path on) in one comparison.
 //! Turning decode off must not race with BAR access on another thread (an
 //! access already past the check would fault), and other code writing the
 //! command register behind this device's back (through a raw fd) is not seen.
@@ -60,9 +65,11 @@
 //! # Revocation
 //! [`Device::revoker`] hands out a [`Revoker`] over the state the device
 //! shares with its handles (see [`vfio_hal::revoke`] for why a VMM needs
-//! one). Revoking sets a flag that every operation checks before and,
-//! where the answer could come from the let-go device, after its system
-//! call; then the cached fast-path mmaps and those [`Region::mmap`] handed
+//! one). Revoking sets a flag that every operation checks before its
+//! system call and, where the answer could come from the let-go device,
+//! after it (a region read checks only after its `pread`: once revoked,
+//! the call meets the placeholder fd below, whose refusal becomes
+//! `Revoked`); then the cached fast-path mmaps and those [`Region::mmap`] handed
 //! out (still owned by the caller, tracked weakly) become zero pages in
 //! place ([`MmapArea::detach`]), and the fd number is pointed at a
 //! placeholder eventfd with `dup3`, so that no thread ever uses a number
