@@ -581,6 +581,7 @@ impl Error {
 /// The arithmetic is checked: a wrap is [`Error::Overflow`], an access past
 /// the end is [`Error::OutOfRange`]. Every backend uses this one function so
 /// their bounds behaviour cannot drift apart.
+#[inline]
 pub fn check_bounds(
     op: &'static str,
     target: Target,

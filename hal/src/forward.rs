@@ -23,6 +23,10 @@ macro_rules! forward {
             fn info(&self) -> &RegionInfo { (**self).info() }
             fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> { (**self).read(offset, buf) }
             fn write(&self, offset: u64, data: &[u8]) -> Result<()> { (**self).write(offset, data) }
+            #[inline]
+            fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> { (**self).read_scalar(offset, size) }
+            #[inline]
+            fn write_scalar(&self, offset: u64, size: usize, value: u64) -> Result<()> { (**self).write_scalar(offset, size, value) }
             fn mmap(&self) -> Result<Vec<MmapArea>> { (**self).mmap() }
             fn mmap_area(&self, area: usize, protection: Protection) -> Result<MmapArea> { (**self).mmap_area(area, protection) }
         }
@@ -122,6 +126,47 @@ mod tests {
 
     fn probe<D: Device>(d: D) -> Result<FeatureSupport> {
         d.probe_feature(3)
+    }
+
+    /// A region whose byte path fails and whose scalar path answers: the
+    /// pointers must reach the scalar override.
+    struct Scalars(RegionInfo);
+
+    impl Region for Scalars {
+        fn info(&self) -> &RegionInfo {
+            &self.0
+        }
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<()> {
+            Err(Error::sys("read", crate::Target::None, libc::EIO))
+        }
+        fn write(&self, _: u64, _: &[u8]) -> Result<()> {
+            Err(Error::sys("write", crate::Target::None, libc::EIO))
+        }
+        fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> {
+            Ok(offset * 16 + size as u64)
+        }
+        fn write_scalar(&self, _: u64, _: usize, _: u64) -> Result<()> {
+            Ok(())
+        }
+        fn mmap(&self) -> Result<Vec<MmapArea>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn every_pointer_reaches_the_scalar_overrides() {
+        use crate::RegionExt;
+        fn check<R: Region>(r: R) {
+            assert_eq!(r.read_at::<u32>(2).ok(), Some(36));
+            assert!(r.write_at::<u16>(0, 1).is_ok());
+        }
+        let r = Scalars(RegionInfo::default());
+        check(&r);
+        check(Arc::new(&r));
+        check(Box::new(&&r));
+        let erased: Box<dyn Region> = Box::new(r);
+        check(&erased);
+        check(erased);
     }
 
     #[test]

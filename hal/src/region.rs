@@ -206,6 +206,36 @@ pub trait Region {
     /// Writes `data` at `offset` from the region's start.
     fn write(&self, offset: u64, data: &[u8]) -> Result<()>;
 
+    /// Reads `size` bytes (1 to 8) at `offset` as one little-endian
+    /// integer, as a single access: what [`RegionExt::read_at`] calls.
+    ///
+    /// The default reads the bytes with [`Region::read`]; a backend that
+    /// can serve a register access more cheaply than through a byte slice
+    /// (one load from a cached mapping) overrides it. Errors as `read`; a
+    /// `size` above 8 is `InvalidArgument`.
+    fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> {
+        let mut bytes = [0u8; 8];
+        let buf = bytes
+            .get_mut(..size)
+            .ok_or_else(|| too_wide("region read", self))?;
+        self.read(offset, buf)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// Writes the low `size` bytes (1 to 8) of `value` at `offset`, little
+    /// endian, as a single access: what [`RegionExt::write_at`] calls.
+    ///
+    /// The default writes the bytes with [`Region::write`]; backends may
+    /// override it as [`Region::read_scalar`]. Errors as `write`; a `size`
+    /// above 8 is `InvalidArgument`.
+    fn write_scalar(&self, offset: u64, size: usize, value: u64) -> Result<()> {
+        let bytes = value.to_le_bytes();
+        let data = bytes
+            .get(..size)
+            .ok_or_else(|| too_wide("region write", self))?;
+        self.write(offset, data)
+    }
+
     /// Maps every mappable area ([`RegionInfo::mappable_areas`]).
     ///
     /// `NotSupported` if the region has none, or if the backend cannot map
@@ -253,21 +283,29 @@ pub trait Region {
 /// Typed access over any [`Region`] (also `dyn Region`).
 pub trait RegionExt: Region {
     /// Reads one little-endian `T` at `offset`, as a single access.
+    #[inline]
     fn read_at<T: Scalar>(&self, offset: u64) -> Result<T> {
-        let mut bytes = [0u8; 8];
-        self.read(offset, &mut bytes[..T::SIZE])?;
-        Ok(T::from_le_slice(&bytes[..T::SIZE]))
+        self.read_scalar(offset, T::SIZE).map(T::from_u64)
     }
 
     /// Writes one little-endian `T` at `offset`, as a single access.
+    #[inline]
     fn write_at<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
-        let mut bytes = [0u8; 8];
-        value.write_le(&mut bytes);
-        self.write(offset, &bytes[..T::SIZE])
+        self.write_scalar(offset, T::SIZE, value.to_u64())
     }
 }
 
 impl<R: Region + ?Sized> RegionExt for R {}
+
+/// The error for a scalar access wider than 8 bytes.
+#[cold]
+fn too_wide<R: Region + ?Sized>(op: &'static str, region: &R) -> Error {
+    Error::InvalidArgument {
+        op,
+        target: Target::Region(region.info().index),
+        reason: "a scalar access is 1 to 8 bytes",
+    }
+}
 
 /// The error for an access to a region lacking the READ or WRITE flag.
 pub fn not_permitted(op: &'static str, index: u32, reason: &'static str) -> Error {

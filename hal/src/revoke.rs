@@ -90,11 +90,13 @@ impl RevokedFlag {
     }
 
     /// Whether the flag is set.
+    #[inline]
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 
     /// [`Error::Revoked`] for `op` on `target` once the flag is set.
+    #[inline]
     pub fn check(&self, op: &'static str, target: impl FnOnce() -> Target) -> Result<()> {
         if self.is_set() {
             Err(Error::Revoked {

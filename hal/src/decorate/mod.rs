@@ -557,6 +557,28 @@ impl<R: Region, H: Hook> Region for Decorated<R, H> {
         self.call(Op::RegionWrite, args, || self.inner.write(offset, data))
     }
 
+    fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> {
+        let args = self.access(offset, size, None);
+        let recorded = (1..=8).contains(&size);
+        self.hook.around(
+            Op::RegionRead,
+            args,
+            || self.inner.read_scalar(offset, size),
+            |&value| recorded.then_some(value),
+        )
+    }
+
+    fn write_scalar(&self, offset: u64, size: usize, value: u64) -> Result<()> {
+        let args = self.access(
+            offset,
+            size,
+            le_value(value.to_le_bytes().get(..size).unwrap_or(&[])),
+        );
+        self.call(Op::RegionWrite, args, || {
+            self.inner.write_scalar(offset, size, value)
+        })
+    }
+
     fn mmap(&self) -> Result<Vec<MmapArea>> {
         let args = self.access(0, 0, None);
         self.hook.around(
