@@ -701,6 +701,31 @@ impl Region for MockRegion {
         core.region_read(&self.handle, self.info.index, offset, buf)
     }
 
+    /// A 4-byte read of a side-effect-free register straight from the
+    /// mirror; everything else as [`Region::read`].
+    #[inline]
+    fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> {
+        if size == 4 && self.info.readable() {
+            self.info.check_access("pread", offset, 4)?;
+            let core = &self.handle.core;
+            if let Some(value) = core.mirrored_read(&self.handle, self.info.index, offset) {
+                // The mirror holds the register's bytes as read (little
+                // endian) in a native-order word.
+                return Ok(u64::from(u32::from_le(value)));
+            }
+        }
+        let mut bytes = [0u8; 8];
+        let buf = bytes
+            .get_mut(..size)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "pread",
+                target: Target::Region(self.info.index),
+                reason: "a scalar access is 1 to 8 bytes",
+            })?;
+        self.read(offset, buf)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         if !self.info.writable() {
             return Err(not_permitted(
