@@ -1,0 +1,400 @@
+//! Mapping guest RAM (lane only): one DMA map and one unmap of 1 GiB at one
+//! IOVA, the way a VMM maps guest RAM at start-up; ignored on the host.
+//!
+//! For each backing of the gigabyte — base pages ([`PageBacking::Base`],
+//! `MADV_NOHUGEPAGE`), 2 MiB pages of the hugetlb pool
+//! ([`PageBacking::HugeTlb`], the pool raised through
+//! `/proc/sys/vm/nr_hugepages` for the test and put back after), and
+//! transparent huge pages ([`PageBacking::Transparent`]) — the buffer is
+//! made and pre-faulted ([`DmaBuffer::populate`]) once, untimed, and then,
+//! in each round, mapped and unmapped through:
+//!
+//! - vfio-hal's type1 backend ([`LegacyContainer`], `/dev/vfio/vfio`),
+//! - vfio-hal's iommufd backend ([`IoasContainer`], `/dev/iommu` + cdev),
+//! - `vfio-ioctls` 0.10's `VfioContainer` (`/dev/vfio/vfio`).
+//!
+//! A group belongs to one container at a time, so each of them opens its
+//! container and edu, maps, unmaps and closes in turn (mirrored order every
+//! other round); only the map and the unmap calls are timed. On the compat
+//! kernel `/dev/vfio/vfio` is iommufd's, so the two type1 rows run on
+//! iommufd there.
+//!
+//! Lines `bigmap(<kernel>): ...` on stdout give the medians over the rounds
+//! and the ratios vfio-hal/vfio-ioctls (per backend) and huge/base (per
+//! library). Asserted, since it cannot depend on load: every map succeeds,
+//! every unmap returns 1 GiB, and edu's DMA engine reads and writes the
+//! buffer through the mapping (once per backing). A hugetlb pool the
+//! kernel cannot fill, or a kernel without transparent huge pages, is a
+//! `SKIP` line naming the row, never a silent pass.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfio_hal::prelude::*;
+use vfio_hal::{DmaAccess, DmaBuffer, HugePageSize, PageBacking};
+use vfio_hal_guest_tests as lane;
+use vfio_hal_iommufd::IoasContainer;
+use vfio_hal_legacy::LegacyContainer;
+use vfio_hal_peer_bench::timing::{median, round_order};
+use vfio_ioctls::{VfioContainer, VfioDevice};
+
+const GIB: u64 = 1 << 30;
+/// 1 GiB-aligned, so every IOMMU page size can be used; edu's DMA engine
+/// (28-bit addresses) reaches the first 256 MiB of the mapping.
+const IOVA: u64 = 0;
+/// Rounds per backing, one map + unmap per library each.
+const ROUNDS: usize = if cfg!(debug_assertions) { 2 } else { 3 };
+/// edu's DMA buffer in its own address space, and where the DMA check
+/// reads and writes the mapping (inside edu's reach, off the first page).
+const EDU_BUFFER: u64 = 0x40000;
+const DMA_SRC: u64 = 0x0ff0_0000 + 0x123 * 8;
+const DMA_DST: u64 = 0x0200_0000 + 0x40;
+const DMA_LEN: usize = 256;
+
+fn report(line: std::fmt::Arguments<'_>) {
+    // Straight to stdout: libtest captures `println!` of a passing test.
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lib {
+    HalType1,
+    HalIommufd,
+    VfioIoctls,
+}
+
+impl Lib {
+    const ALL: [Lib; 3] = [Lib::HalType1, Lib::HalIommufd, Lib::VfioIoctls];
+
+    fn name(self) -> &'static str {
+        match self {
+            Lib::HalType1 => "vfio-hal LegacyContainer",
+            Lib::HalIommufd => "vfio-hal IoasContainer",
+            Lib::VfioIoctls => "vfio-ioctls VfioContainer",
+        }
+    }
+}
+
+/// Seconds of one map and one unmap, per library.
+#[derive(Default)]
+struct Times {
+    map: Vec<(Lib, f64)>,
+    unmap: Vec<(Lib, f64)>,
+}
+
+impl Times {
+    fn ms(v: &[(Lib, f64)], lib: Lib) -> f64 {
+        let s: Vec<f64> = v.iter().filter(|(l, _)| *l == lib).map(|(_, t)| *t).collect();
+        median(&s) * 1e3
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// One edu DMA of `len` bytes; `to_ram` selects device buffer → RAM.
+fn edu_dma(bar0: &impl Region, src: u64, dst: u64, len: usize, to_ram: bool) {
+    bar0.write_at::<u64>(0x80, src).expect("src");
+    bar0.write_at::<u64>(0x88, dst).expect("dst");
+    bar0.write_at::<u64>(0x90, len as u64).expect("count");
+    bar0.write_at::<u64>(0x98, if to_ram { 0b11 } else { 0b01 })
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bar0.read_at::<u64>(0x98).expect("command") & 1 != 0 {
+        assert!(Instant::now() < deadline, "edu DMA did not finish");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// edu copies `DMA_LEN` bytes from the mapping into its buffer and back
+/// to another place of the mapping: the mapping translates both ways.
+fn check_dma(edu: &impl Device, buf: &DmaBuffer, round: usize) {
+    let pattern: Vec<u8> = (0..DMA_LEN).map(|i| (i * 13 + round + 1) as u8).collect();
+    buf.write(DMA_SRC, &pattern).expect("pattern");
+    buf.write(DMA_DST, &[0; DMA_LEN]).expect("clear");
+    edu.set_bus_master(true).expect("bus master");
+    let bar0 = edu.region(0).expect("BAR0");
+    edu_dma(&bar0, IOVA + DMA_SRC, EDU_BUFFER, DMA_LEN, false);
+    edu_dma(&bar0, EDU_BUFFER, IOVA + DMA_DST, DMA_LEN, true);
+    let mut got = vec![0; DMA_LEN];
+    buf.read(DMA_DST, &mut got).expect("read back");
+    assert!(got == pattern, "edu's DMA through the 1 GiB mapping");
+}
+
+/// One library's session: open, map, (DMA check), unmap, close.
+/// Returns the IOMMU page-size bitmap the container reports.
+fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> u64 {
+    let len = usize::try_from(GIB).expect("fits usize");
+    match lib {
+        Lib::HalType1 | Lib::HalIommufd => {
+            fn run<C: Container>(
+                lib: Lib,
+                c: &C,
+                bdf: &str,
+                buf: &DmaBuffer,
+                check: bool,
+                t: &mut Times,
+            ) -> u64 {
+                let edu = c.open_device(bdf).expect("open edu");
+                let pages = c.iommu_info().expect("iommu info").page_sizes;
+                let (r, s) = timed(|| {
+                    // SAFETY: `buf` outlives the mapping, undone below before
+                    // the session ends; nothing references its memory.
+                    unsafe { c.map_dma_raw(IOVA, buf.as_ptr(), GIB, DmaAccess::ReadWrite) }
+                });
+                r.unwrap_or_else(|e| panic!("{}: map 1 GiB: {e}", lib.name()));
+                t.map.push((lib, s));
+                if check {
+                    check_dma(&edu, buf, 0);
+                }
+                let (r, s) = timed(|| c.unmap_dma(IOVA, GIB));
+                let n = r.unwrap_or_else(|e| panic!("{}: unmap 1 GiB: {e}", lib.name()));
+                assert_eq!(n, GIB, "{}: unmap returns the size", lib.name());
+                t.unmap.push((lib, s));
+                pages
+            }
+            if lib == Lib::HalType1 {
+                let c = LegacyContainer::open().expect("vfio-hal: type1 container");
+                run(lib, &c, bdf, buf, check, t)
+            } else {
+                let c = IoasContainer::open().expect("vfio-hal: iommufd IOAS");
+                run(lib, &c, bdf, buf, check, t)
+            }
+        }
+        Lib::VfioIoctls => {
+            let c = Arc::new(VfioContainer::new(None).expect("vfio-ioctls: container"));
+            let _edu = VfioDevice::new(&lane::pci_device_dir(bdf), c.clone(), false)
+                .expect("vfio-ioctls: open edu");
+            let (r, s) = timed(|| {
+                // SAFETY: as in the vfio-hal sessions.
+                unsafe { c.vfio_dma_map(IOVA, len, buf.as_ptr()) }
+            });
+            r.expect("vfio-ioctls: map 1 GiB");
+            t.map.push((lib, s));
+            let (r, s) = timed(|| c.vfio_dma_unmap(IOVA, len));
+            r.expect("vfio-ioctls: unmap 1 GiB");
+            t.unmap.push((lib, s));
+            0
+        }
+    }
+}
+
+/// The hugetlb pool of 2 MiB pages, raised for a row and put back on drop.
+struct Pool {
+    before: u64,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+impl Pool {
+    /// Asks for `pages` free 2 MiB pages; `Err(free)` when the kernel
+    /// could not find them.
+    fn raise(pages: u64) -> Result<Self, (Self, u64)> {
+        let before = read_u64(NR_HUGEPAGES);
+        let _ = std::fs::write(NR_HUGEPAGES, (before + pages).to_string());
+        let pool = Self { before };
+        let free_path = HugePageSize::Size2MiB.sysfs_dir().join("free_hugepages");
+        let free = read_u64(free_path.to_str().expect("utf-8 path"));
+        if free >= pages {
+            Ok(pool)
+        } else {
+            Err((pool, free))
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, self.before.to_string());
+    }
+}
+
+/// The THP share of the buffer, from `/proc/self/smaps` (kB).
+fn anon_huge_kb(buf: &DmaBuffer) -> Option<u64> {
+    let start = format!("{:x}-", buf.as_ptr() as usize);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+    lines.next()?;
+    lines
+        .take_while(|l| l.split_whitespace().next().is_some_and(|w| w.ends_with(':')))
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The rows' names and how to make each buffer (with what keeps it valid).
+#[derive(Clone, Copy, PartialEq)]
+enum Row {
+    Base,
+    HugeTlb,
+    Thp,
+}
+
+impl Row {
+    fn label(self) -> &'static str {
+        match self {
+            Row::Base => "4 KiB pages",
+            Row::HugeTlb => "2 MiB hugetlb",
+            Row::Thp => "THP",
+        }
+    }
+}
+
+fn page_list(bitmap: u64) -> String {
+    let names: Vec<String> = (0..64)
+        .filter(|b| bitmap >> b & 1 == 1)
+        .map(|b| match b {
+            0..=9 => format!("{}B", 1u64 << b),
+            10..=19 => format!("{}K", 1u64 << (b - 10)),
+            20..=29 => format!("{}M", 1u64 << (b - 20)),
+            _ => format!("{}G", 1u64 << (b - 30)),
+        })
+        .collect();
+    if names.len() > 4 {
+        format!("{}..{} (every power of two)", names[0], names[names.len() - 1])
+    } else {
+        names.join(",")
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn map_one_gib_of_guest_ram() {
+    let kernel = lane::lane_env(lane::KERNEL);
+    let bdf = lane::lane_env(lane::EDU_BDF);
+    let start = Instant::now();
+    let len = usize::try_from(GIB).expect("fits usize");
+    report(format_args!(
+        "bigmap({kernel}): one map + one unmap of 1 GiB at IOVA {IOVA:#x}, buffer pre-faulted; \
+         median of {ROUNDS} rounds, libraries in mirrored order each round"
+    ));
+    let mut results: Vec<(Row, Times)> = Vec::new();
+    let mut skipped = Vec::new();
+    // Hugetlb first: the pool is easiest to fill before the other rows
+    // have churned the guest's memory. One gigabyte is held at a time.
+    for row in [Row::HugeTlb, Row::Base, Row::Thp] {
+        let mut pool = None;
+        let made = match row {
+            Row::Base => DmaBuffer::with_backing(len, PageBacking::Base),
+            Row::Thp => DmaBuffer::with_backing(len, PageBacking::Transparent),
+            Row::HugeTlb => match Pool::raise(GIB / (2 << 20)) {
+                Ok(p) => {
+                    pool = Some(p);
+                    DmaBuffer::with_huge_pages(len, HugePageSize::Size2MiB)
+                }
+                Err((_, free)) => {
+                    skipped.push(format!(
+                        "{}: the kernel found {free} of {} free 2 MiB pages",
+                        row.label(),
+                        GIB / (2 << 20)
+                    ));
+                    continue;
+                }
+            },
+        };
+        let buf = match made {
+            Ok(b) => b,
+            Err(e) if row != Row::Base => {
+                skipped.push(format!("{}: {e}", row.label()));
+                continue;
+            }
+            Err(e) => panic!("1 GiB of base pages: {e}"),
+        };
+        let (r, fault_s) = timed(|| buf.populate());
+        r.expect("pre-fault 1 GiB");
+        if row == Row::Thp {
+            let kb = anon_huge_kb(&buf).unwrap_or(0);
+            report(format_args!(
+                "bigmap({kernel}): THP: {} MiB of the 1 GiB are transparent huge pages",
+                kb >> 10
+            ));
+            if kb == 0 {
+                skipped.push("THP: the kernel gave no transparent huge pages".into());
+                continue;
+            }
+        }
+        let mut t = Times::default();
+        let mut bitmap = 0;
+        for round in 0..ROUNDS {
+            for lib in round_order(&Lib::ALL, round) {
+                let pages = session(lib, &bdf, &buf, round == 0, &mut t);
+                if lib == Lib::HalType1 {
+                    bitmap = pages;
+                }
+            }
+        }
+        report(format_args!(
+            "bigmap({kernel}): {}: pre-fault {:.0} ms; type1 IOMMU page sizes {} ({bitmap:#x})",
+            row.label(),
+            fault_s * 1e3,
+            page_list(bitmap)
+        ));
+        drop(buf);
+        drop(pool);
+        results.push((row, t));
+    }
+
+    let get = |row: Row| results.iter().find(|(r, _)| *r == row).map(|(_, t)| t);
+    for (row, t) in &results {
+        let peer = Times::ms(&t.map, Lib::VfioIoctls);
+        let peer_un = Times::ms(&t.unmap, Lib::VfioIoctls);
+        for lib in [Lib::HalType1, Lib::HalIommufd] {
+            let (m, u) = (Times::ms(&t.map, lib), Times::ms(&t.unmap, lib));
+            report(format_args!(
+                "bigmap({kernel}): {} {}: map {m:.1} ms, unmap {u:.1} ms; vfio-ioctls map {peer:.1} ms, \
+                 unmap {peer_un:.1} ms; vfio-hal/vfio-ioctls map {:.3}, unmap {:.3}",
+                row.label(),
+                lib.name(),
+                m / peer,
+                u / peer_un
+            ));
+        }
+    }
+    if let Some(base) = get(Row::Base) {
+        for row in [Row::HugeTlb, Row::Thp] {
+            let Some(huge) = get(row) else { continue };
+            let ratios: Vec<String> = Lib::ALL
+                .iter()
+                .map(|&lib| {
+                    format!(
+                        "{} map {:.3} unmap {:.3}",
+                        lib.name(),
+                        Times::ms(&huge.map, lib) / Times::ms(&base.map, lib),
+                        Times::ms(&huge.unmap, lib) / Times::ms(&base.unmap, lib)
+                    )
+                })
+                .collect();
+            report(format_args!(
+                "bigmap({kernel}): {}/4 KiB pages: {}",
+                row.label(),
+                ratios.join("; ")
+            ));
+        }
+    }
+    for s in &skipped {
+        report(format_args!("bigmap({kernel}): SKIP {s}"));
+    }
+    if cfg!(debug_assertions) {
+        report(format_args!(
+            "bigmap({kernel}): unoptimised build: figures not representative (use lane.sh --release)"
+        ));
+    }
+    report(format_args!(
+        "bigmap({kernel}): test took {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+}
