@@ -10,8 +10,10 @@
 //! in each round, mapped and unmapped through:
 //!
 //! - vfio-hal's type1 backend ([`LegacyContainer`], `/dev/vfio/vfio`),
+//!   against `vfio-ioctls` 0.10's `VfioContainer` (the same);
 //! - vfio-hal's iommufd backend ([`IoasContainer`], `/dev/iommu` + cdev),
-//! - `vfio-ioctls` 0.10's `VfioContainer` (`/dev/vfio/vfio`).
+//!   against `vfio-ioctls`' `VfioIommufd` (its `vfio_cdev` feature: the
+//!   same).
 //!
 //! A group belongs to one container at a time, so each of them opens its
 //! container and edu, maps, unmaps and closes in turn (mirrored order every
@@ -21,7 +23,9 @@
 //!
 //! Lines `bigmap(<kernel>): ...` on stdout give the medians over the rounds
 //! and the ratios vfio-hal/vfio-ioctls (per backend) and huge/base (per
-//! library). Asserted, since it cannot depend on load: every map succeeds,
+//! library), the IOMMU page sizes type1 reports, and how physically
+//! contiguous each buffer is (from `/proc/self/pagemap`: the IOMMU can use
+//! a large page only where the memory behind it is contiguous and aligned). Asserted, since it cannot depend on load: every map succeeds,
 //! every unmap returns 1 GiB, and edu's DMA engine reads and writes the
 //! buffer through the mapping (once per backing). A hugetlb pool the
 //! kernel cannot fill, or a kernel without transparent huge pages, is a
@@ -37,7 +41,7 @@ use vfio_hal_guest_tests as lane;
 use vfio_hal_iommufd::IoasContainer;
 use vfio_hal_legacy::LegacyContainer;
 use vfio_hal_peer_bench::timing::{median, round_order};
-use vfio_ioctls::{VfioContainer, VfioDevice};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioIommufd, VfioOps};
 
 const GIB: u64 = 1 << 30;
 /// 1 GiB-aligned, so every IOMMU page size can be used; edu's DMA engine
@@ -61,17 +65,32 @@ fn report(line: std::fmt::Arguments<'_>) {
 enum Lib {
     HalType1,
     HalIommufd,
-    VfioIoctls,
+    PeerType1,
+    PeerIommufd,
 }
 
 impl Lib {
-    const ALL: [Lib; 3] = [Lib::HalType1, Lib::HalIommufd, Lib::VfioIoctls];
+    const ALL: [Lib; 4] = [
+        Lib::HalType1,
+        Lib::PeerType1,
+        Lib::HalIommufd,
+        Lib::PeerIommufd,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Lib::HalType1 => "vfio-hal LegacyContainer",
             Lib::HalIommufd => "vfio-hal IoasContainer",
-            Lib::VfioIoctls => "vfio-ioctls VfioContainer",
+            Lib::PeerType1 => "vfio-ioctls VfioContainer",
+            Lib::PeerIommufd => "vfio-ioctls VfioIommufd",
+        }
+    }
+
+    /// The `vfio-ioctls` peer of a vfio-hal backend.
+    fn peer(self) -> Lib {
+        match self {
+            Lib::HalType1 => Lib::PeerType1,
+            _ => Lib::PeerIommufd,
         }
     }
 }
@@ -165,18 +184,23 @@ fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> 
                 run(lib, &c, bdf, buf, check, t)
             }
         }
-        Lib::VfioIoctls => {
-            let c = Arc::new(VfioContainer::new(None).expect("vfio-ioctls: container"));
-            let _edu = VfioDevice::new(&lane::pci_device_dir(bdf), c.clone(), false)
-                .expect("vfio-ioctls: open edu");
+        Lib::PeerType1 | Lib::PeerIommufd => {
+            let ops: Arc<dyn VfioOps> = if lib == Lib::PeerType1 {
+                Arc::new(VfioContainer::new(None).expect("vfio-ioctls: container"))
+            } else {
+                let fd = iommufd_ioctls::IommuFd::new().expect("vfio-ioctls: /dev/iommu");
+                Arc::new(VfioIommufd::new(Arc::new(fd), None, None).expect("vfio-ioctls: IOAS"))
+            };
+            let _edu = VfioDevice::new(&lane::pci_device_dir(bdf), ops.clone(), true)
+                .unwrap_or_else(|e| panic!("{}: open edu: {e}", lib.name()));
             let (r, s) = timed(|| {
                 // SAFETY: as in the vfio-hal sessions.
-                unsafe { c.vfio_dma_map(IOVA, len, buf.as_ptr()) }
+                unsafe { ops.vfio_dma_map(IOVA, len, buf.as_ptr()) }
             });
-            r.expect("vfio-ioctls: map 1 GiB");
+            r.unwrap_or_else(|e| panic!("{}: map 1 GiB: {e}", lib.name()));
             t.map.push((lib, s));
-            let (r, s) = timed(|| c.vfio_dma_unmap(IOVA, len));
-            r.expect("vfio-ioctls: unmap 1 GiB");
+            let (r, s) = timed(|| ops.vfio_dma_unmap(IOVA, len));
+            r.unwrap_or_else(|e| panic!("{}: unmap 1 GiB: {e}", lib.name()));
             t.unmap.push((lib, s));
             0
         }
@@ -231,6 +255,39 @@ fn anon_huge_kb(buf: &DmaBuffer) -> Option<u64> {
         .take_while(|l| l.split_whitespace().next().is_some_and(|w| w.ends_with(':')))
         .find_map(|l| l.strip_prefix("AnonHugePages:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// How physically contiguous `buf` is: the runs of consecutive frames
+/// (`/proc/self/pagemap`, root only) and how many 2 MiB-aligned 2 MiB
+/// chunks are one run (what an IOMMU can map with a 2 MiB page).
+fn contiguity(buf: &DmaBuffer) -> String {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let pages = buf.len() / PAGE;
+    let mut raw = vec![0u8; pages * 8];
+    let at = (buf.as_ptr() as usize / PAGE * 8) as u64;
+    let read = std::fs::File::open("/proc/self/pagemap").and_then(|f| f.read_exact_at(&mut raw, at));
+    if let Err(e) = read {
+        return format!("contiguity unknown (pagemap: {e})");
+    }
+    let pfns: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .map(|e| if e >> 63 == 1 { e & ((1 << 55) - 1) } else { 0 })
+        .collect();
+    if pfns.iter().all(|&p| p == 0) {
+        return "contiguity unknown (pagemap hides frames)".into();
+    }
+    let runs = 1 + pfns.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    let per_2m = (2 << 20) / PAGE;
+    let chunks = pfns
+        .chunks_exact(per_2m)
+        .filter(|c| c[0] % per_2m as u64 == 0 && c.windows(2).all(|w| w[1] == w[0] + 1))
+        .count();
+    format!(
+        "{runs} physically contiguous runs, {chunks} of {} 2 MiB chunks contiguous and aligned",
+        pages / per_2m
+    )
 }
 
 /// The rows' names and how to make each buffer (with what keeps it valid).
@@ -338,9 +395,10 @@ fn map_one_gib_of_guest_ram() {
             }
         }
         report(format_args!(
-            "bigmap({kernel}): {}: pre-fault {:.0} ms; type1 IOMMU page sizes {} ({bitmap:#x})",
+            "bigmap({kernel}): {}: pre-fault {:.0} ms; {}; type1 IOMMU page sizes {} ({bitmap:#x})",
             row.label(),
             fault_s * 1e3,
+            contiguity(&buf),
             page_list(bitmap)
         ));
         drop(buf);
@@ -350,17 +408,17 @@ fn map_one_gib_of_guest_ram() {
 
     let get = |row: Row| results.iter().find(|(r, _)| *r == row).map(|(_, t)| t);
     for (row, t) in &results {
-        let peer = Times::ms(&t.map, Lib::VfioIoctls);
-        let peer_un = Times::ms(&t.unmap, Lib::VfioIoctls);
         for lib in [Lib::HalType1, Lib::HalIommufd] {
             let (m, u) = (Times::ms(&t.map, lib), Times::ms(&t.unmap, lib));
+            let (pm, pu) = (Times::ms(&t.map, lib.peer()), Times::ms(&t.unmap, lib.peer()));
             report(format_args!(
-                "bigmap({kernel}): {} {}: map {m:.1} ms, unmap {u:.1} ms; vfio-ioctls map {peer:.1} ms, \
-                 unmap {peer_un:.1} ms; vfio-hal/vfio-ioctls map {:.3}, unmap {:.3}",
+                "bigmap({kernel}): {} {}: map {m:.1} ms, unmap {u:.1} ms; {} map {pm:.1} ms, \
+                 unmap {pu:.1} ms; vfio-hal/vfio-ioctls map {:.3}, unmap {:.3}",
                 row.label(),
                 lib.name(),
-                m / peer,
-                u / peer_un
+                lib.peer().name(),
+                m / pm,
+                u / pu
             ));
         }
     }
