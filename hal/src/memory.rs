@@ -253,6 +253,30 @@ impl HugePageSize {
         format!("/sys/kernel/mm/hugepages/hugepages-{}kB", self.bytes() >> 10).into()
     }
 
+    /// How many pages of this size the pool has free (its sysfs
+    /// `free_hugepages`): a [`DmaBuffer::with_huge_pages`] of more fails.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] when the kernel has no pool of this size; the
+    /// errno of a failed read ([`Error::Sys`]); an unparsable count is
+    /// [`crate::ErrorKind::Malformed`].
+    pub fn free_pages(self) -> Result<u64> {
+        const OP: &str = "read(free_hugepages)";
+        let dir = self.sysfs_dir();
+        if !dir.is_dir() {
+            return Err(Error::NotSupported {
+                op: OP,
+                target: Target::None,
+                reason: "the kernel has no hugetlb pool of this page size",
+            });
+        }
+        let text = std::fs::read_to_string(dir.join("free_hugepages"))
+            .map_err(|e| Error::from_io(OP, Target::None, &e))?;
+        text.trim().parse().map_err(|e| {
+            Error::other(OP, Target::None, crate::ErrorKind::Malformed, e)
+        })
+    }
+
     /// The `mmap` flags that ask the pool of this size for the pages.
     fn mmap_flags(self) -> i32 {
         // The kernel's uapi (`MAP_HUGE_SHIFT` = 26): log2 of the size in
@@ -799,9 +823,12 @@ mod tests {
                 }
                 Err(e) if !size.sysfs_dir().is_dir() => {
                     assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+                    let e = size.free_pages().expect_err("no pool");
+                    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
                 }
                 // An empty pool (the usual host) refuses the reservation.
                 Err(e) => {
+                    size.free_pages().expect("the pool's count reads");
                     assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
                     assert!(matches!(e, Error::Sys { errno: libc::ENOMEM, .. }), "{e}");
                 }

@@ -67,14 +67,18 @@ enum Lib {
     HalIommufd,
     PeerType1,
     PeerIommufd,
+    /// `IoasContainer` with `IOMMU_OPTION_HUGE_PAGES` off: every 4 KiB
+    /// page its own IOMMU entry, however the memory is backed.
+    HalIommufdSmall,
 }
 
 impl Lib {
-    const ALL: [Lib; 4] = [
+    const ALL: [Lib; 5] = [
         Lib::HalType1,
         Lib::PeerType1,
         Lib::HalIommufd,
         Lib::PeerIommufd,
+        Lib::HalIommufdSmall,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +87,7 @@ impl Lib {
             Lib::HalIommufd => "vfio-hal IoasContainer",
             Lib::PeerType1 => "vfio-ioctls VfioContainer",
             Lib::PeerIommufd => "vfio-ioctls VfioIommufd",
+            Lib::HalIommufdSmall => "vfio-hal IoasContainer (IOMMU huge pages off)",
         }
     }
 
@@ -149,7 +154,7 @@ fn check_dma(edu: &impl Device, buf: &DmaBuffer, round: usize) {
 fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> u64 {
     let len = usize::try_from(GIB).expect("fits usize");
     match lib {
-        Lib::HalType1 | Lib::HalIommufd => {
+        Lib::HalType1 | Lib::HalIommufd | Lib::HalIommufdSmall => {
             fn run<C: Container>(
                 lib: Lib,
                 c: &C,
@@ -181,6 +186,11 @@ fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> 
                 run(lib, &c, bdf, buf, check, t)
             } else {
                 let c = IoasContainer::open().expect("vfio-hal: iommufd IOAS");
+                if lib == Lib::HalIommufdSmall {
+                    // Before any device is attached: the kernel refuses
+                    // the change once a domain holds mappings.
+                    c.ioas().set_huge_pages(false).expect("IOMMU_OPTION_HUGE_PAGES off");
+                }
                 run(lib, &c, bdf, buf, check, t)
             }
         }
@@ -207,41 +217,46 @@ fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> 
     }
 }
 
-/// The hugetlb pool of 2 MiB pages, raised for a row and put back on drop.
+/// A hugetlb pool raised for a row, put back on drop.
 struct Pool {
+    nr: std::path::PathBuf,
     before: u64,
 }
 
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-fn read_u64(path: &str) -> u64 {
+fn read_u64(path: &std::path::Path) -> u64 {
     std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .trim()
         .parse()
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 impl Pool {
-    /// Asks for `pages` free 2 MiB pages; `Err(free)` when the kernel
-    /// could not find them.
-    fn raise(pages: u64) -> Result<Self, (Self, u64)> {
-        let before = read_u64(NR_HUGEPAGES);
-        let _ = std::fs::write(NR_HUGEPAGES, (before + pages).to_string());
-        let pool = Self { before };
-        let free_path = HugePageSize::Size2MiB.sysfs_dir().join("free_hugepages");
-        let free = read_u64(free_path.to_str().expect("utf-8 path"));
-        if free >= pages {
-            Ok(pool)
-        } else {
-            Err((pool, free))
+    /// Asks the pool of `size` for enough free pages to hold 1 GiB;
+    /// `Err` says what the kernel managed.
+    fn raise(size: HugePageSize) -> Result<Self, String> {
+        let pages = GIB / size.bytes() as u64;
+        if !size.sysfs_dir().is_dir() {
+            return Err("the kernel has no pool of this size".into());
+        }
+        let nr = size.sysfs_dir().join("nr_hugepages");
+        let before = read_u64(&nr);
+        let wrote = std::fs::write(&nr, (before + pages).to_string());
+        let pool = Self { nr, before };
+        match size.free_pages() {
+            Ok(free) if free >= pages => Ok(pool),
+            Ok(free) => Err(format!(
+                "the kernel found {free} of {pages} free pages{}",
+                wrote.err().map(|e| format!(" (nr_hugepages: {e})")).unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, self.before.to_string());
+        let _ = std::fs::write(&self.nr, self.before.to_string());
     }
 }
 
@@ -295,6 +310,7 @@ fn contiguity(buf: &DmaBuffer) -> String {
 enum Row {
     Base,
     HugeTlb,
+    Gigantic,
     Thp,
 }
 
@@ -303,6 +319,7 @@ impl Row {
         match self {
             Row::Base => "4 KiB pages",
             Row::HugeTlb => "2 MiB hugetlb",
+            Row::Gigantic => "1 GiB hugetlb",
             Row::Thp => "THP",
         }
     }
@@ -343,25 +360,28 @@ fn map_one_gib_of_guest_ram() {
     let mut skipped = Vec::new();
     // Hugetlb first: the pool is easiest to fill before the other rows
     // have churned the guest's memory. One gigabyte is held at a time.
-    for row in [Row::HugeTlb, Row::Base, Row::Thp] {
+    for row in [Row::HugeTlb, Row::Gigantic, Row::Base, Row::Thp] {
         let mut pool = None;
         let made = match row {
             Row::Base => DmaBuffer::with_backing(len, PageBacking::Base),
             Row::Thp => DmaBuffer::with_backing(len, PageBacking::Transparent),
-            Row::HugeTlb => match Pool::raise(GIB / (2 << 20)) {
-                Ok(p) => {
-                    pool = Some(p);
-                    DmaBuffer::with_huge_pages(len, HugePageSize::Size2MiB)
+            Row::HugeTlb | Row::Gigantic => {
+                let size = if row == Row::HugeTlb {
+                    HugePageSize::Size2MiB
+                } else {
+                    HugePageSize::Size1GiB
+                };
+                match Pool::raise(size) {
+                    Ok(p) => {
+                        pool = Some(p);
+                        DmaBuffer::with_huge_pages(len, size)
+                    }
+                    Err(why) => {
+                        skipped.push(format!("{}: {why}", row.label()));
+                        continue;
+                    }
                 }
-                Err((_, free)) => {
-                    skipped.push(format!(
-                        "{}: the kernel found {free} of {} free 2 MiB pages",
-                        row.label(),
-                        GIB / (2 << 20)
-                    ));
-                    continue;
-                }
-            },
+            }
         };
         let buf = match made {
             Ok(b) => b,
@@ -421,9 +441,18 @@ fn map_one_gib_of_guest_ram() {
                 u / pu
             ));
         }
+        let small = Lib::HalIommufdSmall;
+        let (m, u) = (Times::ms(&t.map, small), Times::ms(&t.unmap, small));
+        report(format_args!(
+            "bigmap({kernel}): {} {}: map {m:.1} ms, unmap {u:.1} ms; /huge pages on: map {:.3}, unmap {:.3}",
+            row.label(),
+            small.name(),
+            m / Times::ms(&t.map, Lib::HalIommufd),
+            u / Times::ms(&t.unmap, Lib::HalIommufd)
+        ));
     }
     if let Some(base) = get(Row::Base) {
-        for row in [Row::HugeTlb, Row::Thp] {
+        for row in [Row::HugeTlb, Row::Gigantic, Row::Thp] {
             let Some(huge) = get(row) else { continue };
             let ratios: Vec<String> = Lib::ALL
                 .iter()
