@@ -1,35 +1,41 @@
 //! Mapping guest RAM (lane only): one DMA map and one unmap of 1 GiB at one
 //! IOVA, the way a VMM maps guest RAM at start-up; ignored on the host.
 //!
-//! For each backing of the gigabyte — base pages ([`PageBacking::Base`],
-//! `MADV_NOHUGEPAGE`), 2 MiB pages of the hugetlb pool
-//! ([`PageBacking::HugeTlb`], the pool raised through
-//! `/proc/sys/vm/nr_hugepages` for the test and put back after), and
-//! transparent huge pages ([`PageBacking::Transparent`]) — the buffer is
-//! made and pre-faulted ([`DmaBuffer::populate`]) once, untimed, and then,
-//! in each round, mapped and unmapped through:
+//! For each backing of the gigabyte — 2 MiB and 1 GiB pages of the
+//! hugetlb pools ([`PageBacking::HugeTlb`], each pool raised through its
+//! sysfs `nr_hugepages` for its row and put back after), base pages
+//! ([`PageBacking::Base`], `MADV_NOHUGEPAGE`) and transparent huge pages
+//! ([`PageBacking::Transparent`]) — the buffer is made and pre-faulted
+//! ([`DmaBuffer::populate`]) once, untimed, and then, in each round, mapped
+//! and unmapped through:
 //!
 //! - vfio-hal's type1 backend ([`LegacyContainer`], `/dev/vfio/vfio`),
 //!   against `vfio-ioctls` 0.10's `VfioContainer` (the same);
 //! - vfio-hal's iommufd backend ([`IoasContainer`], `/dev/iommu` + cdev),
 //!   against `vfio-ioctls`' `VfioIommufd` (its `vfio_cdev` feature: the
-//!   same).
+//!   same);
+//! - [`IoasContainer`] with `IOMMU_OPTION_HUGE_PAGES` off
+//!   ([`vfio_hal_iommufd::Ioas::set_huge_pages`]): what the IOMMU's large
+//!   pages are worth.
 //!
-//! A group belongs to one container at a time, so each of them opens its
-//! container and edu, maps, unmaps and closes in turn (mirrored order every
-//! other round); only the map and the unmap calls are timed. On the compat
-//! kernel `/dev/vfio/vfio` is iommufd's, so the two type1 rows run on
-//! iommufd there.
+//! One gigabyte is held at a time (the guest has 3 GiB). A group belongs
+//! to one container at a time, so each contender opens its container and
+//! edu, maps, unmaps and closes in turn (mirrored order every other
+//! round); only the map and the unmap calls are timed. On the compat
+//! kernel `/dev/vfio/vfio` is iommufd's, so the two type1 contenders run
+//! on iommufd there.
 //!
 //! Lines `bigmap(<kernel>): ...` on stdout give the medians over the rounds
 //! and the ratios vfio-hal/vfio-ioctls (per backend) and huge/base (per
 //! library), the IOMMU page sizes type1 reports, and how physically
 //! contiguous each buffer is (from `/proc/self/pagemap`: the IOMMU can use
-//! a large page only where the memory behind it is contiguous and aligned). Asserted, since it cannot depend on load: every map succeeds,
+//! a large page only where the memory behind it is contiguous and
+//! aligned). Asserted, since it cannot depend on load: every map succeeds,
 //! every unmap returns 1 GiB, and edu's DMA engine reads and writes the
-//! buffer through the mapping (once per backing). A hugetlb pool the
-//! kernel cannot fill, or a kernel without transparent huge pages, is a
-//! `SKIP` line naming the row, never a silent pass.
+//! buffer through the mapping (in the first round of each vfio-hal
+//! contender). A hugetlb pool the kernel lacks or cannot fill, or a kernel
+//! without transparent huge pages, is a `SKIP` line naming the row, never a
+//! silent pass.
 
 use std::io::Write;
 use std::sync::Arc;
