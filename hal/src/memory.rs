@@ -250,7 +250,11 @@ impl HugePageSize {
     /// The sysfs directory of this size's pool: `nr_hugepages` sets its
     /// size, `free_hugepages` says how many pages are left.
     pub fn sysfs_dir(self) -> std::path::PathBuf {
-        format!("/sys/kernel/mm/hugepages/hugepages-{}kB", self.bytes() >> 10).into()
+        format!(
+            "/sys/kernel/mm/hugepages/hugepages-{}kB",
+            self.bytes() >> 10
+        )
+        .into()
     }
 
     /// How many pages of this size the pool has free (its sysfs
@@ -272,9 +276,9 @@ impl HugePageSize {
         }
         let text = std::fs::read_to_string(dir.join("free_hugepages"))
             .map_err(|e| Error::from_io(OP, Target::None, &e))?;
-        text.trim().parse().map_err(|e| {
-            Error::other(OP, Target::None, crate::ErrorKind::Malformed, e)
-        })
+        text.trim()
+            .parse()
+            .map_err(|e| Error::other(OP, Target::None, crate::ErrorKind::Malformed, e))
     }
 
     /// The `mmap` flags that ask the pool of this size for the pages.
@@ -830,7 +834,16 @@ mod tests {
                 Err(e) => {
                     size.free_pages().expect("the pool's count reads");
                     assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
-                    assert!(matches!(e, Error::Sys { errno: libc::ENOMEM, .. }), "{e}");
+                    assert!(
+                        matches!(
+                            e,
+                            Error::Sys {
+                                errno: libc::ENOMEM,
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
                 }
             }
         }
@@ -845,8 +858,14 @@ mod tests {
             std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB")
         );
         // MAP_HUGE_2MB and MAP_HUGE_1GB of the kernel's uapi.
-        assert_eq!(HugePageSize::Size2MiB.mmap_flags(), libc::MAP_HUGETLB | 21 << 26);
-        assert_eq!(HugePageSize::Size1GiB.mmap_flags(), libc::MAP_HUGETLB | 30 << 26);
+        assert_eq!(
+            HugePageSize::Size2MiB.mmap_flags(),
+            libc::MAP_HUGETLB | 21 << 26
+        );
+        assert_eq!(
+            HugePageSize::Size1GiB.mmap_flags(),
+            libc::MAP_HUGETLB | 30 << 26
+        );
     }
 
     #[test]

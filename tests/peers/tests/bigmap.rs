@@ -116,7 +116,11 @@ struct Times {
 
 impl Times {
     fn ms(v: &[(Lib, f64)], lib: Lib) -> f64 {
-        let s: Vec<f64> = v.iter().filter(|(l, _)| *l == lib).map(|(_, t)| *t).collect();
+        let s: Vec<f64> = v
+            .iter()
+            .filter(|(l, _)| *l == lib)
+            .map(|(_, t)| *t)
+            .collect();
         median(&s) * 1e3
     }
 }
@@ -196,7 +200,9 @@ fn session(lib: Lib, bdf: &str, buf: &DmaBuffer, check: bool, t: &mut Times) -> 
                 if lib == Lib::HalIommufdSmall {
                     // Before any device is attached: the kernel refuses
                     // the change once a domain holds mappings.
-                    c.ioas().set_huge_pages(false).expect("IOMMU_OPTION_HUGE_PAGES off");
+                    c.ioas()
+                        .set_huge_pages(false)
+                        .expect("IOMMU_OPTION_HUGE_PAGES off");
                 }
                 run(lib, &c, bdf, buf, check, t)
             }
@@ -254,7 +260,10 @@ impl Pool {
             Ok(free) if free >= pages => Ok(pool),
             Ok(free) => Err(format!(
                 "the kernel found {free} of {pages} free pages{}",
-                wrote.err().map(|e| format!(" (nr_hugepages: {e})")).unwrap_or_default()
+                wrote
+                    .err()
+                    .map(|e| format!(" (nr_hugepages: {e})"))
+                    .unwrap_or_default()
             )),
             Err(e) => Err(e.to_string()),
         }
@@ -274,7 +283,11 @@ fn anon_huge_kb(buf: &DmaBuffer) -> Option<u64> {
     let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
     lines.next()?;
     lines
-        .take_while(|l| l.split_whitespace().next().is_some_and(|w| w.ends_with(':')))
+        .take_while(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.ends_with(':'))
+        })
         .find_map(|l| l.strip_prefix("AnonHugePages:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
@@ -288,7 +301,8 @@ fn contiguity(buf: &DmaBuffer) -> String {
     let pages = buf.len() / PAGE;
     let mut raw = vec![0u8; pages * 8];
     let at = (buf.as_ptr() as usize / PAGE * 8) as u64;
-    let read = std::fs::File::open("/proc/self/pagemap").and_then(|f| f.read_exact_at(&mut raw, at));
+    let read =
+        std::fs::File::open("/proc/self/pagemap").and_then(|f| f.read_exact_at(&mut raw, at));
     if let Err(e) = read {
         return format!("contiguity unknown (pagemap: {e})");
     }
@@ -343,7 +357,11 @@ fn page_list(bitmap: u64) -> String {
         })
         .collect();
     if names.len() > 4 {
-        format!("{}..{} (every power of two)", names[0], names[names.len() - 1])
+        format!(
+            "{}..{} (every power of two)",
+            names[0],
+            names[names.len() - 1]
+        )
     } else {
         names.join(",")
     }
@@ -437,7 +455,10 @@ fn map_one_gib_of_guest_ram() {
     for (row, t) in &results {
         for lib in [Lib::HalType1, Lib::HalIommufd] {
             let (m, u) = (Times::ms(&t.map, lib), Times::ms(&t.unmap, lib));
-            let (pm, pu) = (Times::ms(&t.map, lib.peer()), Times::ms(&t.unmap, lib.peer()));
+            let (pm, pu) = (
+                Times::ms(&t.map, lib.peer()),
+                Times::ms(&t.unmap, lib.peer()),
+            );
             report(format_args!(
                 "bigmap({kernel}): {} {}: map {m:.1} ms, unmap {u:.1} ms; {} map {pm:.1} ms, \
                  unmap {pu:.1} ms; vfio-hal/vfio-ioctls map {:.3}, unmap {:.3}",
