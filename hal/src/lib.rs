@@ -120,7 +120,7 @@ pub use device::{Device, DeviceExt, DeviceInfo, DeviceKind, FeatureOp, FeatureSu
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;
 pub use irq::{Irq, IrqAction, IrqData, IrqInfo, IrqSet};
-pub use memory::{DmaBuffer, MmapArea, MmapDetacher};
+pub use memory::{DmaBuffer, HugePageSize, MmapArea, MmapDetacher, PageBacking};
 pub use pci::PciConfig;
 pub use region::{Protection, Region, RegionExt, RegionInfo};
 pub use revoke::Revoker;

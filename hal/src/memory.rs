@@ -225,7 +225,99 @@ impl Drop for Mapping {
 #[derive(Debug)]
 pub struct DmaBuffer {
     map: Mapping,
+    backing: PageBacking,
 }
+
+/// A huge page size of the kernel's hugetlb pools
+/// (`/sys/kernel/mm/hugepages/hugepages-<kB>kB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HugePageSize {
+    /// 2 MiB pages (x86-64 PMD size).
+    Size2MiB,
+    /// 1 GiB pages (x86-64 PUD size).
+    Size1GiB,
+}
+
+impl HugePageSize {
+    /// The page size in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Size2MiB => 2 << 20,
+            Self::Size1GiB => 1 << 30,
+        }
+    }
+
+    /// The sysfs directory of this size's pool: `nr_hugepages` sets its
+    /// size, `free_hugepages` says how many pages are left.
+    pub fn sysfs_dir(self) -> std::path::PathBuf {
+        format!(
+            "/sys/kernel/mm/hugepages/hugepages-{}kB",
+            self.bytes() >> 10
+        )
+        .into()
+    }
+
+    /// How many pages of this size the pool has free (its sysfs
+    /// `free_hugepages`): a [`DmaBuffer::with_huge_pages`] of more fails.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] when the kernel has no pool of this size; the
+    /// errno of a failed read ([`Error::Sys`]); an unparsable count is
+    /// [`crate::ErrorKind::Malformed`].
+    pub fn free_pages(self) -> Result<u64> {
+        const OP: &str = "read(free_hugepages)";
+        let dir = self.sysfs_dir();
+        if !dir.is_dir() {
+            return Err(Error::NotSupported {
+                op: OP,
+                target: Target::None,
+                reason: "the kernel has no hugetlb pool of this page size",
+            });
+        }
+        let text = std::fs::read_to_string(dir.join("free_hugepages"))
+            .map_err(|e| Error::from_io(OP, Target::None, &e))?;
+        text.trim()
+            .parse()
+            .map_err(|e| Error::other(OP, Target::None, crate::ErrorKind::Malformed, e))
+    }
+
+    /// The `mmap` flags that ask the pool of this size for the pages.
+    fn mmap_flags(self) -> i32 {
+        // The kernel's uapi (`MAP_HUGE_SHIFT` = 26): log2 of the size in
+        // the flag bits above it; libc lacks the constants on some targets.
+        const MAP_HUGE_SHIFT: i32 = 26;
+        libc::MAP_HUGETLB | ((self.bytes().trailing_zeros() as i32) << MAP_HUGE_SHIFT)
+    }
+}
+
+/// What pages back a [`DmaBuffer`]: what the IOMMU can map it with.
+///
+/// Type1 and iommufd pin the buffer's pages and map every physically
+/// contiguous run with the largest IOMMU page that fits it
+/// ([`crate::IommuInfo::page_sizes`]), so a buffer of huge pages is mapped
+/// with far fewer, larger IOMMU entries (and pinned in far fewer steps)
+/// than one of base pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PageBacking {
+    /// Whatever the kernel's transparent-huge-page policy gives anonymous
+    /// memory ([`DmaBuffer::new`]).
+    Default,
+    /// Base pages only (`MADV_NOHUGEPAGE`).
+    Base,
+    /// Transparent huge pages, asked for (`MADV_HUGEPAGE`, 2 MiB-aligned
+    /// start and length); the kernel gives them where it can, base pages
+    /// elsewhere.
+    Transparent,
+    /// Pages of a hugetlb pool (`MAP_HUGETLB`), reserved when the buffer is
+    /// made and returned to the pool when it is dropped.
+    HugeTlb(HugePageSize),
+}
+
+/// Transparent huge pages are PMD-sized: 2 MiB on x86-64.
+const THP_SIZE: usize = 2 << 20;
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14): fault every page in, writable.
+const MADV_POPULATE_WRITE: i32 = 23;
 
 impl DmaBuffer {
     /// Allocates `len` zeroed bytes, rounded up to whole pages.
@@ -245,7 +337,135 @@ impl DmaBuffer {
             -1,
             0,
         )?;
-        Ok(Self { map })
+        Ok(Self {
+            map,
+            backing: PageBacking::Default,
+        })
+    }
+
+    /// Allocates `len` zeroed bytes (rounded up to whole pages of the
+    /// backing) backed as `backing` asks.
+    ///
+    /// A VMM backs guest RAM with huge pages so that the IOMMU maps it with
+    /// huge pages too: see [`PageBacking`].
+    ///
+    /// # Errors
+    /// - [`PageBacking::HugeTlb`] with a size the kernel offers no pool of
+    ///   (no [`HugePageSize::sysfs_dir`]): [`Error::NotSupported`].
+    /// - A pool with fewer free pages than the buffer needs: the kernel's
+    ///   `ENOMEM` ([`Error::Sys`], [`crate::ErrorKind::Exhausted`]); the
+    ///   pool's size is `vm.nr_hugepages` (or the size's `nr_hugepages`).
+    /// - [`PageBacking::Transparent`] or [`PageBacking::Base`] on a kernel
+    ///   without transparent huge pages: the kernel's `EINVAL` from
+    ///   `madvise` ([`Error::Sys`]).
+    pub fn with_backing(len: usize, backing: PageBacking) -> Result<Self> {
+        const OP: &str = "DmaBuffer::with_backing";
+        let overflow = |align: usize| Error::Overflow {
+            op: OP,
+            target: Target::None,
+            offset: align as u64,
+            len: len as u64,
+        };
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                target: Target::None,
+                reason: "length must not be zero",
+            });
+        }
+        let map = match backing {
+            PageBacking::Default => return Self::new(len),
+            PageBacking::Base => {
+                let buf = Self::new(len)?;
+                buf.advise("madvise(MADV_NOHUGEPAGE)", libc::MADV_NOHUGEPAGE)?;
+                buf.map
+            }
+            PageBacking::Transparent => {
+                let rounded = len
+                    .checked_next_multiple_of(THP_SIZE)
+                    .ok_or_else(|| overflow(THP_SIZE))?;
+                let buf = Self::with_alignment(rounded, THP_SIZE)?;
+                buf.advise("madvise(MADV_HUGEPAGE)", libc::MADV_HUGEPAGE)?;
+                buf.map
+            }
+            PageBacking::HugeTlb(size) => {
+                if !size.sysfs_dir().is_dir() {
+                    return Err(Error::NotSupported {
+                        op: OP,
+                        target: Target::None,
+                        reason: "the kernel has no hugetlb pool of this page size",
+                    });
+                }
+                let rounded = len
+                    .checked_next_multiple_of(size.bytes())
+                    .ok_or_else(|| overflow(size.bytes()))?;
+                // A private hugetlb mapping reserves its pages here: a pool
+                // too small fails now (ENOMEM), not at the first touch.
+                Mapping::new(
+                    "mmap(DmaBuffer, MAP_HUGETLB)",
+                    rounded,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | size.mmap_flags(),
+                    -1,
+                    0,
+                )?
+            }
+        };
+        Ok(Self { map, backing })
+    }
+
+    /// [`DmaBuffer::with_backing`] with pages of the hugetlb pool of `size`.
+    ///
+    /// ```
+    /// use vfio_hal::prelude::*;
+    /// use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, HugePageSize, PageBacking};
+    /// use vfio_hal_mock::MockContainer;
+    ///
+    /// // Guest RAM from the 2 MiB pool when there is one, else base pages.
+    /// let ram = match DmaBuffer::with_huge_pages(4 << 20, HugePageSize::Size2MiB) {
+    ///     Ok(ram) => {
+    ///         assert_eq!(ram.backing(), PageBacking::HugeTlb(HugePageSize::Size2MiB));
+    ///         assert_eq!(ram.as_ptr() as usize % (2 << 20), 0, "huge-page aligned");
+    ///         ram
+    ///     }
+    ///     // No pool of that size, or too few free pages in it.
+    ///     Err(e) if matches!(e.kind(), ErrorKind::NotSupported | ErrorKind::Exhausted) => {
+    ///         DmaBuffer::new(4 << 20)?
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// };
+    /// assert_eq!(ram.len(), 4 << 20);
+    /// let container = MockContainer::new();
+    /// let ram = container.map_buffer(0x4000_0000, ram, DmaAccess::ReadWrite)?;
+    /// assert_eq!(ram.unmap()?.len(), 4 << 20);
+    /// # Ok::<(), vfio_hal::Error>(())
+    /// ```
+    pub fn with_huge_pages(len: usize, size: HugePageSize) -> Result<Self> {
+        Self::with_backing(len, PageBacking::HugeTlb(size))
+    }
+
+    /// What pages were asked for to back the buffer.
+    pub fn backing(&self) -> PageBacking {
+        self.backing
+    }
+
+    /// Faults every page in, writable (`MADV_POPULATE_WRITE`), so that
+    /// pinning it for a DMA map finds the pages present instead of
+    /// allocating and zeroing them: the cost moves from the map call to
+    /// here. Kernels before 5.14 lack the advice: `EINVAL` ([`Error::Sys`]).
+    pub fn populate(&self) -> Result<()> {
+        self.advise("madvise(MADV_POPULATE_WRITE)", MADV_POPULATE_WRITE)
+    }
+
+    fn advise(&self, op: &'static str, advice: i32) -> Result<()> {
+        // SAFETY: the whole range is this buffer's own anonymous mapping;
+        // these advices change neither its contents (NOHUGEPAGE, HUGEPAGE)
+        // nor its validity (POPULATE_WRITE faults zero pages in), and no
+        // reference into it exists.
+        if unsafe { libc::madvise(self.map.ptr.as_ptr().cast(), self.map.len, advice) } != 0 {
+            return Err(Error::last_os_error(op, Target::None));
+        }
+        Ok(())
     }
 
     /// Allocates `len` zeroed bytes (rounded up to whole pages) whose host
@@ -284,6 +504,7 @@ impl DmaBuffer {
         )?;
         Ok(Self {
             map: map.trim_to_aligned(align, rounded)?,
+            backing: PageBacking::Default,
         })
     }
 
@@ -574,6 +795,92 @@ mod tests {
         let mut back = [0u8; 4];
         std::os::unix::fs::FileExt::read_at(&file, &mut back, 8).expect("read the file");
         assert_eq!(back, [0xab; 4], "a store after detach reached the file");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "madvise is a system call Miri lacks")]
+    fn base_and_transparent_backings_are_usable_and_populate() {
+        let base = DmaBuffer::with_backing(10, PageBacking::Base).expect("base");
+        assert_eq!(base.len() as u64, page_size());
+        assert_eq!(base.backing(), PageBacking::Base);
+        base.populate().expect("populate");
+        assert!(base.to_vec().iter().all(|&x| x == 0), "zeroed");
+
+        let thp = DmaBuffer::with_backing(THP_SIZE + 1, PageBacking::Transparent).expect("thp");
+        assert_eq!(thp.len(), 2 * THP_SIZE, "whole huge pages");
+        assert_eq!(thp.as_ptr() as usize % THP_SIZE, 0, "huge-page aligned");
+        assert_eq!(thp.backing(), PageBacking::Transparent);
+        thp.populate().expect("populate");
+        thp.write(thp.len() as u64 - 1, &[9]).expect("last byte");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "MAP_HUGETLB and sysfs are outside Miri")]
+    fn huge_tlb_buffers_come_from_the_pool_or_say_why_not() {
+        for size in [HugePageSize::Size2MiB, HugePageSize::Size1GiB] {
+            match DmaBuffer::with_huge_pages(100, size) {
+                Ok(b) => {
+                    assert_eq!(b.len(), size.bytes(), "one whole huge page");
+                    assert_eq!(b.as_ptr() as usize % size.bytes(), 0);
+                    assert_eq!(b.backing(), PageBacking::HugeTlb(size));
+                    b.write(b.len() as u64 - 1, &[1]).expect("last byte");
+                }
+                Err(e) if !size.sysfs_dir().is_dir() => {
+                    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+                    let e = size.free_pages().expect_err("no pool");
+                    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+                }
+                // An empty pool (the usual host) refuses the reservation.
+                Err(e) => {
+                    size.free_pages().expect("the pool's count reads");
+                    assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
+                    assert!(
+                        matches!(
+                            e,
+                            Error::Sys {
+                                errno: libc::ENOMEM,
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn huge_page_sizes_and_their_pools() {
+        assert_eq!(HugePageSize::Size2MiB.bytes(), 2 << 20);
+        assert_eq!(HugePageSize::Size1GiB.bytes(), 1 << 30);
+        assert_eq!(
+            HugePageSize::Size2MiB.sysfs_dir(),
+            std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB")
+        );
+        // MAP_HUGE_2MB and MAP_HUGE_1GB of the kernel's uapi.
+        assert_eq!(
+            HugePageSize::Size2MiB.mmap_flags(),
+            libc::MAP_HUGETLB | 21 << 26
+        );
+        assert_eq!(
+            HugePageSize::Size1GiB.mmap_flags(),
+            libc::MAP_HUGETLB | 30 << 26
+        );
+    }
+
+    #[test]
+    fn backed_buffers_refuse_zero_length_and_overflow() {
+        for backing in [
+            PageBacking::Default,
+            PageBacking::Base,
+            PageBacking::Transparent,
+            PageBacking::HugeTlb(HugePageSize::Size2MiB),
+        ] {
+            let e = DmaBuffer::with_backing(0, backing).expect_err("zero");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{backing:?}");
+        }
+        let e = DmaBuffer::with_backing(usize::MAX, PageBacking::Transparent).expect_err("huge");
+        assert_eq!(e.kind(), ErrorKind::Overflow);
     }
 
     #[test]
