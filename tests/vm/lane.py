@@ -359,7 +359,11 @@ def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> li
     env.pop("CARGO_ENCODED_RUSTFLAGS", None)
     env.update(
         RUSTFLAGS="-C target-feature=+crt-static --cfg vfio_hal_guest",
-        CARGO_TARGET_DIR=str(WORK / "cargo"),
+        # Per checkout, outside target/vm (which worktrees may share for
+        # its kernels): cargo names a workspace crate's artifacts the same
+        # in every checkout, so a shared directory can hand one checkout
+        # another's build.
+        CARGO_TARGET_DIR=str(ROOT / "target" / "lane-cargo"),
         # Read by tests/guest/build.rs: compiles the deliberately failing test.
         VFIO_HAL_LANE_FAIL_DEMO="1" if fail_demo else "0",
     )
