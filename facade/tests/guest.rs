@@ -174,6 +174,122 @@ fn each_real_backend_gives_the_hypervisor_its_vfio_file() {
     }
 }
 
+/// The tracer around each real backend records a driver's calls as it
+/// does around the mock: the device opened through it, register reads
+/// with the values the device returned, a write with its value, a DMA map
+/// and unmap with their IOVA and length, an MSI route, in call order.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn the_tracer_records_a_drivers_calls_on_each_real_backend() {
+    use vfio_hal::decorate::trace::{Outcome, Tracer};
+    use vfio_hal::decorate::{Args, Op};
+    use vfio_hal::eventfd::{EventFd, EventFdExt};
+    use vfio_hal::{Container, DmaAccess, DmaBuffer};
+
+    fn drive<C: Container>(backend: &str, container: C) {
+        let tracer = Tracer::new(container);
+        let dev = tracer.open_device(&edu()).expect("open edu");
+        dev.set_bus_master(true).expect("bus master");
+        tracer.clear();
+        let bar0 = dev.region(0).expect("bar0");
+        assert_eq!(bar0.read_at::<u32>(0).expect("id"), EDU_ID_VALUE);
+        bar0.write_at::<u32>(4, 0x1234_5678).expect("liveness");
+        assert_eq!(bar0.read_at::<u32>(4).expect("liveness"), !0x1234_5678);
+        let mapping = tracer
+            .map_buffer(
+                0x10_0000,
+                DmaBuffer::new(4096).expect("buffer"),
+                DmaAccess::ReadWrite,
+            )
+            .expect("map");
+        drop(mapping);
+        let efd = EventFd::nonblocking().expect("eventfd");
+        let msi = dev.irq(vfio_hal::irq::index::MSI).expect("msi");
+        msi.set_eventfd(0, Some(efd.as_fd())).expect("route");
+        msi.disable().expect("disable");
+
+        let events = tracer.events();
+        let ops: Vec<Op> = events.iter().map(|e| e.op).collect();
+        assert_eq!(
+            ops,
+            [
+                Op::Region,
+                Op::RegionRead,
+                Op::RegionWrite,
+                Op::RegionRead,
+                Op::MapDma,
+                Op::UnmapDma,
+                Op::Irq,
+                Op::SetEventfd,
+                Op::Disable,
+            ],
+            "{backend}:\n{tracer}"
+        );
+        assert!(
+            events.iter().all(|e| e.outcome.is_ok()),
+            "{backend}:\n{tracer}"
+        );
+        assert_eq!(
+            events[1].outcome,
+            Outcome::Value(u64::from(EDU_ID_VALUE)),
+            "{backend}"
+        );
+        assert!(
+            matches!(
+                events[2].args,
+                Args::Access {
+                    offset: 4,
+                    len: 4,
+                    value: Some(0x1234_5678),
+                    ..
+                }
+            ),
+            "{backend}: {:?}",
+            events[2].args
+        );
+        assert_eq!(
+            events[3].outcome,
+            Outcome::Value(u64::from(!0x1234_5678u32)),
+            "{backend}"
+        );
+        assert!(
+            matches!(
+                events[4].args,
+                Args::Map {
+                    iova: 0x10_0000,
+                    len: 4096,
+                    ..
+                }
+            ),
+            "{backend}: {:?}",
+            events[4].args
+        );
+        assert_eq!(
+            events[5].outcome,
+            Outcome::Value(4096),
+            "{backend}: unmapped bytes"
+        );
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "{backend}: {seqs:?}"
+        );
+        println!("{backend}:\n{tracer}");
+    }
+
+    drive(
+        "legacy",
+        vfio_hal_facade::legacy::LegacyContainer::open().expect("type1 container"),
+    );
+    drive(
+        "iommufd",
+        vfio_hal_facade::iommufd::IoasContainer::open().expect("IOAS container"),
+    );
+}
+
 /// The MSI-X lookups on a real device: the lane's NVMe has its table
 /// inside BAR0; edu has MSI only.
 #[test]
