@@ -41,6 +41,10 @@ GUEST_TEST_PACKAGES = [
     "vfio-hal-peer-bench",
 ]
 
+# Binaries the guest tests run as a user would, copied into the guest's
+# /bin: the command-line tool (built whenever vfio-hal-cli's tests are).
+GUEST_TOOLS = ["vfio-hal"]
+
 # Cargo features the lane turns on for a package's guest tests, beyond its
 # defaults (a guest test that needs an optional feature is gated on it).
 GUEST_TEST_FEATURES = {
@@ -354,7 +358,8 @@ def build_kernel(flavour: str) -> Path:
 # --------------------------------------------------------------------------
 
 
-def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> list[Path]:
+def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> tuple[list[Path], list[Path]]:
+    """The test executables, and the GUEST_TOOLS binaries built with them."""
     env = dict(os.environ)
     env.pop("CARGO_ENCODED_RUSTFLAGS", None)
     env.update(
@@ -378,6 +383,7 @@ def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> li
     log("cargo: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     exes: list[Path] = []
+    tools: list[Path] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         try:
@@ -393,11 +399,18 @@ def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> li
             and msg.get("executable")
         ):
             exes.append(Path(msg["executable"]))
+        elif (
+            msg.get("reason") == "compiler-artifact"
+            and "bin" in msg.get("target", {}).get("kind", [])
+            and msg.get("target", {}).get("name") in GUEST_TOOLS
+            and msg.get("executable")
+        ):
+            tools.append(Path(msg["executable"]))
     if proc.wait():
         raise LaneError("cargo: building the guest tests failed")
     if not exes:
         raise LaneError(f"cargo: no test executables for {packages}")
-    return exes
+    return exes, tools
 
 
 # --------------------------------------------------------------------------
@@ -405,7 +418,7 @@ def build_guest_tests(fail_demo: bool, packages: list[str], release: bool) -> li
 # --------------------------------------------------------------------------
 
 
-def build_initramfs(exes: list[Path]) -> tuple[Path, list[str]]:
+def build_initramfs(exes: list[Path], tools: list[Path]) -> tuple[Path, list[str]]:
     stage = WORK / "initramfs"
     if stage.exists():
         shutil.rmtree(stage)
@@ -420,6 +433,8 @@ def build_initramfs(exes: list[Path]) -> tuple[Path, list[str]]:
         # Debug info only bloats the initramfs; symbols stay for backtraces.
         run(["strip", "--strip-debug", "-o", str(stage / "tests" / exe.name), str(exe)])
     (stage / "tests" / "MANIFEST").write_text("".join(f"{n}\n" for n in names))
+    for tool in tools:
+        run(["strip", "--strip-debug", "-o", str(stage / "bin" / tool.name), str(tool)])
     image = WORK / "initramfs.cpio.gz"
     files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
     cpio = run(
@@ -430,7 +445,7 @@ def build_initramfs(exes: list[Path]) -> tuple[Path, list[str]]:
     ).stdout
     with image.open("wb") as f:
         run(["gzip", "-1", "-n"], input=cpio, stdout=f)
-    log(f"initramfs: {len(names)} test binaries, {image.stat().st_size >> 10} KiB")
+    log(f"initramfs: {len(names)} test binaries, tools {[t.name for t in tools]}, {image.stat().st_size >> 10} KiB")
     return image, names
 
 
@@ -814,8 +829,8 @@ def main() -> int:
     try:
         ensure_packages()
         kernels = {f: build_kernel(f) for f in flavours}
-        exes = build_guest_tests(args.fail_demo, packages, args.release)
-        initrd, expected = build_initramfs(exes)
+        exes, tools = build_guest_tests(args.fail_demo, packages, args.release)
+        initrd, expected = build_initramfs(exes, tools)
         accel = choose_accel(kernels[flavours[0]], initrd)
         total = Outcome()
         for flavour in flavours:
