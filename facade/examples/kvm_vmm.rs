@@ -1089,6 +1089,9 @@ fn run_hotplug(
 
     let vm = Arc::clone(&machine.vm);
     let progress = Arc::new(Progress::default());
+    let (tx, rx) = mpsc::channel();
+    // As in `run_vmm`: if the guest stops reporting, the vCPU thread stays
+    // blocked in KVM_RUN with everything the guest may touch.
     let worker = {
         let progress = Arc::clone(&progress);
         std::thread::spawn(move || {
@@ -1096,7 +1099,7 @@ fn run_hotplug(
             // Whatever happened, the VMM thread waits no more.
             progress.stop.store(true, Ordering::Release);
             drop((machine, bar0));
-            result
+            let _ = tx.send(result);
         })
     };
     let target = UnplugTarget {
@@ -1116,7 +1119,10 @@ fn run_hotplug(
     // Stop the guest at its next report (the VMM thread's handle of the
     // VM is gone by now, so the vCPU thread's is the last).
     progress.stop.store(true, Ordering::Release);
-    let exits = worker.join().map_err(|_| "the vCPU thread panicked")??;
+    let exits = rx
+        .recv_timeout(timeout)
+        .map_err(|_| format!("the guest did not report within {timeout:?} of the stop"))??;
+    let _ = worker.join();
     let unplugged = unplugged?;
     Ok(HotplugOutcome {
         device: name,
