@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run -p vfio-hal-facade --example kvm_vmm              # the mock edu
 //! cargo run -p vfio-hal-facade --example kvm_vmm 0000:00:04.0 # a real edu on vfio-pci
+//! cargo run -p vfio-hal-facade --example kvm_vmm -- --unplug  # the hotplug story, mock edu
 //! ```
 //!
 //! What happens:
@@ -43,6 +44,15 @@
 //!   reports it. Without one, the VMM reads the eventfd itself when the
 //!   guest halts (a userspace-irqchip VMM would inject from there; this
 //!   example stops).
+//! - The hotplug story ([`run_hotplug`], `--unplug`): a second guest
+//!   ([`LOOP_CODE`]) reads edu in a loop and counts; the device's REQ
+//!   interrupt goes to an eventfd the VMM thread waits on while the vCPU
+//!   thread runs. When the host asks for the device back (the mock's
+//!   `request_unplug`; QEMU's `device_del` in the real-kernel lane), the
+//!   VMM revokes the device, deletes BAR0's memory slot, unregisters the
+//!   irqfd, removes the VFIO file from the hypervisor and drops every
+//!   handle; the host's removal completes, the guest's accesses exit and
+//!   read all-ones, and the guest keeps counting.
 //!
 //! The run fails (exit status 1) unless the guest read `0x010000ed` and the
 //! inverted liveness pattern, and the interrupt arrived. `cargo test` runs
@@ -51,13 +61,13 @@
 //! `VFIO_HAL_REQUIRE_KVM=1` says the machine must have KVM.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vfio_hal_facade::dynamic::DynContainer;
-use vfio_hal_facade::dynamic::DynRegion;
+use vfio_hal_facade::dynamic::{DynContainer, DynDevice, DynIrq, DynRegion};
 use vfio_hal_facade::eventfd::{EventFd, EventFdExt};
 use vfio_hal_facade::hypervisor::{Hypervisor, VfioFileRegistration};
 use vfio_hal_facade::linux::kvm::KvmVfioDevice;
@@ -65,6 +75,7 @@ use vfio_hal_facade::mock::MockHypervisor;
 use vfio_hal_facade::prelude::*;
 use vfio_hal_facade::{
     open, Backend, DmaAccess, DmaBuffer, MmapArea, OpenSpec, Opened, OwnedDmaMapping, Protection,
+    Revoker,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -410,7 +421,11 @@ enum Bar0Path {
 /// the vCPU and VM go before the memory they map.
 struct Machine {
     vcpu: VcpuFd,
-    vm: VmFd,
+    /// Shared with the thread that watches the device's REQ in a hotplug
+    /// run ([`run_hotplug`]), which removes the device's memory slot and
+    /// irqfd while the vCPU runs; that thread drops its handle before the
+    /// vCPU thread drops the machine.
+    vm: Arc<VmFd>,
     /// Guest RAM, DMA-mapped in the device's container at IOVA = GPA; the
     /// guard unmaps it (and frees it) when the machine goes.
     ram: OwnedDmaMapping<DynContainer>,
@@ -428,7 +443,11 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-fn setup_machine(want_irqchip: bool, container: &Arc<DynContainer>) -> Result<Machine, BoxError> {
+fn setup_machine(
+    want_irqchip: bool,
+    container: &Arc<DynContainer>,
+    code: &[u8],
+) -> Result<Machine, BoxError> {
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     // Intel CPUs without unrestricted guest run real mode through a TSS.
@@ -437,7 +456,7 @@ fn setup_machine(want_irqchip: bool, container: &Arc<DynContainer>) -> Result<Ma
     let irqchip = want_irqchip && vm.create_irq_chip().is_ok();
 
     let memory = DmaBuffer::new(RAM_SIZE)?;
-    memory.write(CODE_GPA, &GUEST_CODE)?;
+    memory.write(CODE_GPA, code)?;
     memory.write(DMA_SOURCE_GPA, &DMA_PATTERN)?;
     let ram = container
         .map_buffer_owned(0, memory, DmaAccess::ReadWrite)
@@ -500,7 +519,7 @@ fn setup_machine(want_irqchip: bool, container: &Arc<DynContainer>) -> Result<Ma
         .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
     Ok(Machine {
         vcpu,
-        vm,
+        vm: Arc::new(vm),
         ram,
         bar0_map: None,
         irqchip,
@@ -630,7 +649,7 @@ fn run_vmm(
     let bar0 = opened.device.region(vfio_hal_facade::pci::region::BAR0)?;
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
-    let mut machine = setup_machine(want_irqchip, &container)?;
+    let mut machine = setup_machine(want_irqchip, &container, &GUEST_CODE)?;
     let bar0_path = if map_bar {
         map_bar0(&mut machine, &bar0)
     } else {
@@ -713,6 +732,535 @@ fn run_vmm(
     })
 }
 
+/// The guest of a hotplug run ([`run_hotplug`]): 16-bit real mode, loaded
+/// at `0000:1000`, assembled and listed as [`GUEST_CODE`] is. It reads
+/// edu's identification register in a loop, keeps the last value and a
+/// counter in its RAM, and every 1024 rounds reports both on ports — the
+/// device is in use for as long as it is there, and the reports show that
+/// the guest keeps running once it is gone.
+///
+/// ```text
+/// 00 fa                   cli
+/// 01 31 c0                xor ax,ax
+/// 03 8e d8                mov ds,ax
+/// 05 8e d0                mov ss,ax
+/// 07 bc 00 80             mov sp,0x8000
+/// 0a b8 00 10             mov ax,0x1000
+/// 0d 8e c0                mov es,ax                    ; es:0 = BAR0 (GPA 0x10000)
+/// spin:
+/// 0f 26 66 a1 00 00       mov eax,es:0x0               ; identification
+/// 14 66 a3 00 08          mov ds:0x800,eax             ; the last value read
+/// 18 66 ff 06 04 08       inc DWORD PTR ds:0x804       ; the counter
+/// 1d f7 06 04 08 ff 03    test WORD PTR ds:0x804,0x3ff
+/// 23 75 ea                jne spin
+/// 25 66 a1 00 08          mov eax,ds:0x800
+/// 29 ba 34 05             mov dx,0x534                 ; the last identification read
+/// 2c 66 ef                out dx,eax
+/// 2e 66 a1 04 08          mov eax,ds:0x804
+/// 32 ba 30 05             mov dx,0x530                 ; the counter
+/// 35 66 ef                out dx,eax
+/// 37 eb d6                jmp spin
+/// ```
+#[rustfmt::skip]
+const LOOP_CODE: [u8; 0x39] = [
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x80, 0xb8, 0x00,
+    0x10, 0x8e, 0xc0, 0x26, 0x66, 0xa1, 0x00, 0x00, 0x66, 0xa3, 0x00, 0x08,
+    0x66, 0xff, 0x06, 0x04, 0x08, 0xf7, 0x06, 0x04, 0x08, 0xff, 0x03, 0x75,
+    0xea, 0x66, 0xa1, 0x00, 0x08, 0xba, 0x34, 0x05, 0x66, 0xef, 0x66, 0xa1,
+    0x04, 0x08, 0xba, 0x30, 0x05, 0x66, 0xef, 0xeb, 0xd6,
+];
+/// Where [`LOOP_CODE`] keeps its counter.
+const LOOP_COUNTER_GPA: u64 = 0x804;
+/// Rounds of [`LOOP_CODE`] between two reports.
+const LOOP_REPORT_EVERY: u64 = 0x400;
+/// The ports [`LOOP_CODE`] reports on.
+mod loop_port {
+    /// The counter (every [`super::LOOP_REPORT_EVERY`] rounds).
+    pub const COUNTER: u16 = 0x530;
+    /// The identification value the guest read last.
+    pub const LAST_ID: u16 = 0x534;
+}
+/// What a removed PCI device answers to reads: the VMM's answer to the
+/// guest's trapped accesses once the device is revoked.
+const REMOVED: u32 = u32::MAX;
+
+/// How a hotplug run's device leaves: who asks the host to unplug it, and
+/// how the VMM learns that the host's removal completed.
+trait Unplug {
+    /// Asks for the unplug; the device's REQ interrupt follows.
+    fn request(&self, opened: &UnplugTarget<'_>) -> Result<(), BoxError>;
+    /// Waits (at most `timeout`) until the host has removed the device,
+    /// after the VMM let go of it.
+    fn wait_removed(&self, opened: &UnplugTarget<'_>, timeout: Duration) -> Result<(), BoxError>;
+}
+
+/// The device a hotplug run unplugs, as [`Unplug`] sees it.
+struct UnplugTarget<'a> {
+    /// Its name in its backend.
+    name: &'a str,
+    /// The mock container serving it, if the mock does.
+    mock: Option<&'a vfio_hal_facade::mock::MockContainer>,
+}
+
+/// The mock's unplug: [`MockContainer::request_unplug`] signals REQ as
+/// vfio-pci does; the device is gone for the mock once nobody holds it open
+/// (a second request then finds nobody to ask).
+///
+/// [`MockContainer::request_unplug`]: vfio_hal_facade::mock::MockContainer::request_unplug
+struct MockUnplug;
+
+impl Unplug for MockUnplug {
+    fn request(&self, target: &UnplugTarget<'_>) -> Result<(), BoxError> {
+        let mock = target
+            .mock
+            .ok_or("the mock unplug needs a device of the mock")?;
+        if mock.request_unplug(target.name)? {
+            Ok(())
+        } else {
+            Err(format!("the mock found nobody to ask for {}", target.name).into())
+        }
+    }
+
+    fn wait_removed(&self, target: &UnplugTarget<'_>, timeout: Duration) -> Result<(), BoxError> {
+        let mock = target
+            .mock
+            .ok_or("the mock unplug needs a device of the mock")?;
+        wait_until(timeout, "the mock device to be let go", || {
+            Ok(!mock.request_unplug(target.name)?)
+        })
+    }
+}
+
+/// Polls `done` every millisecond until it is true, for at most `timeout`.
+fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, BoxError>,
+) -> Result<(), BoxError> {
+    let start = std::time::Instant::now();
+    while !done()? {
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// What the vCPU thread of a hotplug run shares with the VMM thread.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The guest's counter at its last report.
+    counter: AtomicU64,
+    /// Set by the VMM thread: return at the guest's next report.
+    stop: AtomicBool,
+}
+
+/// What the vCPU thread of a hotplug run collected.
+#[derive(Debug, Default)]
+struct LoopExits {
+    /// How many times the guest reported.
+    reports: u64,
+    /// The identification values the guest reported, each once, in order.
+    idents: Vec<u32>,
+    /// Trapped accesses forwarded to the hal region of BAR0.
+    mmio_accesses: u64,
+    /// Trapped accesses the revoked region refused (`DeviceGone`): the
+    /// guest read [`REMOVED`], its writes were dropped.
+    gone_accesses: u64,
+    /// The guest's counter, read from its RAM at the end.
+    counter_in_ram: u32,
+}
+
+/// Runs [`LOOP_CODE`] until the VMM thread sets `progress.stop`: the
+/// guest's trapped accesses go to `bar0`, and once the device is revoked
+/// they get what a removed device answers.
+fn run_loop_vcpu(
+    machine: &mut Machine,
+    bar0: &DynRegion,
+    progress: &Progress,
+) -> Result<LoopExits, BoxError> {
+    let window = BAR0_GPA..BAR0_GPA + BAR0_WINDOW;
+    let mut exits = LoopExits::default();
+    let forward = |exits: &mut LoopExits, r: vfio_hal_facade::Result<()>, data: &mut [u8]| {
+        exits.mmio_accesses += 1;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == vfio_hal_facade::ErrorKind::DeviceGone => {
+                exits.gone_accesses += 1;
+                data.fill(0xff);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    loop {
+        match machine.vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
+            VcpuExit::MmioRead(addr, data) if window.contains(&addr) => {
+                let r = bar0.read(addr - BAR0_GPA, data);
+                forward(&mut exits, r, data)?;
+            }
+            VcpuExit::MmioWrite(addr, data) if window.contains(&addr) => {
+                let r = bar0.write(addr - BAR0_GPA, data);
+                forward(&mut exits, r, &mut [])?;
+            }
+            VcpuExit::IoOut(loop_port::LAST_ID, data) => {
+                let id = le_u32(data).ok_or("a short identification report")?;
+                if !exits.idents.contains(&id) {
+                    exits.idents.push(id);
+                }
+            }
+            VcpuExit::IoOut(loop_port::COUNTER, data) => {
+                let counter = le_u32(data).ok_or("a short counter report")?;
+                exits.reports += 1;
+                progress
+                    .counter
+                    .store(u64::from(counter), Ordering::Release);
+                if progress.stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            other => {
+                let what = format!("{other:?}");
+                let rip = machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+                return Err(format!("unexpected exit {what} at rip {rip:#x}").into());
+            }
+        }
+    }
+    let mut counter = [0u8; 4];
+    machine.ram.buffer().read(LOOP_COUNTER_GPA, &mut counter)?;
+    exits.counter_in_ram = u32::from_le_bytes(counter);
+    Ok(exits)
+}
+
+/// What a hotplug run observed.
+#[derive(Debug, Clone)]
+struct HotplugOutcome {
+    device: String,
+    backend: Backend,
+    bar0: Bar0Path,
+    hypervisor: &'static str,
+    /// The guest's counter when the VMM saw REQ, once the host had removed
+    /// the device, and (from guest RAM) at the end.
+    counter_at_req: u64,
+    counter_at_removed: u64,
+    counter_final: u64,
+    /// From the unplug request to REQ, and from the revocation to the
+    /// host's removal.
+    req_after: Duration,
+    removed_after: Duration,
+    /// What the MSI and REQ irqs answered to `disable` after the
+    /// revocation (it tore their routes down).
+    irqs_after_revoke: [Option<vfio_hal_facade::ErrorKind>; 2],
+    /// The identification values the guest reported, in order.
+    idents: Vec<u32>,
+    reports: u64,
+    mmio_accesses: u64,
+    gone_accesses: u64,
+}
+
+impl HotplugOutcome {
+    /// Every check of the story, with what was expected and what came back.
+    fn check(&self) -> Result<(), String> {
+        let mut failures = Vec::new();
+        if self.idents.first() != Some(&EDU_ID) {
+            failures.push(format!(
+                "the guest first read {:x?}, expected edu's identification {EDU_ID:#010x}",
+                self.idents
+            ));
+        }
+        if self.idents.last() != Some(&REMOVED) || self.gone_accesses == 0 {
+            failures.push(format!(
+                "the guest read {:x?} ({} trapped accesses refused): expected it to end up reading {REMOVED:#x} from the removed device",
+                self.idents, self.gone_accesses
+            ));
+        }
+        if !(0 < self.counter_at_req
+            && self.counter_at_req <= self.counter_at_removed
+            && self.counter_at_removed + 2 * LOOP_REPORT_EVERY <= self.counter_final)
+        {
+            failures.push(format!(
+                "the guest's counter: {} at REQ, {} at the removal, {} at the end; expected it to keep running past the removal",
+                self.counter_at_req, self.counter_at_removed, self.counter_final
+            ));
+        }
+        let gone = Some(vfio_hal_facade::ErrorKind::DeviceGone);
+        if self.irqs_after_revoke != [gone, gone] {
+            failures.push(format!(
+                "MSI and REQ disable after the revocation: {:?}, expected DeviceGone",
+                self.irqs_after_revoke
+            ));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+}
+
+/// What the VMM thread of a hotplug run measured.
+#[derive(Debug)]
+struct Unplugged {
+    counter_at_req: u64,
+    counter_at_removed: u64,
+    req_after: Duration,
+    removed_after: Duration,
+    irqs_after_revoke: [Option<vfio_hal_facade::ErrorKind>; 2],
+}
+
+/// The device's handles a hotplug run lets go of when REQ arrives.
+struct Passthrough {
+    device: DynDevice,
+    msi: DynIrq,
+    req: DynIrq,
+    msi_fd: EventFd,
+    req_fd: EventFd,
+    registration: VfioFileRegistration<Box<dyn Hypervisor>>,
+    revoker: Revoker,
+}
+
+/// The hotplug story of passthrough: the guest ([`LOOP_CODE`]) uses the
+/// device (BAR0 mapped as in [`run_vmm`] where it can be, its MSI on an
+/// irqfd, its VFIO file added to the hypervisor) while `unplug` asks the
+/// host to remove it; the device's REQ interrupt, routed to an eventfd this
+/// thread waits on, makes the VMM let go of it while the vCPU thread keeps
+/// running the guest: revoke it ([`Revoker::revoke`]: BAR mmaps become
+/// zero pages, the routes go, every later call is `DeviceGone`), delete
+/// BAR0's memory slot (so the guest's accesses exit and read a removed
+/// device's all-ones), unregister the irqfd, remove the VFIO file from the
+/// hypervisor, drop every handle. Then the host's removal completes, and
+/// the guest is still counting.
+fn run_hotplug(
+    spec: &OpenSpec,
+    map_bar: bool,
+    unplug: &dyn Unplug,
+    timeout: Duration,
+) -> Result<HotplugOutcome, BoxError> {
+    let opened: Opened = open(spec)?;
+    let mock = opened.mock().cloned();
+    let Opened {
+        device,
+        container,
+        name,
+        backend,
+        ..
+    } = opened;
+    let container = Arc::new(container);
+    device.set_bus_master(true)?;
+    let bar0 = device.region(vfio_hal_facade::pci::region::BAR0)?;
+    let msi = device.irq(vfio_hal_facade::irq::index::MSI)?;
+    let req = device.irq(vfio_hal_facade::irq::index::REQ)?;
+    // Taken before the handles spread over threads.
+    let revoker = device.revoker()?;
+
+    let mut machine = setup_machine(true, &container, &LOOP_CODE)?;
+    let bar0_path = if map_bar {
+        map_bar0(&mut machine, &bar0)
+    } else {
+        Bar0Path::Trapped("asked to trap it (--trap-bar)".into())
+    };
+    let hook: Box<dyn Hypervisor> = match backend {
+        Backend::Mock => Box::new(MockHypervisor::new()),
+        _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
+    };
+    let registration = VfioFileRegistration::new(hook, &device)?;
+    let hypervisor = registration.hypervisor().name();
+    let msi_fd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
+    let req_fd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
+    let irqchip = machine.irqchip;
+    if irqchip {
+        machine
+            .vm
+            .register_irqfd(&msi_fd, EDU_GSI)
+            .map_err(|e| format!("KVM_IRQFD: {e}"))?;
+    }
+    msi.set_eventfd(0, Some(msi_fd.as_fd()))?;
+    req.set_eventfd(0, Some(req_fd.as_fd()))?;
+    let passthrough = Passthrough {
+        device,
+        msi,
+        req,
+        msi_fd,
+        req_fd,
+        registration,
+        revoker,
+    };
+
+    let vm = Arc::clone(&machine.vm);
+    let progress = Arc::new(Progress::default());
+    let (tx, rx) = mpsc::channel();
+    // As in `run_vmm`: if the guest stops reporting, the vCPU thread stays
+    // blocked in KVM_RUN with everything the guest may touch.
+    let worker = {
+        let progress = Arc::clone(&progress);
+        std::thread::spawn(move || {
+            let result = run_loop_vcpu(&mut machine, &bar0, &progress);
+            // Whatever happened, the VMM thread waits no more.
+            progress.stop.store(true, Ordering::Release);
+            drop((machine, bar0));
+            let _ = tx.send(result);
+        })
+    };
+    let target = UnplugTarget {
+        name: &name,
+        mock: mock.as_ref(),
+    };
+    let unplugged = unplug_while_running(
+        passthrough,
+        vm,
+        map_bar && bar0_path == Bar0Path::Mapped,
+        irqchip,
+        &progress,
+        unplug,
+        &target,
+        timeout,
+    );
+    // Stop the guest at its next report (the VMM thread's handle of the
+    // VM is gone by now, so the vCPU thread's is the last).
+    progress.stop.store(true, Ordering::Release);
+    let exits = rx
+        .recv_timeout(timeout)
+        .map_err(|_| format!("the guest did not report within {timeout:?} of the stop"))??;
+    let _ = worker.join();
+    let unplugged = unplugged?;
+    Ok(HotplugOutcome {
+        device: name,
+        backend,
+        bar0: bar0_path,
+        hypervisor,
+        counter_at_req: unplugged.counter_at_req,
+        counter_at_removed: unplugged.counter_at_removed,
+        counter_final: u64::from(exits.counter_in_ram),
+        req_after: unplugged.req_after,
+        removed_after: unplugged.removed_after,
+        irqs_after_revoke: unplugged.irqs_after_revoke,
+        idents: exits.idents,
+        reports: exits.reports,
+        mmio_accesses: exits.mmio_accesses,
+        gone_accesses: exits.gone_accesses,
+    })
+}
+
+/// The VMM thread's part of [`run_hotplug`], while the vCPU thread runs the
+/// guest: unplug, wait for REQ, let go of the device, wait for the removal,
+/// watch the guest keep counting.
+#[allow(clippy::too_many_arguments)]
+fn unplug_while_running(
+    passthrough: Passthrough,
+    vm: Arc<VmFd>,
+    bar0_slot: bool,
+    irqchip: bool,
+    progress: &Progress,
+    unplug: &dyn Unplug,
+    target: &UnplugTarget<'_>,
+    timeout: Duration,
+) -> Result<Unplugged, BoxError> {
+    let counter = || progress.counter.load(Ordering::Acquire);
+    let running = |what: &str| -> Result<(), BoxError> {
+        if progress.stop.load(Ordering::Acquire) {
+            Err(format!("the vCPU thread stopped {what}").into())
+        } else {
+            Ok(())
+        }
+    };
+    wait_until(timeout, "the guest's first report", || {
+        running("before the guest's first report")?;
+        Ok(counter() > 0)
+    })?;
+
+    let asked = std::time::Instant::now();
+    unplug.request(target)?;
+    let fired = passthrough
+        .req_fd
+        .wait(timeout)
+        .map_err(|e| format!("wait for REQ: {e}"))?;
+    if fired == 0 {
+        return Err(format!("no REQ interrupt within {timeout:?} of the unplug request").into());
+    }
+    let req_after = asked.elapsed();
+    let counter_at_req = counter();
+
+    // Let go of the device, the guest running.
+    let revoked = std::time::Instant::now();
+    let Passthrough {
+        device,
+        msi,
+        req,
+        msi_fd,
+        req_fd,
+        registration,
+        revoker,
+    } = passthrough;
+    revoker.revoke()?;
+    if bar0_slot {
+        let delete = kvm_userspace_memory_region {
+            slot: 1,
+            flags: 0,
+            guest_phys_addr: BAR0_GPA,
+            memory_size: 0,
+            userspace_addr: 0,
+        };
+        // SAFETY: a size of 0 deletes slot 1; the guest's accesses to the
+        // window exit from now on. No memory is handed to KVM.
+        unsafe { vm.set_user_memory_region(delete) }
+            .map_err(|e| format!("delete BAR0's memory slot: {e}"))?;
+    }
+    if irqchip {
+        vm.unregister_irqfd(&msi_fd, EDU_GSI)
+            .map_err(|e| format!("unregister the MSI irqfd: {e}"))?;
+    }
+    drop(vm);
+    registration.remove()?;
+    // The revocation tore the routes down; the irqs say so.
+    let irqs_after_revoke = [msi.disable(), req.disable()].map(|r| r.err().map(|e| e.kind()));
+    drop((msi, req, msi_fd, req_fd, device, revoker));
+
+    unplug.wait_removed(target, timeout)?;
+    let removed_after = revoked.elapsed();
+    let counter_at_removed = counter();
+    wait_until(
+        timeout,
+        "the guest to keep counting after the removal",
+        || {
+            running("while the guest should keep counting")?;
+            Ok(counter() >= counter_at_removed + 2 * LOOP_REPORT_EVERY)
+        },
+    )?;
+    Ok(Unplugged {
+        counter_at_req,
+        counter_at_removed,
+        req_after,
+        removed_after,
+        irqs_after_revoke,
+    })
+}
+
+fn print_hotplug(outcome: &HotplugOutcome) {
+    println!(
+        "hotplug: device {} ({} backend, its VFIO file added to the {} hypervisor), BAR0 {}",
+        outcome.device,
+        outcome.backend,
+        outcome.hypervisor,
+        match &outcome.bar0 {
+            Bar0Path::Mapped => "a KVM memory slot until the unplug".to_owned(),
+            Bar0Path::Trapped(why) => format!("trapped ({why})"),
+        }
+    );
+    println!(
+        "REQ {:?} after the unplug request (guest counter {}); revoked; BAR0 slot (if any), irqfd and VFIO file removed; handles dropped; the host removed the device {:?} after the revocation (counter {}); the guest ran on to {}",
+        outcome.req_after,
+        outcome.counter_at_req,
+        outcome.removed_after,
+        outcome.counter_at_removed,
+        outcome.counter_final
+    );
+    println!(
+        "the guest read {:x?}; {} reports, {} trapped accesses ({} refused as DeviceGone, answered {REMOVED:#x})",
+        outcome.idents, outcome.reports, outcome.mmio_accesses, outcome.gone_accesses
+    );
+}
+
 fn hex(v: Option<u32>) -> String {
     v.map_or_else(|| "nothing".to_owned(), |v| format!("{v:#010x}"))
 }
@@ -782,6 +1330,9 @@ fn main() -> ExitCode {
     let want_irqchip = !args.iter().any(|a| a == "--no-irqchip");
     let map_bar = !args.iter().any(|a| a == "--trap-bar");
     let device = args.iter().find(|a| !a.starts_with("--"));
+    if args.iter().any(|a| a == "--unplug") {
+        return main_unplug(device.map(String::as_str), map_bar);
+    }
     match run_vmm(
         &spec_for(device.map(String::as_str)),
         want_irqchip,
@@ -790,6 +1341,40 @@ fn main() -> ExitCode {
     ) {
         Ok(outcome) => {
             print(&outcome);
+            match outcome.check() {
+                Ok(()) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--unplug`: the hotplug story ([`run_hotplug`]) on the mock edu, whose
+/// container plays the host asking for the device back.
+#[cfg_attr(test, allow(dead_code))]
+fn main_unplug(device: Option<&str>, map_bar: bool) -> ExitCode {
+    if let Some(device) = device {
+        eprintln!("FAILED: --unplug runs on the mock edu only; {device} is the host's to unplug");
+        return ExitCode::FAILURE;
+    }
+    match run_hotplug(
+        &spec_for(None),
+        map_bar,
+        &MockUnplug,
+        Duration::from_secs(10),
+    ) {
+        Ok(outcome) => {
+            print_hotplug(&outcome);
             match outcome.check() {
                 Ok(()) => {
                     println!("ok");
@@ -932,6 +1517,127 @@ mod tests {
                 figure(mapped.timing.irq_ns()),
             );
         }
+    }
+
+    /// The fds of this process, for checking that a run leaves none behind.
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+    }
+
+    #[test]
+    fn on_req_the_vmm_lets_go_of_the_mock_edu_and_the_guest_keeps_running() {
+        if !kvm_usable("hotplug") {
+            return;
+        }
+        let fds = open_fds();
+        let outcome = run_hotplug(&spec_for(None), true, &MockUnplug, Duration::from_secs(20))
+            .expect("the hotplug run");
+        print_hotplug(&outcome);
+        if let Err(e) = outcome.check() {
+            panic!("{e}: {outcome:?}");
+        }
+        assert_eq!(
+            (outcome.backend, outcome.hypervisor),
+            (Backend::Mock, "mock")
+        );
+        assert_eq!(open_fds(), fds, "the run left fds open: {outcome:?}");
+    }
+
+    /// The lane's unplug of a device passed through to a KVM guest:
+    /// QEMU's `device_del` reaches the VMM as REQ.
+    struct LaneUnplug {
+        id: String,
+        bdf: String,
+    }
+
+    impl Unplug for LaneUnplug {
+        fn request(&self, _: &UnplugTarget<'_>) -> Result<(), BoxError> {
+            Ok(vfio_hal_guest_tests::request_unplug(&self.id)?)
+        }
+
+        fn wait_removed(&self, _: &UnplugTarget<'_>, timeout: Duration) -> Result<(), BoxError> {
+            if vfio_hal_guest_tests::wait_until_removed(&self.bdf, timeout) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} still present {timeout:?} after the VMM let go",
+                    self.bdf
+                )
+                .into())
+            }
+        }
+    }
+
+    /// In the lane's guest: `device_del` of the third (legacy) and fourth
+    /// (iommufd) spare edu while a KVM guest uses it, BAR0 a memory slot;
+    /// the VMM lets go on REQ, QEMU's removal completes, the KVM guest
+    /// keeps running, and no fd is left behind. A `hotplug(<kernel>,
+    /// <backend>)` line per backend.
+    #[test]
+    #[cfg_attr(
+        not(vfio_hal_guest),
+        ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+    )]
+    fn device_del_of_a_passed_through_edu_leaves_the_kvm_guest_running() {
+        use vfio_hal_guest_tests as lane;
+        assert!(
+            kvm_usable("lane hotplug"),
+            "the lane's guest kernel has KVM"
+        );
+        let kernel = lane::lane_env(lane::KERNEL);
+        for (backend, bdf, id) in [
+            (Backend::Legacy, lane::SPARE3_BDF, lane::SPARE3_ID),
+            (Backend::Iommufd, lane::SPARE4_BDF, lane::SPARE4_ID),
+        ] {
+            let unplug = LaneUnplug {
+                id: lane::lane_env(id),
+                bdf: lane::lane_env(bdf),
+            };
+            let fds = open_fds();
+            let spec = OpenSpec::new(unplug.bdf.as_str()).with_backend(backend);
+            let outcome = run_hotplug(&spec, true, &unplug, Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("{backend}: {e}"));
+            print_hotplug(&outcome);
+            if let Err(e) = outcome.check() {
+                panic!("{backend}: {e}: {outcome:?}");
+            }
+            assert_eq!((outcome.backend, outcome.hypervisor), (backend, "kvm"));
+            assert_eq!(
+                outcome.bar0,
+                Bar0Path::Mapped,
+                "{backend}: the BAR is mappable"
+            );
+            assert!(!lane::pci_device_dir(&unplug.bdf).exists());
+            assert_eq!(open_fds(), fds, "{backend}: the run left fds open");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "hotplug({kernel}, {backend}): device_del -> REQ {:?}; revoke, slot/irqfd/VFIO file removed -> device gone {:?} later; L2 counter {} at REQ, {} at removal, {} at the end; L2 read {:x?}",
+                outcome.req_after,
+                outcome.removed_after,
+                outcome.counter_at_req,
+                outcome.counter_at_removed,
+                outcome.counter_final,
+                outcome.idents,
+            );
+        }
+    }
+
+    #[test]
+    fn the_loop_listing_matches_the_bytes() {
+        assert_eq!(&LOOP_CODE[0x16..0x18], &0x800u16.to_le_bytes());
+        assert_eq!(
+            &LOOP_CODE[0x1b..0x1d],
+            &(LOOP_COUNTER_GPA as u16).to_le_bytes()
+        );
+        assert_eq!(
+            &LOOP_CODE[0x21..0x23],
+            &((LOOP_REPORT_EVERY - 1) as u16).to_le_bytes()
+        );
+        assert_eq!(&LOOP_CODE[0x2a..0x2c], &loop_port::LAST_ID.to_le_bytes());
+        assert_eq!(&LOOP_CODE[0x33..0x35], &loop_port::COUNTER.to_le_bytes());
+        // The last jump goes back to `spin` (0x0f).
+        assert_eq!(0x39 + i32::from(LOOP_CODE[0x38] as i8), 0x0f);
     }
 
     #[test]

@@ -66,6 +66,8 @@ DEVICE_IDS = {
     "MSIX": "msix0",  # QEMU NVMe, 1b36:0010: MSI-X table inside BAR0
     "SPARE": "edu-spare",  # a second edu behind a hotplug-capable root port
     "SPARE2": "edu-spare2",  # a third edu behind a second root port: the lane's own unplug test
+    "SPARE3": "edu-spare3",  # behind a third root port: kvm_vmm's passthrough unplug, legacy backend
+    "SPARE4": "edu-spare4",  # behind a fourth root port: kvm_vmm's passthrough unplug, iommufd backend
 }
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -482,6 +484,10 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> 
         "-device", f"edu,id={DEVICE_IDS['SPARE']},bus=rp1",
         "-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
         "-device", f"edu,id={DEVICE_IDS['SPARE2']},bus=rp2",
+        "-device", "pcie-root-port,id=rp3,chassis=3,slot=3",
+        "-device", f"edu,id={DEVICE_IDS['SPARE3']},bus=rp3",
+        "-device", "pcie-root-port,id=rp4,chassis=4,slot=4",
+        "-device", f"edu,id={DEVICE_IDS['SPARE4']},bus=rp4",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-serial", "stdio",  # ttyS0: console
         "-chardev", f"socket,id=ctl,path={tmp / 'ctl.sock'},server=off",

@@ -12,7 +12,8 @@
 //! | [`MSIX_BDF`] | PCI address of an MSI-X capable device (QEMU NVMe, 1b36:0010), bound to vfio-pci |
 //! | [`SPARE_BDF`] | a second `edu` behind a hotplug root port, bound to vfio-pci: the legacy backend's unplug test |
 //! | [`SPARE2_BDF`] | a third `edu` behind a second root port: the iommufd backend's unplug test |
-//! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`], [`SPARE2_ID`] | their QEMU ids, for [`request_unplug`] |
+//! | [`SPARE3_BDF`], [`SPARE4_BDF`] | two more `edu`s behind their own root ports: `kvm_vmm`'s unplug of a device passed through to a KVM guest, legacy and iommufd backend |
+//! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] … [`SPARE4_ID`] | their QEMU ids, for [`request_unplug`] |
 //! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
 //!
 //! Tests that only make sense in the guest are marked
@@ -43,6 +44,18 @@ pub const SPARE_BDF: &str = "VFIO_HAL_SPARE_BDF";
 pub const SPARE2_BDF: &str = "VFIO_HAL_SPARE2_BDF";
 /// Environment variable: QEMU id of the second spare `edu`.
 pub const SPARE2_ID: &str = "VFIO_HAL_SPARE2_ID";
+/// Environment variable: PCI address of the third spare `edu`, which the
+/// facade's `kvm_vmm` example unplugs while a KVM guest uses it (legacy
+/// backend).
+pub const SPARE3_BDF: &str = "VFIO_HAL_SPARE3_BDF";
+/// Environment variable: QEMU id of the third spare `edu`.
+pub const SPARE3_ID: &str = "VFIO_HAL_SPARE3_ID";
+/// Environment variable: PCI address of the fourth spare `edu`, which the
+/// facade's `kvm_vmm` example unplugs while a KVM guest uses it (iommufd
+/// backend).
+pub const SPARE4_BDF: &str = "VFIO_HAL_SPARE4_BDF";
+/// Environment variable: QEMU id of the fourth spare `edu`.
+pub const SPARE4_ID: &str = "VFIO_HAL_SPARE4_ID";
 /// Environment variable: QEMU id of the `edu` device.
 pub const EDU_ID: &str = "VFIO_HAL_EDU_ID";
 /// Environment variable: QEMU id of the MSI-X capable device.
