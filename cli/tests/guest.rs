@@ -67,11 +67,16 @@ fn list_finds_edu_bound_viable_with_its_cdev() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells.get(1), Some(&"1234:11e8"), "{row}");
     assert_eq!(cells.get(3), Some(&"yes"), "viable: {row}");
-    assert!(cells.get(4).is_some_and(|c| c.starts_with("vfio")), "cdev: {row}");
+    assert!(
+        cells.get(4).is_some_and(|c| c.starts_with("vfio")),
+        "cdev: {row}"
+    );
     assert_eq!(cells.get(5), Some(&"iommufd"), "auto: {row}");
     for node in ["/dev/iommu", "/dev/vfio/devices"] {
         assert!(
-            table.lines().any(|l| l.starts_with(node) && l.contains(" yes ")),
+            table
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains(" yes ")),
             "{node} present:\n{table}"
         );
     }
@@ -87,7 +92,9 @@ fn info_describes_edu_through_each_backend() {
     let table = ok(&["info", &edu]);
     assert!(table.contains("1234:11e8"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with("0 ") && l.contains("BAR0") && l.contains("0x100000")),
+        table
+            .lines()
+            .any(|l| l.starts_with("0 ") && l.contains("BAR0") && l.contains("0x100000")),
         "BAR0 of 1 MiB:\n{table}"
     );
     for backend in ["legacy", "iommufd"] {
@@ -110,7 +117,10 @@ fn read_and_write_reach_edus_registers() {
     let v = json(&["read", &edu, "bar0", "0"]);
     assert_eq!(v["value"].as_u64(), Some(0x0100_00ed), "{v}");
     let table = ok(&["write", &edu, "bar0", "0x4", "0x5a5a0f0f", "--read-back"]);
-    assert!(table.contains("0xa5a5f0f0"), "liveness reads back inverted:\n{table}");
+    assert!(
+        table.contains("0xa5a5f0f0"),
+        "liveness reads back inverted:\n{table}"
+    );
     // A width the device cannot take is refused before it is tried.
     let out = run(&["read", &edu, "bar0", "0", "--width", "3"]);
     assert!(!out.status.success(), "{out:?}");
