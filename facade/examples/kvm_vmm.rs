@@ -558,6 +558,45 @@ fn map_bar0(machine: &mut Machine, bar0: &DynRegion) -> Bar0Path {
     Bar0Path::Mapped
 }
 
+/// BAR0 as the run asks: a memory slot where it can be ([`map_bar0`]), or
+/// trapped.
+fn place_bar0(machine: &mut Machine, bar0: &DynRegion, map_bar: bool) -> Bar0Path {
+    if map_bar {
+        map_bar0(machine, bar0)
+    } else {
+        Bar0Path::Trapped("asked to trap it (--trap-bar)".into())
+    }
+}
+
+/// Adds `device`'s VFIO file to the VM's hypervisor for the run: KVM's
+/// VFIO pseudo device for a real device; for the mock, whose placeholder
+/// file is no VFIO file to KVM, the mock hypervisor.
+fn tell_hypervisor(
+    backend: Backend,
+    vm: &VmFd,
+    device: &DynDevice,
+) -> Result<VfioFileRegistration<Box<dyn Hypervisor>>, BoxError> {
+    let hook: Box<dyn Hypervisor> = match backend {
+        Backend::Mock => Box::new(MockHypervisor::new()),
+        _ => Box::new(KvmVfioDevice::new(vm)?),
+    };
+    Ok(VfioFileRegistration::new(hook, device)?)
+}
+
+/// Routes the device's MSI to a new eventfd, and that to a KVM irqfd on
+/// [`EDU_GSI`] where the VM has an in-kernel irqchip.
+fn route_msi(machine: &Machine, msi: &DynIrq) -> Result<EventFd, BoxError> {
+    let efd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
+    if machine.irqchip {
+        machine
+            .vm
+            .register_irqfd(&efd, EDU_GSI)
+            .map_err(|e| format!("KVM_IRQFD: {e}"))?;
+    }
+    msi.set_eventfd(0, Some(efd.as_fd()))?;
+    Ok(efd)
+}
+
 /// What the exit loop collected.
 #[derive(Debug, Default)]
 struct Exits {
@@ -650,25 +689,10 @@ fn run_vmm(
     let msi = opened.device.irq(vfio_hal_facade::irq::index::MSI)?;
 
     let mut machine = setup_machine(want_irqchip, &container, &GUEST_CODE)?;
-    let bar0_path = if map_bar {
-        map_bar0(&mut machine, &bar0)
-    } else {
-        Bar0Path::Trapped("asked to trap it (--trap-bar)".into())
-    };
-    let hook: Box<dyn Hypervisor> = match opened.backend {
-        Backend::Mock => Box::new(MockHypervisor::new()),
-        _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
-    };
-    let registration = VfioFileRegistration::new(hook, &opened.device)?;
+    let bar0_path = place_bar0(&mut machine, &bar0, map_bar);
+    let registration = tell_hypervisor(opened.backend, &machine.vm, &opened.device)?;
     let hypervisor = registration.hypervisor().name();
-    let efd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
-    if machine.irqchip {
-        machine
-            .vm
-            .register_irqfd(&efd, EDU_GSI)
-            .map_err(|e| format!("KVM_IRQFD: {e}"))?;
-    }
-    msi.set_eventfd(0, Some(efd.as_fd()))?;
+    let efd = route_msi(&machine, &msi)?;
 
     let (tx, rx) = mpsc::channel();
     // The vCPU thread owns the machine: if the guest never finishes, the
@@ -1055,27 +1079,12 @@ fn run_hotplug(
     let revoker = device.revoker()?;
 
     let mut machine = setup_machine(true, &container, &LOOP_CODE)?;
-    let bar0_path = if map_bar {
-        map_bar0(&mut machine, &bar0)
-    } else {
-        Bar0Path::Trapped("asked to trap it (--trap-bar)".into())
-    };
-    let hook: Box<dyn Hypervisor> = match backend {
-        Backend::Mock => Box::new(MockHypervisor::new()),
-        _ => Box::new(KvmVfioDevice::new(&machine.vm)?),
-    };
-    let registration = VfioFileRegistration::new(hook, &device)?;
+    let bar0_path = place_bar0(&mut machine, &bar0, map_bar);
+    let registration = tell_hypervisor(backend, &machine.vm, &device)?;
     let hypervisor = registration.hypervisor().name();
-    let msi_fd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
-    let req_fd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
     let irqchip = machine.irqchip;
-    if irqchip {
-        machine
-            .vm
-            .register_irqfd(&msi_fd, EDU_GSI)
-            .map_err(|e| format!("KVM_IRQFD: {e}"))?;
-    }
-    msi.set_eventfd(0, Some(msi_fd.as_fd()))?;
+    let msi_fd = route_msi(&machine, &msi)?;
+    let req_fd = EventFd::nonblocking().map_err(|e| format!("eventfd: {e}"))?;
     req.set_eventfd(0, Some(req_fd.as_fd()))?;
     let passthrough = Passthrough {
         device,
@@ -1333,30 +1342,16 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--unplug") {
         return main_unplug(device.map(String::as_str), map_bar);
     }
-    match run_vmm(
+    let outcome = run_vmm(
         &spec_for(device.map(String::as_str)),
         want_irqchip,
         map_bar,
         Duration::from_secs(10),
-    ) {
-        Ok(outcome) => {
-            print(&outcome);
-            match outcome.check() {
-                Ok(()) => {
-                    println!("ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("FAILED: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    );
+    exit_code(outcome.map(|o| {
+        print(&o);
+        o.check()
+    }))
 }
 
 /// `--unplug`: the hotplug story ([`run_hotplug`]) on the mock edu, whose
@@ -1367,24 +1362,30 @@ fn main_unplug(device: Option<&str>, map_bar: bool) -> ExitCode {
         eprintln!("FAILED: --unplug runs on the mock edu only; {device} is the host's to unplug");
         return ExitCode::FAILURE;
     }
-    match run_hotplug(
+    let outcome = run_hotplug(
         &spec_for(None),
         map_bar,
         &MockUnplug,
         Duration::from_secs(10),
-    ) {
-        Ok(outcome) => {
-            print_hotplug(&outcome);
-            match outcome.check() {
-                Ok(()) => {
-                    println!("ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("FAILED: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    );
+    exit_code(outcome.map(|o| {
+        print_hotplug(&o);
+        o.check()
+    }))
+}
+
+/// The exit status of a run: `ok` and success if it ran and its checks
+/// passed, else what failed and failure.
+#[cfg_attr(test, allow(dead_code))]
+fn exit_code(run: Result<Result<(), String>, BoxError>) -> ExitCode {
+    match run {
+        Ok(Ok(())) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("FAILED: {e}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("FAILED: {e}");
