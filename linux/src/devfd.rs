@@ -1432,17 +1432,11 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
-    #[test]
-    fn a_revocation_under_fast_path_reads_is_an_error_never_a_zero() {
-        use vfio_hal::region::flags;
+    /// Revokes `region`'s device through `revoker` while another thread reads 4 bytes at 8
+    /// in a loop (the region holds 0x5a bytes); the reader must have read
+    /// that before its first error, which is `Revoked` and is returned.
+    fn revoke_under_a_reader(region: &VfioRegion, revoker: &Revoker) -> Error {
         use vfio_hal::RegionExt;
-        let (file, path) = temp_file(&[0x5a; 4096]);
-        let region = region_mapped(
-            file,
-            info(0, flags::READ | flags::WRITE | flags::MMAP, 4096, 0),
-        );
-        assert!(region.fast_path_covers(8, 4));
-        let revoker = Revoker::new(&region.shared);
         let reader = {
             let region = region.clone();
             std::thread::spawn(move || {
@@ -1461,6 +1455,21 @@ mod tests {
         let (reads, err) = reader.join().expect("reader");
         assert!(reads > 0, "the reader never read before the revocation");
         assert!(matches!(err, Error::Revoked { .. }), "{err:?}");
+        err
+    }
+
+    #[test]
+    fn a_revocation_under_fast_path_reads_is_an_error_never_a_zero() {
+        use vfio_hal::region::flags;
+        use vfio_hal::RegionExt;
+        let (file, path) = temp_file(&[0x5a; 4096]);
+        let region = region_mapped(
+            file,
+            info(0, flags::READ | flags::WRITE | flags::MMAP, 4096, 0),
+        );
+        assert!(region.fast_path_covers(8, 4));
+        let revoker = Revoker::new(&region.shared);
+        revoke_under_a_reader(&region, &revoker);
         let later = region.write_at::<u32>(0, 1).expect_err("write after");
         assert!(matches!(later, Error::Revoked { .. }), "{later:?}");
         let _ = std::fs::remove_file(path);
@@ -1571,24 +1580,7 @@ mod tests {
         let region = region_over(file, info(0, flags::READ | flags::WRITE, 64, 0));
         let raw = region.shared.fd.as_raw_fd();
         let revoker = Revoker::new(&region.shared);
-        let reader = {
-            let region = region.clone();
-            std::thread::spawn(move || {
-                let mut reads = 0u64;
-                loop {
-                    match region.read_at::<u32>(8) {
-                        Ok(0x5a5a_5a5a) => reads += 1,
-                        Ok(other) => panic!("read {other:#x} from the file"),
-                        Err(e) => return (reads, e),
-                    }
-                }
-            })
-        };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        revoker.revoke().expect("revoke");
-        let (reads, err) = reader.join().expect("reader");
-        assert!(reads > 0, "the reader never read before the revocation");
-        assert!(matches!(err, Error::Revoked { .. }), "{err:?}");
+        let err = revoke_under_a_reader(&region, &revoker);
         assert_eq!(err.kind(), ErrorKind::DeviceGone);
         let later = region.write_at::<u32>(0, 1).expect_err("write after");
         assert!(matches!(later, Error::Revoked { .. }), "{later:?}");
