@@ -54,41 +54,24 @@ pub trait Hypervisor {
     fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()>;
 }
 
-impl<H: Hypervisor + ?Sized> Hypervisor for &H {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn add_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).add_vfio_file(file)
-    }
-    fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).remove_vfio_file(file)
-    }
+/// `Hypervisor` for a pointer to one, forwarding every call.
+macro_rules! forward_hypervisor {
+    ($($ptr:ty),*) => {$(
+        impl<H: Hypervisor + ?Sized> Hypervisor for $ptr {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn add_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
+                (**self).add_vfio_file(file)
+            }
+            fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
+                (**self).remove_vfio_file(file)
+            }
+        }
+    )*};
 }
 
-impl<H: Hypervisor + ?Sized> Hypervisor for Arc<H> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn add_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).add_vfio_file(file)
-    }
-    fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).remove_vfio_file(file)
-    }
-}
-
-impl<H: Hypervisor + ?Sized> Hypervisor for Box<H> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn add_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).add_vfio_file(file)
-    }
-    fn remove_vfio_file(&self, file: BorrowedFd<'_>) -> Result<()> {
-        (**self).remove_vfio_file(file)
-    }
-}
+forward_hypervisor!(&H, Arc<H>, Box<H>);
 
 /// A device's VFIO file, added to a hypervisor for as long as this lives.
 ///
