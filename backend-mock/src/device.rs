@@ -714,16 +714,7 @@ impl Region for MockRegion {
                 return Ok(u64::from(u32::from_le(value)));
             }
         }
-        let mut bytes = [0u8; 8];
-        let buf = bytes
-            .get_mut(..size)
-            .ok_or_else(|| Error::InvalidArgument {
-                op: "pread",
-                target: Target::Region(self.info.index),
-                reason: "a scalar access is 1 to 8 bytes",
-            })?;
-        self.read(offset, buf)?;
-        Ok(u64::from_le_bytes(bytes))
+        vfio_hal::region::read_scalar_through_read(self, offset, size)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {

@@ -214,12 +214,7 @@ pub trait Region {
     /// (one load from a cached mapping) overrides it. Errors as `read`; a
     /// `size` above 8 is `InvalidArgument`.
     fn read_scalar(&self, offset: u64, size: usize) -> Result<u64> {
-        let mut bytes = [0u8; 8];
-        let buf = bytes
-            .get_mut(..size)
-            .ok_or_else(|| too_wide("region read", self))?;
-        self.read(offset, buf)?;
-        Ok(u64::from_le_bytes(bytes))
+        read_scalar_through_read(self, offset, size)
     }
 
     /// Writes the low `size` bytes (1 to 8) of `value` at `offset`, little
@@ -229,11 +224,7 @@ pub trait Region {
     /// override it as [`Region::read_scalar`]. Errors as `write`; a `size`
     /// above 8 is `InvalidArgument`.
     fn write_scalar(&self, offset: u64, size: usize, value: u64) -> Result<()> {
-        let bytes = value.to_le_bytes();
-        let data = bytes
-            .get(..size)
-            .ok_or_else(|| too_wide("region write", self))?;
-        self.write(offset, data)
+        write_scalar_through_write(self, offset, size, value)
     }
 
     /// Maps every mappable area ([`RegionInfo::mappable_areas`]).
@@ -296,6 +287,38 @@ pub trait RegionExt: Region {
 }
 
 impl<R: Region + ?Sized> RegionExt for R {}
+
+/// [`Region::read_scalar`] through [`Region::read`]: the default, and
+/// where a backend's override sends the accesses it cannot serve itself.
+#[inline]
+pub fn read_scalar_through_read<R: Region + ?Sized>(
+    region: &R,
+    offset: u64,
+    size: usize,
+) -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    let buf = bytes
+        .get_mut(..size)
+        .ok_or_else(|| too_wide("region read", region))?;
+    region.read(offset, buf)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// [`Region::write_scalar`] through [`Region::write`], as
+/// [`read_scalar_through_read`].
+#[inline]
+pub fn write_scalar_through_write<R: Region + ?Sized>(
+    region: &R,
+    offset: u64,
+    size: usize,
+    value: u64,
+) -> Result<()> {
+    let bytes = value.to_le_bytes();
+    let data = bytes
+        .get(..size)
+        .ok_or_else(|| too_wide("region write", region))?;
+    region.write(offset, data)
+}
 
 /// The error for a scalar access wider than 8 bytes.
 #[cold]

@@ -896,17 +896,6 @@ fn overflow(op: &'static str, index: u32, offset: u64, len: u64) -> Error {
     }
 }
 
-/// The error of a scalar access wider than 8 bytes.
-#[cold]
-#[inline(never)]
-fn too_wide(op: &'static str, index: u32) -> Error {
-    Error::InvalidArgument {
-        op,
-        target: Target::Region(index),
-        reason: "a scalar access is 1 to 8 bytes",
-    }
-}
-
 impl VfioRegion {
     fn new(shared: Arc<Shared>, info: RegionInfo) -> Self {
         Self {
@@ -996,22 +985,13 @@ impl VfioRegion {
     /// A scalar read the window did not serve: through the byte path.
     #[inline(never)]
     fn read_scalar_slow(&self, offset: u64, size: usize) -> Result<u64> {
-        let mut bytes = [0u8; 8];
-        let Some(buf) = bytes.get_mut(..size) else {
-            return Err(too_wide("region read", self.info.index));
-        };
-        self.read_bytes(offset, buf)?;
-        Ok(u64::from_le_bytes(bytes))
+        vfio_hal::region::read_scalar_through_read(self, offset, size)
     }
 
     /// A scalar write the window did not take: through the byte path.
     #[inline(never)]
     fn write_scalar_slow(&self, offset: u64, size: usize, value: u64) -> Result<()> {
-        let bytes = value.to_le_bytes();
-        let Some(data) = bytes.get(..size) else {
-            return Err(too_wide("region write", self.info.index));
-        };
-        self.write_bytes(offset, data)
+        vfio_hal::region::write_scalar_through_write(self, offset, size, value)
     }
 
     /// The file offset of `offset` within this region, overflow-checked.
@@ -1155,10 +1135,12 @@ impl Region for VfioRegion {
         &self.info
     }
 
+    #[inline]
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_bytes(offset, buf)
     }
 
+    #[inline]
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_bytes(offset, data)
     }
