@@ -55,12 +55,11 @@ fn identity(op: &'static str, file: BorrowedFd<'_>) -> Result<(u64, u64)> {
 /// What `file` is, if it is a VFIO file: a mock device's name, or the
 /// path of a real `/dev/vfio` node.
 fn vfio_name(file: BorrowedFd<'_>) -> Option<String> {
-    if let Some(device) = crate::sys::device_of_file(file) {
-        return Some(device);
-    }
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-    link.starts_with("/dev/vfio")
-        .then(|| link.display().to_string())
+    let link = crate::sys::fd_link(file)?;
+    crate::sys::device_of_link(&link).or_else(|| {
+        link.starts_with("/dev/vfio")
+            .then(|| link.display().to_string())
+    })
 }
 
 impl Hypervisor for MockHypervisor {

@@ -30,7 +30,7 @@ impl EventRoute {
             .try_clone_to_owned()
             .map_err(|e| Error::from_io(op, target.clone(), &e))?;
         // Where /proc is missing the check is skipped rather than failing.
-        if let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd())) {
+        if let Some(link) = fd_link(owned.as_fd()) {
             if link.as_os_str() != EVENTFD_LINK {
                 return Err(Error::sys(op, target.clone(), libc::EINVAL));
             }
@@ -88,11 +88,16 @@ pub(crate) fn device_file(device: &str) -> Result<OwnedFd> {
     memfd(&name)
 }
 
-/// The mock device `fd` stands for, if it is a mock device file.
-pub(crate) fn device_of_file(fd: BorrowedFd<'_>) -> Option<String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    let link = link.to_str()?;
+/// What `/proc/self/fd` shows `fd` as (`None` where /proc is missing).
+pub(crate) fn fd_link(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+/// The mock device a file stands for, from its [`fd_link`], if it is a
+/// mock device file.
+pub(crate) fn device_of_link(link: &std::path::Path) -> Option<String> {
     let name = link
+        .to_str()?
         .strip_prefix("/memfd:")?
         .strip_prefix(DEVICE_FILE_PREFIX)?;
     Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_owned())
