@@ -2,11 +2,15 @@
 //! answers as KVM-VFIO does, and a registration removes its file, and
 //! closes its duplicate, when it drops.
 //!
+//! The tests take [`SERIAL`] so that none opens or closes fds while
+//! another counts them.
+//!
 //! Run: `cargo test -p vfio-hal-mock --test hypervisor`.
 
 mod common;
 
 use std::os::fd::AsFd;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use vfio_hal::decorate::trace::Tracer;
 use vfio_hal::hypervisor::{Hypervisor, VfioFileRegistration};
@@ -15,8 +19,16 @@ use vfio_hal::ErrorKind;
 use vfio_hal_mock::models::{CopyEngine, Edu};
 use vfio_hal_mock::{MockContainer, MockHypervisor};
 
+/// Held by every test of this file for its whole run.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 fn registrations_add_each_device_once_and_remove_it_when_dropped() {
+    let _serial = serial();
     let c = MockContainer::new();
     c.plug("edu", Edu::new()).expect("plug");
     c.plug("dma", CopyEngine::new()).expect("plug");
@@ -41,6 +53,7 @@ fn registrations_add_each_device_once_and_remove_it_when_dropped() {
 
 #[test]
 fn the_mock_hypervisor_refuses_what_kvm_refuses() {
+    let _serial = serial();
     let vm = MockHypervisor::new();
     let null = std::fs::File::open("/dev/null").expect("open");
     let e = vm.add_vfio_file(null.as_fd()).expect_err("no VFIO file");
@@ -59,6 +72,7 @@ fn the_mock_hypervisor_refuses_what_kvm_refuses() {
 
 #[test]
 fn a_registration_outlives_its_device_and_leaks_nothing() {
+    let _serial = serial();
     let before = common::open_fds();
     let vm = MockHypervisor::new();
     {
@@ -84,6 +98,7 @@ fn a_registration_outlives_its_device_and_leaks_nothing() {
 
 #[test]
 fn a_revoked_device_has_no_file_to_give() {
+    let _serial = serial();
     let (_c, edu) = common::edu().expect("edu");
     edu.revoker().expect("revoker").revoke().expect("revoke");
     let e = edu.vfio_file().expect_err("revoked");
@@ -92,6 +107,7 @@ fn a_revoked_device_has_no_file_to_give() {
 
 #[test]
 fn a_decorated_device_gives_the_inner_devices_file() {
+    let _serial = serial();
     let (_c, edu) = common::edu().expect("edu");
     let traced = Tracer::new(&edu);
     let vm = MockHypervisor::new();
