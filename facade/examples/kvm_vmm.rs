@@ -1398,6 +1398,16 @@ fn exit_code(run: Result<Result<(), String>, BoxError>) -> ExitCode {
 mod tests {
     use super::*;
 
+    /// Held by every test that runs a VM, for its whole run: some count
+    /// this process's fds, which a VM built on another thread would move.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether KVM can be used here. libtest cannot mark a test skipped at
     /// run time, so without usable KVM the tests pass with a loud
     /// `SKIPPED` line on stderr — unless `VFIO_HAL_REQUIRE_KVM=1` (set it
@@ -1426,6 +1436,7 @@ mod tests {
 
     #[test]
     fn the_guest_reads_edu_and_its_interrupt_arrives_through_irqfd() {
+        let _serial = serial();
         if !kvm_usable("irqfd") {
             return;
         }
@@ -1452,6 +1463,7 @@ mod tests {
 
     #[test]
     fn without_an_irqchip_the_vmm_reads_the_eventfd() {
+        let _serial = serial();
         if !kvm_usable("no irqchip") {
             return;
         }
@@ -1476,6 +1488,7 @@ mod tests {
         ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
     )]
     fn the_vmm_passes_the_lanes_real_edu_through_each_backend_to_a_kvm_guest() {
+        let _serial = serial();
         assert!(kvm_usable("lane"), "the lane's guest kernel has KVM");
         let kernel = vfio_hal_guest_tests::lane_env(vfio_hal_guest_tests::KERNEL);
         let edu = vfio_hal_guest_tests::lane_env(vfio_hal_guest_tests::EDU_BDF);
@@ -1527,6 +1540,7 @@ mod tests {
 
     #[test]
     fn on_req_the_vmm_lets_go_of_the_mock_edu_and_the_guest_keeps_running() {
+        let _serial = serial();
         if !kvm_usable("hotplug") {
             return;
         }
@@ -1581,6 +1595,7 @@ mod tests {
     )]
     fn device_del_of_a_passed_through_edu_leaves_the_kvm_guest_running() {
         use vfio_hal_guest_tests as lane;
+        let _serial = serial();
         assert!(
             kvm_usable("lane hotplug"),
             "the lane's guest kernel has KVM"
