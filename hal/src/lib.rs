@@ -105,6 +105,7 @@ pub mod irq;
 pub mod memory;
 pub mod msix;
 pub mod pci;
+pub mod peer;
 pub mod region;
 pub mod revoke;
 pub mod scalar;
@@ -116,7 +117,7 @@ pub use container::{
     Container, DmaAccess, DmaGuard, DmaMapping, IommuInfo, IovaRange, MapBufferError,
     OwnedDmaMapping, UnmapError,
 };
-pub use device::{Device, DeviceExt, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport};
+pub use device::{Device, DeviceExt, DeviceInfo, DeviceKind, FeatureOp, FeatureSupport, VfToken};
 pub use error::{Error, ErrorKind, Result, Target};
 pub use iova::IovaAllocator;
 pub use irq::{Irq, IrqAction, IrqData, IrqInfo, IrqSet};
