@@ -1,5 +1,6 @@
 //! The `Device` trait: one VFIO device, its regions, irqs and features.
 
+use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::caps::Capability;
@@ -32,6 +33,9 @@ pub mod flags {
 
 /// `VFIO_DEVICE_FEATURE_*` numbers.
 pub mod feature {
+    /// Set the VF token of an SR-IOV PF (`uuid_t`, SET only: the kernel
+    /// never tells a token back, it could be a previous user's).
+    pub const PCI_VF_TOKEN: u32 = 0;
     /// Migration support (`struct vfio_device_feature_migration`).
     pub const MIGRATION: u32 = 1;
     /// Migration device state.
@@ -285,6 +289,57 @@ pub trait Device {
     fn low_power_exit(&self) -> Result<()> {
         self.feature(FeatureOp::Set, feature::LOW_POWER_EXIT, &mut [])
     }
+
+    /// Sets the VF token of this SR-IOV physical function
+    /// (`PCI_VF_TOKEN`): from now on its virtual functions open only with
+    /// this token (see [`VfToken`]).
+    fn set_vf_token(&self, token: &VfToken) -> Result<()> {
+        let mut payload = *token.as_bytes();
+        self.feature(FeatureOp::Set, feature::PCI_VF_TOKEN, &mut payload)
+    }
+}
+
+/// The shared secret between the user of an SR-IOV physical function and
+/// the users of its virtual functions: while the PF is bound to vfio-pci,
+/// the kernel opens one of its VFs only for a caller presenting the PF's
+/// current token (`"<bdf> vf_token=<uuid>"` on the group path), so a VF
+/// user cannot unknowingly depend on an untrusted PF driver. The PF's user
+/// sets it with [`Device::set_vf_token`].
+///
+/// `Debug` does not print the token; `Display` does (the UUID form the
+/// kernel parses).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VfToken([u8; 16]);
+
+impl VfToken {
+    /// The token with these UUID bytes (in the order the text form shows them).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The UUID bytes (the kernel's `uuid_t`).
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for VfToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VfToken(..)")
+    }
+}
+
+/// The UUID text form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lower case.
+impl fmt::Display for VfToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Lookups over any [`Device`] (also `dyn Device`) that need nothing but
@@ -333,3 +388,18 @@ pub trait DeviceExt: Device {
 }
 
 impl<D: Device + ?Sized> DeviceExt for D {}
+
+#[cfg(test)]
+mod tests {
+    use super::VfToken;
+
+    #[test]
+    fn a_vf_token_prints_as_the_uuid_the_kernel_parses_and_debug_hides_it() {
+        let token = VfToken::from_bytes([
+            0xbd, 0x8d, 0x9d, 0x2b, 0x5a, 0x5f, 0x4f, 0x5a, 0xa2, 0x11, 0xf5, 0x91, 0x51, 0x4b,
+            0xa1, 0xf3,
+        ]);
+        assert_eq!(token.to_string(), "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3");
+        assert_eq!(format!("{token:?}"), "VfToken(..)");
+    }
+}

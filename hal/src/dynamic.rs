@@ -14,7 +14,7 @@
 use std::os::fd::{BorrowedFd, RawFd};
 
 use crate::container::{Container, DmaAccess, IommuInfo};
-use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport};
+use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
 use crate::error::Result;
 use crate::irq::Irq;
 use crate::region::Region;
@@ -76,6 +76,9 @@ where
     }
     fn low_power_exit(&self) -> Result<()> {
         self.0.low_power_exit()
+    }
+    fn set_vf_token(&self, token: &VfToken) -> Result<()> {
+        self.0.set_vf_token(token)
     }
 }
 

@@ -8,7 +8,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use crate::container::{Container, DmaAccess, IommuInfo};
-use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport};
+use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
 use crate::error::Result;
 use crate::irq::{Irq, IrqInfo, IrqSet};
 use crate::memory::MmapArea;
@@ -58,6 +58,7 @@ macro_rules! forward {
             fn low_power_entry(&self) -> Result<()> { (**self).low_power_entry() }
             fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }
             fn low_power_exit(&self) -> Result<()> { (**self).low_power_exit() }
+            fn set_vf_token(&self, token: &VfToken) -> Result<()> { (**self).set_vf_token(token) }
         }
 
         // SAFETY: every call is forwarded unchanged, so each unmap answer is
