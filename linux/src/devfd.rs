@@ -581,7 +581,10 @@ impl VfioDevice {
     /// PCI hot reset (`VFIO_DEVICE_PCI_HOT_RESET`) of this device's slot or
     /// bus. For a group-opened device, `group_fds` must prove ownership of
     /// every group [`pci_hot_reset_info`](Self::pci_hot_reset_info) lists;
-    /// for a cdev bound to iommufd it is empty.
+    /// for a cdev bound to iommufd it is empty. The kernel refuses a list
+    /// that misses a group, or the wrong form for how the device was
+    /// opened, with `EINVAL`; `NotSupported` when no slot or bus reset can
+    /// reach the device.
     pub fn pci_hot_reset(&self, group_fds: &[BorrowedFd<'_>]) -> Result<()> {
         const OP: &str = "VFIO_DEVICE_PCI_HOT_RESET";
         let count = u32::try_from(group_fds.len()).map_err(|_| Error::InvalidArgument {
@@ -595,8 +598,15 @@ impl VfioDevice {
             buf.extend_from_slice(&(fd.as_raw_fd() as c_int).to_ne_bytes());
         }
         self.shared.live(OP, || self.shared.target())?;
-        let result = sys::argsz_ioctl(self.fd(), ArgszRequest::PciHotReset, &mut buf)
-            .map_err(|e| e.into_error(OP, self.shared.target()));
+        let result =
+            sys::argsz_ioctl(self.fd(), ArgszRequest::PciHotReset, &mut buf).map_err(|e| match e {
+                Errno(libc::ENODEV) => Error::NotSupported {
+                    op: OP,
+                    target: self.shared.target(),
+                    reason: "no slot or bus reset can reach this device (ENODEV)",
+                },
+                e => e.into_error(OP, self.shared.target()),
+            });
         self.shared
             .unless_revoked(OP, || self.shared.target(), result)?;
         self.shared.forget_decode();
