@@ -36,7 +36,9 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_hal::caps::ChainKind;
 use vfio_hal::error::Buffer;
-use vfio_hal::{Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Result, Target};
+use vfio_hal::{
+    Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Result, Target, VfToken,
+};
 
 use crate::group::{Group, GroupInner};
 use vfio_hal_linux::devfd::VfioDevice;
@@ -280,6 +282,55 @@ impl LegacyContainer {
             reason: "no group is attached, so the container has no IOMMU yet: \
                      attach one first (LegacyContainer::attach or open_device)",
         }
+    }
+
+    /// [`Container::open_device`] with the VF token of an SR-IOV PF bound to
+    /// vfio-pci ([`Group::open_device_with_vf_token`]): how a virtual
+    /// function of such a PF opens.
+    pub fn open_device_with_vf_token(&self, name: &str, token: &VfToken) -> Result<VfioDevice> {
+        let (_, device_name) = self.inner.config.host.device_dir(name)?;
+        self.group_of(name)?
+            .open_device_with_vf_token(&device_name, token)
+    }
+
+    /// PCI hot reset (secondary bus or slot reset) of `device` and every
+    /// device that shares its bus or slot, proving ownership with this
+    /// container's groups: each group the reset affects
+    /// ([`VfioDevice::pci_hot_reset_info`]) must be attached here, or the
+    /// reset is refused with [`Error::Busy`] naming the first missing
+    /// group before the kernel is asked. `NotSupported` when neither a
+    /// slot nor a bus reset reaches the device (a device on a root bus).
+    ///
+    /// The kernel saves and restores each device's config space around the
+    /// reset and zaps its BAR mmaps (they fault back in on the next access);
+    /// the device's own state is whatever its reset leaves.
+    pub fn pci_hot_reset(&self, device: &VfioDevice) -> Result<()> {
+        const OP: &str = "VFIO_DEVICE_PCI_HOT_RESET";
+        let info = device.pci_hot_reset_info()?;
+        let mut ids: Vec<u32> = info.devices.iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let groups = {
+            let attached = lock(&self.inner.groups);
+            ids.iter()
+                .map(|&id| {
+                    attached
+                        .get(&id)
+                        .and_then(Weak::upgrade)
+                        .map(Group::from_inner)
+                        .ok_or(Error::Busy {
+                            op: OP,
+                            target: Target::Group(id),
+                            errno: libc::EINVAL,
+                            reason: "the reset also resets a device of this group, which is not \
+                                     attached to this container: attach it (or open its devices) \
+                                     first",
+                        })
+                })
+                .collect::<Result<Vec<Group>>>()?
+        };
+        let fds: Vec<BorrowedFd<'_>> = groups.iter().map(Group::fd).collect();
+        device.pci_hot_reset(&fds)
     }
 
     /// The ids of the groups attached now.

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE};
-use vfio_hal::{Error, Result, Target};
+use vfio_hal::{Error, Result, Target, VfToken};
 
 use crate::container::{lock, ContainerInner};
 use vfio_hal_linux::devfd::{Backing, VfioDevice};
@@ -194,24 +194,73 @@ impl Group {
     /// `/sys/kernel/iommu_groups/<id>/devices/`), wrapped as a device that
     /// keeps this group and its container alive.
     pub fn open_device(&self, name: &str) -> Result<VfioDevice> {
-        const OP: &str = "VFIO_GROUP_GET_DEVICE_FD";
-        check_name(OP, name)?;
-        let cname = CString::new(name).map_err(|_| Error::InvalidArgument {
-            op: OP,
-            target: Target::Device(name.into()),
-            reason: "device name contains NUL",
-        })?;
+        self.get_device_fd(name, None)
+    }
+
+    /// [`open_device`](Self::open_device) for an SR-IOV virtual function
+    /// whose PF is bound to vfio-pci, presenting the PF's VF token
+    /// (`"<name> vf_token=<uuid>"`), or for such a PF, setting the token
+    /// while no VF is open. A missing or wrong token is refused by the
+    /// kernel with `EACCES` ([`ErrorKind::PermissionDenied`](vfio_hal::ErrorKind)),
+    /// a token for a device that is neither with `EINVAL`.
+    pub fn open_device_with_vf_token(&self, name: &str, token: &VfToken) -> Result<VfioDevice> {
+        self.get_device_fd(name, Some(token))
+    }
+
+    fn get_device_fd(&self, name: &str, token: Option<&VfToken>) -> Result<VfioDevice> {
+        let cname = device_fd_request(name, token)?;
         let fd = sys::group_get_device_fd(self.fd(), &cname)
-            .map_err(|e| e.into_error(OP, Target::Device(name.into())))?;
+            .map_err(|e| e.into_error(GET_DEVICE_FD, Target::Device(name.into())))?;
         let backing: Arc<dyn Backing> = self.inner.clone();
         VfioDevice::new(fd, name, backing)
     }
+}
+
+const GET_DEVICE_FD: &str = "VFIO_GROUP_GET_DEVICE_FD";
+
+/// The string `VFIO_GROUP_GET_DEVICE_FD` takes: the device name, then the
+/// VF token option when there is one.
+fn device_fd_request(name: &str, token: Option<&VfToken>) -> Result<CString> {
+    check_name(GET_DEVICE_FD, name)?;
+    let invalid = |reason| Error::InvalidArgument {
+        op: GET_DEVICE_FD,
+        target: Target::Device(name.into()),
+        reason,
+    };
+    if name.contains(char::is_whitespace) {
+        // The kernel reads what follows a space as options (vf_token=).
+        return Err(invalid(
+            "a device name has no white space (the VF token is an argument of its own)",
+        ));
+    }
+    let request = match token {
+        Some(token) => format!("{name} vf_token={token}"),
+        None => name.to_owned(),
+    };
+    CString::new(request).map_err(|_| invalid("device name contains NUL"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vfio_hal::ErrorKind;
+
+    #[test]
+    fn the_device_fd_request_carries_the_vf_token_as_an_option_and_refuses_smuggled_ones() {
+        let token = VfToken::from_bytes([0x11; 16]);
+        assert_eq!(
+            device_fd_request("0000:01:10.0", Some(&token)).expect("request"),
+            CString::new("0000:01:10.0 vf_token=11111111-1111-1111-1111-111111111111").unwrap()
+        );
+        assert_eq!(
+            device_fd_request("0000:01:10.0", None).expect("request"),
+            CString::new("0000:01:10.0").unwrap()
+        );
+        for bad in ["0000:01:10.0 vf_token=x", "a\tb", "a\0b", ""] {
+            let e = device_fd_request(bad, None).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn ebusy_opening_a_group_node_says_the_group_is_open() {
