@@ -449,6 +449,21 @@ impl AttachedDevice {
         &self.device
     }
 
+    /// PCI hot reset (secondary bus or slot reset) of this device and every
+    /// device sharing its bus or slot, in the iommufd-owned form (no group
+    /// fds): the kernel allows it when each affected device is bound to
+    /// this device's iommufd, or sits in an IOMMU group one of whose
+    /// devices is — [`VfioDevice::pci_hot_reset_info`] tells
+    /// ([`HotResetInfo::DEV_ID_OWNED`](vfio_hal_linux::devfd::HotResetInfo::DEV_ID_OWNED)).
+    /// Refused with the kernel's `EINVAL` otherwise, `NotSupported` when no
+    /// slot or bus reset reaches the device.
+    ///
+    /// The kernel saves and restores each device's config space around the
+    /// reset and zaps its BAR mmaps (they fault back in on the next access).
+    pub fn pci_hot_reset(&self) -> Result<()> {
+        self.device.pci_hot_reset(&[])
+    }
+
     /// Refuses an iommufd call about a revoked device: its binding (the
     /// dev_id) ends when the kernel releases the device file.
     fn live(&self, op: &'static str) -> Result<()> {
