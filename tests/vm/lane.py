@@ -2,7 +2,7 @@
 """The real-kernel lane: run the guest test binaries inside a QEMU guest whose
 kernel has real VFIO, iommufd and vfio-pci, behind QEMU's emulated Intel IOMMU.
 
-One command: `bash tests/vm/lane.sh [--kernel default|compat|both] [--fail-demo]`.
+One command: `bash tests/vm/lane.sh [--boot default|compat|nommu]... [--fail-demo]`.
 See docs/VM-LANE.md. Python 3.11 standard library only.
 
 Steps: install missing Debian packages; build (or reuse) the guest kernel(s);
@@ -59,6 +59,33 @@ KERNELS = {
     "compat": ["default.config", "compat.config"],
 }
 
+@dataclass(frozen=True)
+class BootSpec:
+    """One boot of the lane: a kernel flavour, with or without QEMU's
+    emulated VT-d, running all guest tests or only some ignored ones."""
+
+    kernel: str
+    viommu: bool = True
+    # Run only these tests, which every other boot ignores (`--ignored
+    # --exact`); None runs every test binary as it is.
+    only: tuple[str, ...] | None = None
+
+
+# The boots, in order. `nommu` reuses the default kernel without the
+# emulated VT-d: the kernel's own iommufd mock IOMMU (IOMMUFD_TEST) probes
+# its devices with the first registered IOMMU's ops, which with VT-d present
+# are VT-d's, so its tests run only where there is none. The tests it runs
+# are ignored in the other boots with a reason that names this boot.
+BOOTS = {
+    "default": BootSpec("default"),
+    "compat": BootSpec("compat"),
+    "nommu": BootSpec(
+        "default",
+        viommu=False,
+        only=("dirty_tracking_enable_and_read_on_the_kernel_mock_iommu",),
+    ),
+}
+
 # QEMU ids of the devices the guest tests may ask the host to unplug; the guest
 # gets them as VFIO_HAL_<ROLE>_ID. /init finds the devices by vendor:device.
 DEVICE_IDS = {
@@ -68,6 +95,8 @@ DEVICE_IDS = {
     "SPARE2": "edu-spare2",  # a third edu behind a second root port: the lane's own unplug test
     "SPARE3": "edu-spare3",  # behind a third root port: kvm_vmm's passthrough unplug, legacy backend
     "SPARE4": "edu-spare4",  # behind a fourth root port: kvm_vmm's passthrough unplug, iommufd backend
+    "PEER": "edu-peer",  # behind a fifth root port, never unplugged: the peer of peer-to-peer DMA
+    "IGB": "igb0",  # QEMU igb, 8086:10c9, behind a sixth root port: hot reset, AER, SR-IOV, PCI PM
 }
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -463,7 +492,8 @@ def qemu_binary() -> str:
     return qemu
 
 
-def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> list[str]:
+def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path, viommu: bool = True) -> list[str]:
+    iommu = ["-device", "intel-iommu,intremap=on,caching-mode=on"] if viommu else []
     return [
         qemu_binary(),
         "-machine", f"q35,accel={accel}",
@@ -477,7 +507,7 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> 
         "-nodefaults",
         "-no-reboot",
         "-display", "none",
-        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        *iommu,
         "-device", f"edu,id={DEVICE_IDS['EDU']}",
         "-device", f"nvme,id={DEVICE_IDS['MSIX']},serial=vfiohal0",
         "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
@@ -488,6 +518,10 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path) -> 
         "-device", f"edu,id={DEVICE_IDS['SPARE3']},bus=rp3",
         "-device", "pcie-root-port,id=rp4,chassis=4,slot=4",
         "-device", f"edu,id={DEVICE_IDS['SPARE4']},bus=rp4",
+        "-device", "pcie-root-port,id=rp5,chassis=5,slot=5",
+        "-device", f"edu,id={DEVICE_IDS['PEER']},bus=rp5",
+        "-device", "pcie-root-port,id=rp6,chassis=6,slot=6",
+        "-device", f"igb,id={DEVICE_IDS['IGB']},bus=rp6",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-serial", "stdio",  # ttyS0: console
         "-chardev", f"socket,id=ctl,path={tmp / 'ctl.sock'},server=off",
@@ -549,7 +583,8 @@ class Boot:
 
 class Control:
     """Serves the guest's requests on its /dev/ttyS1, one line each way:
-    `DEVICE_DEL <qemu-id>` -> QMP device_del -> `OK` or `ERR <reason>`."""
+    `DEVICE_DEL <qemu-id>` -> QMP device_del, `AER_INJECT <qemu-id> <error>`
+    -> HMP pcie_aer_inject_error; each answered `OK` or `ERR <reason>`."""
 
     def __init__(self, qmp_path: Path):
         self.qmp_path = qmp_path
@@ -569,6 +604,22 @@ class Control:
             if "error" in reply:
                 return f"ERR {reply['error'].get('desc', reply['error'])}"
             return "OK"
+        if len(words) >= 3 and words[0] == "AER_INJECT":
+            # HMP's pcie_aer_inject_error <id> <error> [flags]: the error
+            # arrives at the device's root port as from the device itself.
+            try:
+                if self.qmp is None:
+                    self.qmp = Qmp(self.qmp_path)
+                reply = self.qmp.execute(
+                    "human-monitor-command",
+                    **{"command-line": "pcie_aer_inject_error " + " ".join(words[1:])},
+                )
+            except (OSError, ValueError) as e:
+                return f"ERR qmp: {e}"
+            if "error" in reply:
+                return f"ERR {reply['error'].get('desc', reply['error'])}"
+            said = reply.get("return", "").strip()
+            return f"ERR {said}" if said else "OK"
         return f"ERR unknown request: {line!r}"
 
     def close(self) -> None:
@@ -584,13 +635,14 @@ def boot(
     timeout: float,
     logfile: Path | None,
     echo: bool,
+    viommu: bool = True,
 ) -> Boot:
     result = Boot()
     tmp = Path(tempfile.mkdtemp(prefix="vfio-hal-lane-"))
     ctl_listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ctl_listen.bind(str(tmp / "ctl.sock"))
     ctl_listen.listen(1)
-    cmd = qemu_cmd(accel, kernel, initrd, append, tmp)
+    cmd = qemu_cmd(accel, kernel, initrd, append, tmp, viommu)
     out = logfile.open("wb") if logfile else None
     if out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -730,12 +782,19 @@ SUMMARY_RE = re.compile(
 )
 
 
+IGNORED_RE = re.compile(r"^test (\S+) \.\.\. ignored(?:, (.*))?$", re.M)
+PASSED_RE = re.compile(r"^test (\S+) \.\.\. ok$", re.M)
+
+
 @dataclass
 class Outcome:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
     problems: list[str] = field(default_factory=list)
+    # Names of the tests that passed, and of those ignored, with the reason.
+    passed_names: set[str] = field(default_factory=set)
+    ignored: dict[str, str] = field(default_factory=dict)
 
 
 def judge(b: Boot, expected: list[str]) -> Outcome:
@@ -758,6 +817,9 @@ def judge(b: Boot, expected: list[str]) -> Outcome:
             continue
         for _, p, f, i in sums:
             o.passed, o.failed, o.skipped = o.passed + int(p), o.failed + int(f), o.skipped + int(i)
+        o.passed_names.update(PASSED_RE.findall(m.group(1)))
+        for test, reason in IGNORED_RE.findall(m.group(1)):
+            o.ignored[test] = reason or "no reason given"
         if m.group(2) != "0":
             o.problems.append(f"test binary {name} exited with rc={m.group(2)}")
     markers = RESULT_RE.findall(b.output)
@@ -770,37 +832,66 @@ def judge(b: Boot, expected: list[str]) -> Outcome:
     return o
 
 
-def run_kernel(flavour: str, kernel: Path, initrd: Path, expected: list[str], accel: str, fail_demo: bool) -> Outcome:
+def run_boot(name: str, spec: BootSpec, kernel: Path, initrd: Path, expected: list[str], accel: str, fail_demo: bool) -> Outcome:
     append = " ".join(
         [
             "console=ttyS0",
             "panic=-1",
-            "intel_iommu=on",
-            f"VFIO_HAL_KERNEL={flavour}",
+            *(["intel_iommu=on"] if spec.viommu else []),
+            f"VFIO_HAL_KERNEL={spec.kernel}",
+            f"VFIO_HAL_BOOT={name}",
+            *([f"VFIO_HAL_ONLY_TESTS={','.join(spec.only)}"] if spec.only else []),
             f"VFIO_HAL_FAIL_DEMO={int(fail_demo)}",
             # The guest kernel has KVM: a KVM test that finds no /dev/kvm fails.
             "VFIO_HAL_REQUIRE_KVM=1",
+            # vfio-pci may create the igb's virtual functions (sriov_numvfs).
+            "vfio_pci.enable_sriov=1",
             *(f"VFIO_HAL_{role}_ID={qid}" for role, qid in DEVICE_IDS.items()),
         ]
     )
-    logfile = LOGS / f"{flavour}.log"
-    log(f"boot({flavour}): accel={accel}, timeout {BOOT_TIMEOUT_S}s, console -> {logfile.relative_to(ROOT)}")
-    b = boot(accel, kernel, initrd, append, BOOT_TIMEOUT_S, logfile, True)
-    log(f"boot({flavour}): QEMU exited rc={b.rc} after {b.elapsed:.1f}s")
+    logfile = LOGS / f"{name}.log"
+    log(f"boot({name}): kernel {spec.kernel}, {'with' if spec.viommu else 'without'} VT-d, accel={accel}, timeout {BOOT_TIMEOUT_S}s, console -> {logfile.relative_to(ROOT)}")
+    b = boot(accel, kernel, initrd, append, BOOT_TIMEOUT_S, logfile, True, spec.viommu)
+    log(f"boot({name}): QEMU exited rc={b.rc} after {b.elapsed:.1f}s")
     o = judge(b, expected)
+    if spec.only is not None:
+        missing = [t for t in spec.only if t not in o.passed_names]
+        if missing:
+            o.problems.append(f"boot {name} exists to run {missing}, which did not pass")
     if b.failure or not RESULT_RE.search(b.output):
         tail = b.output.splitlines()[-40:]
         print(f"--- last lines of the console ({logfile.relative_to(ROOT)}) ---")
         print("\n".join(tail))
         print("--- end of console ---")
     for p in o.problems:
-        print(f"lane({flavour}): FAIL: {p}")
+        print(f"lane({name}): FAIL: {p}")
     return o
+
+
+def report_skips(outcomes: dict[str, Outcome]) -> list[str]:
+    """Each test some boot ignored: run (and passed) in another boot, or a
+    remaining skip with its reason. Returns the lines of the remaining ones."""
+    remaining = []
+    for boot_name, o in outcomes.items():
+        for test, reason in sorted(o.ignored.items()):
+            where = [b for b, other in outcomes.items() if test in other.passed_names]
+            if where:
+                print(f"lane: skipped in {boot_name}, passed in {', '.join(where)}: {test}")
+            else:
+                line = f"{boot_name}: {test} ({reason})"
+                remaining.append(line)
+                print(f"lane: SKIPPED in every boot: {line}")
+    return remaining
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kernel", choices=["default", "compat", "both"], default="both")
+    ap.add_argument(
+        "--boot",
+        action="append",
+        choices=list(BOOTS),
+        help="run only this boot (repeatable; default: every boot of BOOTS, in order)",
+    )
     ap.add_argument(
         "--fail-demo",
         action="store_true",
@@ -821,7 +912,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     packages = args.package or GUEST_TEST_PACKAGES
-    flavours = ["default", "compat"] if args.kernel == "both" else [args.kernel]
+    boots = {name: BOOTS[name] for name in (args.boot or list(BOOTS))}
 
     WORK.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -834,23 +925,31 @@ def main() -> int:
 
     try:
         ensure_packages()
-        kernels = {f: build_kernel(f) for f in flavours}
+        # One build per kernel flavour, shared by the boots that use it.
+        kernels = {spec.kernel: build_kernel(spec.kernel) for spec in boots.values()}
         exes, tools = build_guest_tests(args.fail_demo, packages, args.release)
         initrd, expected = build_initramfs(exes, tools)
-        accel = choose_accel(kernels[flavours[0]], initrd)
+        accel = choose_accel(next(iter(kernels.values())), initrd)
         total = Outcome()
-        for flavour in flavours:
-            o = run_kernel(flavour, kernels[flavour], initrd, expected, accel, args.fail_demo)
-            print(f"lane({flavour}): {o.passed} passed, {o.failed} failed, {o.skipped} skipped")
+        outcomes = {}
+        for name, spec in boots.items():
+            o = run_boot(name, spec, kernels[spec.kernel], initrd, expected, accel, args.fail_demo)
+            print(f"lane({name}): {o.passed} passed, {o.failed} failed, {o.skipped} skipped")
+            outcomes[name] = o
             total.passed += o.passed
             total.failed += o.failed
             total.skipped += o.skipped
             total.problems += o.problems
+        remaining = report_skips(outcomes)
     except LaneError as e:
         print(f"lane: FAIL: {e}", flush=True)
         return 1
     log(f"done in {time.monotonic() - T0:.0f}s")
-    print(f"{total.passed} passed, {total.failed} failed, {total.skipped} skipped")
+    print(
+        f"{total.passed} passed, {total.failed} failed, {total.skipped} skipped "
+        f"({total.skipped - len(remaining)} of them passed in another boot, "
+        f"{len(remaining)} skipped in every boot)"
+    )
     return 1 if total.problems or total.failed else 0
 
 

@@ -13,7 +13,9 @@
 //! | [`SPARE_BDF`] | a second `edu` behind a hotplug root port, bound to vfio-pci: the legacy backend's unplug test |
 //! | [`SPARE2_BDF`] | a third `edu` behind a second root port: the iommufd backend's unplug test |
 //! | [`SPARE3_BDF`], [`SPARE4_BDF`] | two more `edu`s behind their own root ports: `kvm_vmm`'s unplug of a device passed through to a KVM guest, legacy and iommufd backend |
-//! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] … [`SPARE4_ID`] | their QEMU ids, for [`request_unplug`] |
+//! | [`PEER_BDF`] | an `edu` behind a fifth root port, never unplugged: the peer of peer-to-peer DMA |
+//! | [`IGB_BDF`] | QEMU's `igb` NIC (8086:10c9) alone behind a sixth root port: hot reset (its registers show the reset), PCIe with AER (the ERR interrupt), SR-IOV (VF tokens), a PCI PM capability |
+//! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] … [`SPARE4_ID`], [`IGB_ID`] | their QEMU ids, for [`request_unplug`] and [`request_aer_inject`] |
 //! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
 //!
 //! Tests that only make sense in the guest are marked
@@ -29,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod igb;
+pub mod peer;
 pub mod sys;
 pub mod unplug;
 
@@ -56,6 +60,13 @@ pub const SPARE3_ID: &str = "VFIO_HAL_SPARE3_ID";
 pub const SPARE4_BDF: &str = "VFIO_HAL_SPARE4_BDF";
 /// Environment variable: QEMU id of the fourth spare `edu`.
 pub const SPARE4_ID: &str = "VFIO_HAL_SPARE4_ID";
+/// Environment variable: PCI address of the `edu` behind its own root
+/// port that stays for the whole boot: the peer of peer-to-peer DMA.
+pub const PEER_BDF: &str = "VFIO_HAL_PEER_BDF";
+/// Environment variable: PCI address of QEMU's igb (the SR-IOV PF).
+pub const IGB_BDF: &str = "VFIO_HAL_IGB_BDF";
+/// Environment variable: QEMU id of the igb.
+pub const IGB_ID: &str = "VFIO_HAL_IGB_ID";
 /// Environment variable: QEMU id of the `edu` device.
 pub const EDU_ID: &str = "VFIO_HAL_EDU_ID";
 /// Environment variable: QEMU id of the MSI-X capable device.
@@ -130,6 +141,64 @@ pub fn request_unplug(id: &str) -> io::Result<()> {
             "host refused DEVICE_DEL {id}: {reply}"
         )))
     }
+}
+
+/// Asks the host to inject a PCIe AER error into the device whose QEMU id
+/// is `id` (HMP `pcie_aer_inject_error <id> <error>`), e.g. `POISON_TLP`
+/// (uncorrectable, non-fatal by default): it reaches the device's root
+/// port as if the device had reported it, and the guest's AER driver runs
+/// recovery, which vfio-pci answers by signalling the ERR eventfd.
+///
+/// # Errors
+/// As [`request_unplug`]; the error carries what QEMU said.
+pub fn request_aer_inject(id: &str, error: &str) -> io::Result<()> {
+    let reply = control_request(&format!("AER_INJECT {id} {error}"))?;
+    if reply == "OK" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "host refused AER_INJECT {id} {error}: {reply}"
+        )))
+    }
+}
+
+/// Binds the PCI device `bdf` to vfio-pci (driver_override, then a probe),
+/// as the lane's /init does for its devices; for devices that appear
+/// during a test (SR-IOV virtual functions).
+///
+/// # Errors
+/// When sysfs refuses, or the device ends up without vfio-pci.
+pub fn bind_vfio_pci(bdf: &str) -> io::Result<()> {
+    let dir = pci_device_dir(bdf);
+    if let Ok(driver) = std::fs::read_link(dir.join("driver")) {
+        if driver.file_name().is_some_and(|n| n == "vfio-pci") {
+            return Ok(());
+        }
+        std::fs::write(dir.join("driver/unbind"), bdf)?;
+    }
+    std::fs::write(dir.join("driver_override"), "vfio-pci")?;
+    std::fs::write("/sys/bus/pci/drivers_probe", bdf)?;
+    let driver = std::fs::read_link(dir.join("driver"))?;
+    if driver.file_name().is_some_and(|n| n == "vfio-pci") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{bdf} bound to {driver:?}, not vfio-pci"
+        )))
+    }
+}
+
+/// A PCI device's runtime power-management status
+/// (`power/runtime_status`: `active`, `suspended`, …).
+///
+/// # Errors
+/// When sysfs has no such file (a kernel without `CONFIG_PM`).
+pub fn runtime_pm_status(bdf: &str) -> io::Result<String> {
+    Ok(
+        std::fs::read_to_string(pci_device_dir(bdf).join("power/runtime_status"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// Polls sysfs until the PCI device `bdf` is gone; `false` on timeout.

@@ -1,0 +1,133 @@
+//! QEMU's igb (82576) in the lane: a register its reset clears, the AER
+//! error path to the ERR interrupt, and SR-IOV virtual functions. Shared by
+//! every backend's lane test.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use vfio_hal::eventfd::{EventFd, EventFdExt};
+use vfio_hal::irq::index::ERR;
+use vfio_hal::prelude::*;
+
+use crate::{bind_vfio_pci, pci_device_dir, request_aer_inject};
+
+/// Receive descriptor base, low half, of queue 0 (BAR 0): writable, and 0
+/// after any reset of the device (QEMU's `igb_core_reset` clears the
+/// register file), so a value left there tells whether a reset happened.
+pub const RDBAL0: u64 = 0xc000;
+
+/// igb's PCI device id (the PF) and that of its virtual functions.
+pub const PF_DEVICE_ID: u16 = 0x10c9;
+/// The igb VF's PCI device id.
+pub const VF_DEVICE_ID: u16 = 0x10ca;
+
+/// How long AER recovery may take to reach vfio-pci under TCG.
+const AER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Leaves a mark in [`RDBAL0`] and returns what the register holds then
+/// (non-zero: the device keeps it until a reset).
+///
+/// # Panics
+/// On a failed access, or when the mark does not stick.
+pub fn leave_reset_mark<D: Device>(igb: &D) -> u32 {
+    let bar0 = igb.region(0).expect("igb BAR 0");
+    bar0.write_at::<u32>(RDBAL0, 0x1234_5600)
+        .expect("write RDBAL0");
+    let held = bar0.read_at::<u32>(RDBAL0).expect("read RDBAL0");
+    assert_ne!(held, 0, "RDBAL0 did not keep a value");
+    held
+}
+
+/// What [`RDBAL0`] holds now.
+///
+/// # Panics
+/// On a failed access.
+pub fn reset_mark<D: Device>(igb: &D) -> u32 {
+    igb.region(0)
+        .and_then(|r| r.read_at::<u32>(RDBAL0))
+        .expect("read RDBAL0")
+}
+
+/// Routes `igb`'s ERR interrupt to an eventfd, has the host inject an
+/// uncorrectable non-fatal error (`POISON_TLP`) as from the device whose
+/// QEMU id is `qemu_id`, and checks the eventfd fires: the guest's AER
+/// driver ran recovery and vfio-pci's `error_detected` signalled the user.
+/// Returns how long that took.
+///
+/// # Panics
+/// On a failed step (the test's failure).
+pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Duration {
+    let err = igb.irq(ERR).expect("ERR irq info");
+    assert_eq!(err.info().count, 1, "igb is PCIe: one ERR vector");
+    let efd = EventFd::nonblocking().expect("eventfd");
+    err.set_eventfd(0, Some(efd.as_fd())).expect("route ERR");
+    assert!(
+        !efd.poll(Duration::from_millis(100)).expect("poll"),
+        "ERR fired before any error"
+    );
+    let start = std::time::Instant::now();
+    request_aer_inject(qemu_id, "POISON_TLP").expect("inject the AER error");
+    assert!(
+        efd.poll(AER_TIMEOUT).expect("poll"),
+        "no ERR signal within {AER_TIMEOUT:?} of the injected error"
+    );
+    let took = start.elapsed();
+    assert_eq!(efd.take().expect("read"), 1, "one error, one signal");
+    err.disable().expect("unroute ERR");
+    took
+}
+
+/// SR-IOV virtual functions of a PF bound to vfio-pci, created through
+/// `sriov_numvfs` (vfio-pci needs `enable_sriov`), each bound to
+/// vfio-pci; removed again on drop.
+#[derive(Debug)]
+pub struct VirtualFunctions {
+    pf: String,
+    vfs: Vec<String>,
+}
+
+impl VirtualFunctions {
+    /// Creates `count` VFs of `pf` and binds them to vfio-pci.
+    ///
+    /// # Errors
+    /// When sysfs refuses (no SR-IOV, vfio-pci without `enable_sriov`).
+    pub fn create(pf: &str, count: u32) -> io::Result<Self> {
+        let dir = pci_device_dir(pf);
+        std::fs::write(dir.join("sriov_numvfs"), count.to_string())?;
+        let this = Self {
+            pf: pf.to_owned(),
+            vfs: (0..count)
+                .map(|i| link_name(&dir.join(format!("virtfn{i}"))))
+                .collect::<io::Result<_>>()?,
+        };
+        for vf in &this.vfs {
+            bind_vfio_pci(vf)?;
+        }
+        Ok(this)
+    }
+
+    /// The VFs' PCI addresses.
+    pub fn addresses(&self) -> &[String] {
+        &self.vfs
+    }
+}
+
+impl Drop for VirtualFunctions {
+    fn drop(&mut self) {
+        let path = pci_device_dir(&self.pf).join("sriov_numvfs");
+        if let Err(e) = std::fs::write(&path, "0") {
+            eprintln!("removing the VFs of {}: {e}", self.pf);
+        }
+    }
+}
+
+/// The last component of the symlink at `link` (a PCI address).
+fn link_name(link: &Path) -> io::Result<String> {
+    let target = std::fs::read_link(link)?;
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::other(format!("{} is no device link", link.display())))
+}
