@@ -692,14 +692,14 @@ mod kernel_mock {
     }
 }
 
-/// Not run by the lane: Linux 6.12 probes the mock's devices with the ops of
-/// the first registered IOMMU without a firmware node (`__iommu_probe_device`
-/// → `iommu_fwspec_ops(NULL)`), which in the lane is the emulated VT-d, so
-/// the mock device has no IOMMU and `IOMMU_TEST_OP_MOCK_DOMAIN` fails with
-/// EINVAL. Run it by hand in a guest booted without `intel_iommu=on`
-/// (`--ignored`).
+/// Runs in the lane's `nommu` boot only: Linux 6.12 probes the mock's
+/// devices with the ops of the first registered IOMMU without a firmware
+/// node (`__iommu_probe_device` → `iommu_fwspec_ops(NULL)`), which with
+/// the emulated VT-d present is VT-d, so the mock device has no IOMMU and
+/// `IOMMU_TEST_OP_MOCK_DOMAIN` fails with EINVAL. The `nommu` boot (the
+/// same kernel, no VT-d) runs it with `--ignored`.
 #[test]
-#[ignore = "the kernel's mock IOMMU cannot coexist with the lane's VT-d (see the doc comment)"]
+#[ignore = "runs in the lane's nommu boot: the kernel's mock IOMMU cannot coexist with VT-d"]
 fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     let iommufd = Iommufd::open().expect("open /dev/iommu");
     let ioas = iommufd.alloc_ioas().expect("IOAS");
@@ -756,6 +756,122 @@ fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     assert_eq!(ioas.unmap_all().expect("unmap"), len);
     // The mock device holds the HWPT: destroy it first, then the handles go.
     iommufd.destroy(stdev).expect("destroy the mock device");
+}
+
+// ---------------------------------------------------------------------------
+// Peer-to-peer, hot reset, ERR and SR-IOV on the cdev path
+// ---------------------------------------------------------------------------
+
+/// iommufd pins the pages it maps (`pin_user_pages`), which refuses the
+/// PFN-mapped BAR of another device: no peer-to-peer DMA through an IOAS
+/// on 6.12 (dma-buf based P2P needs `IOMMU_IOAS_MAP_FILE` of a dma-buf,
+/// later kernels). The refusal is typed and carries the errno.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn peer_to_peer_dma_is_refused_by_an_ioas() {
+    use vfio_hal_guest_tests::{self as lane, peer};
+    let container = IoasContainer::open().expect("container");
+    let _edu = container.open_device(&edu()).expect("edu");
+    let other = container
+        .open_device(&lane::lane_env(lane::PEER_BDF))
+        .expect("the peer edu");
+    let e = peer::map_peer_bar(&container, &other).expect_err("an IOAS pins pages");
+    eprintln!("IOAS refuses a peer BAR: {e}");
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::InvalidArgument, Some(libc::EFAULT)),
+        "{e}"
+    );
+    assert_eq!(
+        container.unmap_all().expect("unmap all"),
+        0,
+        "nothing left mapped"
+    );
+}
+
+/// The iommufd-owned form of the hot reset (no group fds): igb, bound to
+/// this iommufd, alone behind its root port; its registers read their
+/// reset values afterwards.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn pci_hot_reset_in_the_iommufd_owned_form() {
+    use vfio_hal_guest_tests::{self as lane, igb};
+    use vfio_hal_linux::devfd::HotResetInfo;
+    let bdf = lane::lane_env(lane::IGB_BDF);
+    let container = IoasContainer::open().expect("container");
+    let dev = container.open_device(&bdf).expect("igb");
+    let info = dev
+        .vfio_device()
+        .pci_hot_reset_info()
+        .expect("hot reset info");
+    eprintln!("igb hot reset (cdev) affects {info:?}");
+    assert_eq!(
+        info.flags & (HotResetInfo::DEV_ID | HotResetInfo::DEV_ID_OWNED),
+        HotResetInfo::DEV_ID | HotResetInfo::DEV_ID_OWNED,
+        "device ids, all owned by this iommufd"
+    );
+    assert_eq!(info.devices.len(), 1);
+    assert_eq!(info.devices[0].id, dev.dev_id());
+    let held = igb::leave_reset_mark(&dev);
+    // A group list is the group path's form: refused for a cdev.
+    let efd = EventFd::nonblocking().expect("any fd");
+    let e = dev
+        .vfio_device()
+        .pci_hot_reset(&[efd.as_fd()])
+        .expect_err("a cdev takes no group fds");
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    assert_eq!(igb::reset_mark(&dev), held, "a refused reset reset nothing");
+
+    dev.pci_hot_reset().expect("hot reset");
+    assert_eq!(igb::reset_mark(&dev), 0, "igb's registers were reset");
+    assert_eq!(dev.vendor_id().expect("vendor"), 0x8086);
+    // edu on the root bus: no slot or bus reset reaches it.
+    let edu = container.open_device(&edu()).expect("edu");
+    let e = edu.pci_hot_reset().expect_err("root bus");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+}
+
+/// The ERR interrupt through the cdev: an injected AER error reaches it.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn err_irq_fires_on_an_injected_aer_error() {
+    use vfio_hal_guest_tests::{self as lane, igb};
+    let container = IoasContainer::open().expect("container");
+    let dev = container
+        .open_device(&lane::lane_env(lane::IGB_BDF))
+        .expect("igb");
+    let took = igb::err_fires_on_an_injected_error(&dev, &lane::lane_env(lane::IGB_ID));
+    eprintln!("ERR signalled {took:?} after the injection");
+}
+
+/// Linux 6.12's cdev path does not check VF tokens (binding with one,
+/// `VFIO_DEVICE_BIND_FLAG_TOKEN`, came with 6.17): a VF of a PF bound to
+/// vfio-pci binds without its token, where the group path refuses it.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn a_virtual_function_binds_through_its_cdev_without_a_token_on_6_12() {
+    use vfio_hal_guest_tests::{self as lane, igb};
+    let vfs = igb::VirtualFunctions::create(&lane::lane_env(lane::IGB_BDF), 1).expect("a VF");
+    let vf = vfs.addresses()[0].clone();
+    let container = IoasContainer::open().expect("container");
+    let dev = container
+        .open_device(&vf)
+        .expect("the VF binds without a token");
+    assert_eq!(dev.device_id().expect("device id"), igb::VF_DEVICE_ID);
+    drop(dev);
+    drop(container);
 }
 
 /// The second spare edu, hot-unplugged while a thread reads its BAR through

@@ -14,7 +14,7 @@ use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::{ERR, MSI, MSIX, REQ};
 use vfio_hal::pci::{cfg, region::CONFIG};
 use vfio_hal::prelude::*;
-use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange};
+use vfio_hal::{DmaAccess, DmaBuffer, ErrorKind, IovaRange, VfToken};
 use vfio_hal_guest_tests as lane;
 use vfio_hal_legacy::LegacyContainer;
 use vfio_hal_linux::VfioDevice;
@@ -583,4 +583,258 @@ fn zz_device_del_in_use_req_revoke_device_gone_clean_drop() {
         .expect("map after the unplug");
     assert_eq!(edu.vendor_id().expect("vendor"), 0x1234);
     drop(m);
+}
+
+/// The peer of peer-to-peer DMA: an edu that stays for the whole boot.
+fn peer_bdf() -> String {
+    lane::lane_env(lane::PEER_BDF)
+}
+
+fn igb_bdf() -> String {
+    lane::lane_env(lane::IGB_BDF)
+}
+
+/// type1 maps the PFNs of another device's mmapped BAR, so edu's DMA reaches
+/// the peer edu's register; iommufd's compat container pins pages and
+/// refuses the same map with the kernel's errno.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn peer_to_peer_dma_into_another_devices_bar() {
+    let (container, edu) = open_edu();
+    let peer = container
+        .open_device(&peer_bdf())
+        .expect("open the peer edu");
+    let mapped = lane::peer::map_peer_bar(&container, &peer);
+    if lane::kernel_flavour() == lane::KernelFlavour::Compat {
+        let e = mapped.expect_err("iommufd pins pages: no PFN-mapped BAR");
+        eprintln!("compat container refuses a peer BAR: {e}");
+        assert_eq!(e.errno(), Some(libc::EFAULT), "{e}");
+        return;
+    }
+    let window = mapped.expect("map the peer's BAR 0");
+    let seen = lane::peer::edu_dma_into_peer_liveness(&container, &edu, &window, 0x5eed_0001);
+    assert_eq!(
+        seen, !0x5eed_0001,
+        "the peer's register did not get edu's write"
+    );
+    drop(window);
+    assert_eq!(
+        container.unmap_all().expect("unmap all"),
+        0,
+        "the window was unmapped"
+    );
+}
+
+/// A bus reset behind the igb's root port, owned through the container's
+/// groups: igb's registers read their reset values afterwards, its config
+/// space is restored and its BAR serves again; without the groups the
+/// kernel refuses.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn pci_hot_reset_through_the_containers_groups() {
+    let container = LegacyContainer::open().expect("container");
+    let igb = container.open_device(&igb_bdf()).expect("open igb");
+    let info = igb.pci_hot_reset_info().expect("hot reset info");
+    eprintln!("igb hot reset affects {info:?}");
+    assert_eq!(info.flags & vfio_hal_linux::devfd::HotResetInfo::DEV_ID, 0);
+    assert_eq!(info.devices.len(), 1, "igb is alone behind its root port");
+    assert_eq!(info.devices[0].address(), igb_bdf());
+    let group = container.group_of(&igb_bdf()).expect("igb's group");
+    assert_eq!(info.devices[0].id, group.id());
+
+    let held = lane::igb::leave_reset_mark(&igb);
+    let command = igb
+        .config()
+        .and_then(|c| c.read_at::<u16>(cfg::COMMAND))
+        .expect("command");
+    // The group-less form is the cdev's: refused for a group-opened device.
+    let e = igb.pci_hot_reset(&[]).expect_err("no groups");
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    assert_eq!(
+        lane::igb::reset_mark(&igb),
+        held,
+        "a refused reset reset nothing"
+    );
+
+    container.pci_hot_reset(&igb).expect("hot reset");
+    assert_eq!(lane::igb::reset_mark(&igb), 0, "igb's registers were reset");
+    assert_eq!(igb.vendor_id().expect("vendor"), 0x8086);
+    assert_eq!(
+        igb.config()
+            .and_then(|c| c.read_at::<u16>(cfg::COMMAND))
+            .expect("command"),
+        command,
+        "the kernel restored the command register"
+    );
+    lane::igb::leave_reset_mark(&igb);
+
+    // A reset that would also reset a group the container does not hold is
+    // refused before the kernel is asked: edu's container knows no igb.
+    let (other, _edu) = open_edu();
+    let e = other
+        .pci_hot_reset(&igb)
+        .expect_err("igb's group is not in it");
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::Busy, Some(libc::EINVAL)),
+        "{e}"
+    );
+    // edu on the root bus: no slot or bus reset reaches it.
+    let edu = other.open_device(&edu_bdf()).expect("edu");
+    let e = other.pci_hot_reset(&edu).expect_err("root bus");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+}
+
+/// The ERR interrupt of a PCIe device with AER: an error the host injects
+/// reaches the eventfd through the guest's AER driver and vfio-pci.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn err_irq_fires_on_an_injected_aer_error() {
+    let container = LegacyContainer::open().expect("container");
+    let igb = container.open_device(&igb_bdf()).expect("open igb");
+    let took = lane::igb::err_fires_on_an_injected_error(&igb, &lane::lane_env(lane::IGB_ID));
+    eprintln!("ERR signalled {took:?} after the injection");
+    assert_eq!(igb.vendor_id().expect("vendor after recovery"), 0x8086);
+}
+
+/// A VF of a PF bound to vfio-pci opens only with the PF's VF token; while
+/// it is open, the PF itself opens only with it too.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn vf_token_gates_opening_a_virtual_function() {
+    let pf_bdf = igb_bdf();
+    let vfs = lane::igb::VirtualFunctions::create(&pf_bdf, 1).expect("create a VF");
+    let vf_bdf = vfs.addresses()[0].clone();
+    eprintln!("igb VF at {vf_bdf}");
+    let container = LegacyContainer::open().expect("container");
+    let token = VfToken::from_bytes(*b"vfio-hal-lane-vf");
+    let wrong = VfToken::from_bytes([0x55; 16]);
+    {
+        let pf = container.open_device(&pf_bdf).expect("open the PF");
+        pf.set_vf_token(&token).expect("set the VF token");
+        for (what, result) in [
+            ("no token", container.open_device(&vf_bdf)),
+            (
+                "a wrong token",
+                container.open_device_with_vf_token(&vf_bdf, &wrong),
+            ),
+        ] {
+            let e = result.expect_err(what);
+            assert_eq!(
+                (e.kind(), e.errno()),
+                (ErrorKind::PermissionDenied, Some(libc::EACCES)),
+                "{what}: {e}"
+            );
+        }
+        let vf = container
+            .open_device_with_vf_token(&vf_bdf, &token)
+            .expect("the VF opens with the PF's token");
+        assert_eq!(vf.device_id().expect("device id"), lane::igb::VF_DEVICE_ID);
+        // While a VF is in use, the PF opens only with the token as well.
+        let e = container
+            .open_device(&pf_bdf)
+            .expect_err("PF without the token");
+        assert_eq!(e.errno(), Some(libc::EACCES), "{e}");
+        drop(
+            container
+                .open_device_with_vf_token(&pf_bdf, &token)
+                .expect("PF with it"),
+        );
+        drop(vf);
+    }
+    // A token for a device that is neither PF nor VF is refused.
+    let e = container
+        .open_device_with_vf_token(&edu_bdf(), &token)
+        .expect_err("edu has no VFs");
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    drop(container);
+    drop(vfs);
+    assert!(
+        !lane::pci_device_dir(&vf_bdf).exists(),
+        "the VF is gone again"
+    );
+}
+
+/// Polls the device's runtime PM status until it reads `want`.
+fn wait_runtime_pm(bdf: &str, want: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = lane::runtime_pm_status(bdf).expect("power/runtime_status");
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bdf}: runtime PM {status}, waited for {want}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Low power on a device whose PM capability allows D3hot (igb): entry
+/// really suspends it; with a wakeup eventfd the next access resumes it,
+/// signals the eventfd once and ends low power; without one an access is
+/// served and the device suspends again until the exit.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn low_power_suspends_the_device_and_an_access_wakes_it() {
+    let bdf = igb_bdf();
+    let container = LegacyContainer::open().expect("container");
+    let igb = container.open_device(&bdf).expect("open igb");
+    wait_runtime_pm(&bdf, "active");
+    let power_state = || {
+        std::fs::read_to_string(lane::pci_device_dir(&bdf).join("power_state"))
+            .expect("power_state")
+            .trim()
+            .to_owned()
+    };
+
+    let wakeup = EventFd::nonblocking().expect("eventfd");
+    igb.low_power_entry_with_wakeup(wakeup.as_fd())
+        .expect("enter low power with wakeup");
+    wait_runtime_pm(&bdf, "suspended");
+    assert_eq!(power_state(), "D3hot", "igb's PM capability allows D3hot");
+    assert!(
+        !wakeup.poll(Duration::from_millis(100)).expect("poll"),
+        "woken without an access"
+    );
+    assert_eq!(igb.vendor_id().expect("a config read wakes it"), 0x8086);
+    assert!(
+        wakeup.poll(TIMEOUT).expect("poll"),
+        "the access did not signal the wakeup"
+    );
+    assert_eq!(wakeup.take().expect("read"), 1);
+    assert_eq!(power_state(), "D0");
+    // Woken, it left low power: a new entry is allowed (not EINVAL).
+    igb.low_power_entry().expect("enter low power again");
+    wait_runtime_pm(&bdf, "suspended");
+    let e = igb.low_power_entry().expect_err("already in low power");
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    // Without a wakeup eventfd an access is served and the device goes
+    // back to sleep: it is still in low power until the exit.
+    assert_eq!(igb.vendor_id().expect("config read in low power"), 0x8086);
+    wait_runtime_pm(&bdf, "suspended");
+    assert!(
+        !wakeup.poll(Duration::from_millis(100)).expect("poll"),
+        "no eventfd now"
+    );
+    igb.low_power_exit().expect("leave low power");
+    wait_runtime_pm(&bdf, "active");
+    assert_eq!(power_state(), "D0");
+    igb.low_power_exit().expect("leaving twice is fine");
 }
