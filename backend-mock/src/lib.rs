@@ -39,11 +39,11 @@
 //!   them and faults with SIGBUS).
 //! - In low power (`LOW_POWER_ENTRY`, with or without wakeup) mmaps of RAM
 //!   areas, old and new, keep working too, where vfio-pci zaps them at
-//!   entry and faults them with SIGBUS until `LOW_POWER_EXIT`; touching one
-//!   neither resumes the device nor signals the wakeup eventfd (as on
-//!   vfio-pci, where it only faults). Region reads and writes, and the
-//!   register mirror, behave as vfio-pci's: the mirror is off, so every
-//!   access reaches the device and resumes it.
+//!   entry and faults them with SIGBUS until low power ends (exit, a
+//!   wakeup, close); touching one neither resumes the device nor signals
+//!   the wakeup eventfd (as on vfio-pci, where it only faults). Region
+//!   reads and writes do behave as vfio-pci's: the register mirror is off
+//!   in low power, so every one reaches the device and resumes it.
 //! - A device in low power is runtime-suspended as soon as the call that
 //!   engaged it (and each later access) returns. The kernel suspends it
 //!   asynchronously, a moment later: an access made at once may find the
