@@ -128,6 +128,18 @@ impl DeviceState {
         }
     }
 
+    /// One access through the device fd — an ioctl or a region read or
+    /// write — bracketed as vfio-pci brackets each: the device is resumed
+    /// from runtime suspend before and may suspend again after (see
+    /// [`crate::pci::power`]).
+    #[inline]
+    fn through_fd<R>(&mut self, access: impl FnOnce(&mut Self) -> R) -> R {
+        self.pci.pm_get();
+        let result = access(self);
+        self.pci.pm_put();
+        result
+    }
+
     fn with_ctx<R>(
         &mut self,
         name: &str,
@@ -174,8 +186,9 @@ impl DeviceState {
 
     /// Whether a 4-byte read of a declared side-effect-free register at
     /// `offset` of `index` would change nothing now: the model is called
-    /// (a handler-backed span of a decoding BAR), no work is scheduled and
-    /// no INTx resample eventfd is waiting to be polled.
+    /// (a handler-backed span of a decoding BAR), no work is scheduled, no
+    /// INTx resample eventfd is waiting to be polled and the device is not
+    /// in low power (where every access resumes it, and BAR mmaps fault).
     fn reads_purely(&self, index: u32, offset: u64) -> bool {
         let Role::Bar(bar) = self.pci.role(index) else {
             return false;
@@ -187,6 +200,7 @@ impl DeviceState {
             && matches!(backing, Backing::Handler)
             && end >= offset + 4
             && !self.pci.irqs.resample_routed()
+            && !self.pci.power.engaged()
             && self.model.deadline().is_none()
     }
 
@@ -370,6 +384,8 @@ impl DeviceCore {
             return;
         }
         st.open = false;
+        // vfio_pci_core_disable: out of low power, its eventfd let go unsignalled.
+        st.pci.power.disable();
         st.pci.irqs.teardown();
         if !st.gone {
             st.with_ctx(&self.name, shared, |m, ctx| m.reset(ctx));
@@ -377,10 +393,12 @@ impl DeviceCore {
         st.pci.sync_irq_state();
     }
 
-    /// Surprise removal: every later operation is `ENODEV`; routes are closed.
+    /// Surprise removal: every later operation is `ENODEV`; routes and a
+    /// low-power wakeup eventfd are closed.
     pub(crate) fn unplug(&self) {
         let mut st = self.lock();
         st.gone = true;
+        st.pci.power.disable();
         st.pci.irqs.teardown();
         st.pci.sync_irq_state();
     }
@@ -424,18 +442,27 @@ impl DeviceCore {
                 return result;
             }
         }
-        st.pci.irqs.poll_resample();
-        let result = match st.pci.role(index) {
-            Role::Config => {
-                st.pci.config_read(offset, buf);
-                return Ok(());
-            }
-            Role::Bar(bar) => st.bar_read(&self.name, shared, bar, offset, buf),
-            Role::Device => st.handler_read(&self.name, shared, index, offset, buf),
-            Role::Absent => Ok(()),
+        // vfio-pci answers a 0-byte read before it resumes the device.
+        let wakes = !buf.is_empty();
+        let mut read = |st: &mut DeviceState| {
+            st.pci.irqs.poll_resample();
+            let result = match st.pci.role(index) {
+                Role::Config => {
+                    st.pci.config_read(offset, buf);
+                    return Ok(());
+                }
+                Role::Bar(bar) => st.bar_read(&self.name, shared, bar, offset, buf),
+                Role::Device => st.handler_read(&self.name, shared, index, offset, buf),
+                Role::Absent => Ok(()),
+            };
+            st.settle(&self.name, shared);
+            result
         };
-        st.settle(&self.name, shared);
-        result
+        if wakes {
+            st.through_fd(read)
+        } else {
+            read(&mut st)
+        }
     }
 
     fn region_write(&self, handle: &Handle, index: u32, offset: u64, data: &[u8]) -> Result<()> {
@@ -443,18 +470,26 @@ impl DeviceCore {
         let mut st = self.lock();
         st.live("pwrite", Target::Region(index))?;
         handle.live("pwrite", || Target::Region(index))?;
-        st.pci.irqs.poll_resample();
-        let result = match st.pci.role(index) {
-            Role::Config => {
-                st.pci.config_write(offset, data);
-                Ok(())
-            }
-            Role::Bar(bar) => st.bar_write(&self.name, shared, bar, offset, data),
-            Role::Device => st.handler_write(&self.name, shared, index, offset, data),
-            Role::Absent => Ok(()),
+        let write = |st: &mut DeviceState| {
+            st.pci.irqs.poll_resample();
+            let result = match st.pci.role(index) {
+                Role::Config => {
+                    st.pci.config_write(offset, data);
+                    Ok(())
+                }
+                Role::Bar(bar) => st.bar_write(&self.name, shared, bar, offset, data),
+                Role::Device => st.handler_write(&self.name, shared, index, offset, data),
+                Role::Absent => Ok(()),
+            };
+            st.settle(&self.name, shared);
+            result
         };
-        st.settle(&self.name, shared);
-        result
+        // vfio-pci answers a 0-byte write before it resumes the device.
+        if data.is_empty() {
+            write(&mut st)
+        } else {
+            st.through_fd(write)
+        }
     }
 }
 
@@ -549,6 +584,46 @@ impl Drop for Handle {
 /// assert_eq!(again.region(0)?.read_at::<u32>(0)?, 0x0100_00ed);
 /// # Ok::<(), vfio_hal::Error>(())
 /// ```
+///
+/// # Low power
+/// vfio-pci's three low-power features work as Linux 6.12's
+/// `vfio_pci_core.c` has them: SET only; entry while in low power is
+/// `EINVAL`, exit while not is a no-op. While in low
+/// power the device is runtime-suspended, and any access through the
+/// device fd — every ioctl (region and irq info, `SET_IRQS`, reset, the
+/// feature ioctls themselves) and every region read or write — resumes it
+/// first. A device entered with a wakeup eventfd signals it once on that
+/// resume and leaves low power; one entered without stays in low power
+/// until `LOW_POWER_EXIT` or close. Closing ends low power without a
+/// signal; a reset does not end it (it resumes the device like any ioctl).
+/// No region access bypasses the device in low power: the register mirror
+/// is off ([`MockRegion::fast_path_covers`] is false), as vfio-pci faults
+/// BAR mmaps then.
+///
+/// ```
+/// use vfio_hal::eventfd::{EventFd, EventFdExt};
+/// use vfio_hal::prelude::*;
+/// use vfio_hal::ErrorKind;
+/// use vfio_hal_mock::{models::edu::Edu, MockContainer};
+///
+/// let container = MockContainer::new();
+/// container.plug("edu", Edu::new())?;
+/// let edu = container.open_device("edu")?;
+/// let wakeup = EventFd::nonblocking()
+///     .map_err(|e| vfio_hal::Error::from_io("eventfd", vfio_hal::Target::None, &e))?;
+///
+/// edu.low_power_entry_with_wakeup(wakeup.as_fd())?;
+/// assert_eq!(wakeup.take().ok(), Some(0), "no access yet");
+/// assert_eq!(edu.vendor_id()?, 0x1234); // a config read resumes the device
+/// assert_eq!(wakeup.take().ok(), Some(1), "signalled once");
+///
+/// edu.low_power_entry()?; // out of low power: a new entry is accepted
+/// let again = edu.low_power_entry().unwrap_err();
+/// assert_eq!((again.kind(), again.errno()), (ErrorKind::InvalidArgument, Some(libc::EINVAL)));
+/// edu.low_power_exit()?;
+/// edu.low_power_exit()?; // not in low power: nothing to do
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
 pub struct MockDevice {
     handle: Arc<Handle>,
     info: DeviceInfo,
@@ -573,13 +648,11 @@ impl Device for MockDevice {
     fn region(&self, index: u32) -> Result<MockRegion> {
         let op = "VFIO_DEVICE_GET_REGION_INFO";
         check_index(op, Target::Region(index), index, self.info.num_regions)?;
-        let st = self.handle.core.lock();
+        let mut st = self.handle.core.lock();
         st.live(op, Target::Region(index))?;
         self.handle.live(op, || Target::Region(index))?;
         let info = st
-            .pci
-            .region(index)
-            .cloned()
+            .through_fd(|st| st.pci.region(index).cloned())
             .ok_or(gone(op, Target::Region(index)))?;
         Ok(MockRegion {
             handle: Arc::clone(&self.handle),
@@ -590,15 +663,11 @@ impl Device for MockDevice {
     fn irq(&self, index: u32) -> Result<MockIrq> {
         let op = "VFIO_DEVICE_GET_IRQ_INFO";
         check_index(op, Target::Irq(index), index, self.info.num_irqs)?;
-        let st = self.handle.core.lock();
+        let mut st = self.handle.core.lock();
         st.live(op, Target::Irq(index))?;
         self.handle.live(op, || Target::Irq(index))?;
         let info = st
-            .pci
-            .irqs
-            .infos()
-            .get(index as usize)
-            .copied()
+            .through_fd(|st| st.pci.irqs.infos().get(index as usize).copied())
             .ok_or(gone(op, Target::Irq(index)))?;
         Ok(MockIrq {
             handle: Arc::clone(&self.handle),
@@ -609,32 +678,32 @@ impl Device for MockDevice {
     /// Function reset: the model returns to power-on state and lowers its
     /// interrupt line; config space (command register included) and
     /// interrupt routes survive, as `pci_reset_function` restores them.
+    /// Low power is not ended, as `vfio_pci_ioctl_reset` leaves it: like
+    /// every ioctl, the reset resumes the device first, which ends a
+    /// low-power entry with wakeup (see [`MockDevice`]).
     fn reset(&self) -> Result<()> {
         let core = &self.handle.core;
         let mut st = core.lock();
         st.live("VFIO_DEVICE_RESET", Target::Device(core.name.clone()))?;
         self.handle
             .live("VFIO_DEVICE_RESET", || Target::Device(core.name.clone()))?;
-        st.pci.irqs.device_reset();
-        st.with_ctx(&core.name, &self.handle.shared, |m, ctx| m.reset(ctx));
-        st.pci.sync_irq_state();
+        st.through_fd(|st| {
+            st.pci.irqs.device_reset();
+            st.with_ctx(&core.name, &self.handle.shared, |m, ctx| m.reset(ctx));
+            st.pci.sync_irq_state();
+        });
         Ok(())
     }
 
-    /// The mock implements no device features: `ENOTTY`, as vfio-pci
-    /// answers for a feature it lacks.
-    fn feature(&self, _op: FeatureOp, feature: u32, _data: &mut [u8]) -> Result<()> {
+    /// vfio-pci's low-power features (see [`MockDevice`]); every other
+    /// feature is `ENOTTY`, as vfio-pci answers for a feature it lacks.
+    fn feature(&self, op: FeatureOp, feature: u32, data: &mut [u8]) -> Result<()> {
         let core = &self.handle.core;
-        let st = core.lock();
+        let mut st = core.lock();
         st.live("VFIO_DEVICE_FEATURE", Target::Feature(feature))?;
         self.handle
             .live("VFIO_DEVICE_FEATURE", || Target::Feature(feature))?;
-        drop(st);
-        Err(Error::sys(
-            "VFIO_DEVICE_FEATURE",
-            Target::Feature(feature),
-            libc::ENOTTY,
-        ))
+        st.through_fd(|st| st.pci.feature(op, feature, data))
     }
 
     /// None: the mock has no device, group or container file descriptors.
@@ -765,6 +834,40 @@ impl Region for MockRegion {
 }
 
 impl MockRegion {
+    /// Whether a `len`-byte read at `offset` would be answered now without
+    /// the device lock, from the register mirror: the mock's fast path, as
+    /// the Linux backend's `fast_path_covers` tells of its BAR mmap. For
+    /// tests that must know which path ran. A register is covered from its
+    /// first locked read until the device next changes; never in low power,
+    /// where every access must reach the device to resume it (vfio-pci
+    /// faults BAR mmaps then).
+    ///
+    /// ```
+    /// use vfio_hal::prelude::*;
+    /// use vfio_hal_mock::{models::edu::{reg, Edu}, MockContainer};
+    ///
+    /// let container = MockContainer::new();
+    /// container.plug("edu", Edu::new())?;
+    /// let edu = container.open_device("edu")?;
+    /// let bar0 = edu.region(0)?;
+    /// assert!(!bar0.fast_path_covers(reg::ID, 4), "not read yet");
+    /// bar0.read_at::<u32>(reg::ID)?;
+    /// assert!(bar0.fast_path_covers(reg::ID, 4));
+    /// edu.low_power_entry()?;
+    /// assert!(!bar0.fast_path_covers(reg::ID, 4), "low power");
+    /// # Ok::<(), vfio_hal::Error>(())
+    /// ```
+    pub fn fast_path_covers(&self, offset: u64, len: usize) -> bool {
+        len == 4
+            && self.info.readable()
+            && self.info.check_access("pread", offset, 4).is_ok()
+            && self
+                .handle
+                .core
+                .mirrored_read(&self.handle, self.info.index, offset)
+                .is_some()
+    }
+
     /// Runs `map` under the device lock unless the device is closed or
     /// revoked, and registers what it mapped for a revocation to detach.
     fn hand_out(
@@ -829,7 +932,7 @@ impl Irq for MockIrq {
         st.live("VFIO_DEVICE_SET_IRQS", Target::Irq(self.info.index))?;
         self.handle
             .live("VFIO_DEVICE_SET_IRQS", || Target::Irq(self.info.index))?;
-        st.pci.set_irqs(set)
+        st.through_fd(|st| st.pci.set_irqs(set))
     }
 }
 

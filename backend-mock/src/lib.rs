@@ -12,7 +12,8 @@
 //! - [`MockDevice`], [`MockRegion`] and [`MockIrq`] implement the device
 //!   traits with vfio-pci's layout (nine regions, five irq indices) and
 //!   semantics (config-space virtualization, BAR sizing, INTx automasking,
-//!   MSI/MSI-X exclusivity); interrupts are delivered on real eventfds.
+//!   MSI/MSI-X exclusivity, the low-power device features with their
+//!   wakeup eventfd); interrupts are delivered on real eventfds.
 //! - A [`DeviceModel`] supplies the registers ([`model`]); [`models`] has
 //!   QEMU's edu and a DMA copy engine. The PCI plumbing is shared: config
 //!   space with read-only and write-1-to-clear masks, BAR sizing, the
@@ -36,14 +37,28 @@
 //! - With memory decode off, BAR reads and writes fail with `EIO` as in
 //!   vfio-pci, but existing mmaps of RAM areas keep working (vfio-pci zaps
 //!   them and faults with SIGBUS).
+//! - In low power (`LOW_POWER_ENTRY`, with or without wakeup) mmaps of RAM
+//!   areas, old and new, keep working too, where vfio-pci zaps them at
+//!   entry and faults them with SIGBUS until low power ends (exit, a
+//!   wakeup, close); touching one neither resumes the device nor signals
+//!   the wakeup eventfd (as on vfio-pci, where it only faults). Region
+//!   reads and writes do behave as vfio-pci's: the register mirror is off
+//!   in low power, so every one reaches the device and resumes it.
+//! - A device in low power is runtime-suspended as soon as the call that
+//!   engaged it (and each later access) returns. The kernel suspends it
+//!   asynchronously, a moment later: an access made at once may find the
+//!   real device not yet suspended, and then it signals no wakeup and
+//!   leaves low power engaged.
 //! - The INTx resample eventfd is checked whenever the device is touched
 //!   (any region access or `SET_IRQS`), not from a kernel wait queue: a
 //!   re-sent interrupt after a resample shows up at the next access.
 //! - Region accesses are split into naturally aligned pieces of up to 8
 //!   bytes, as vfio-pci does since it gained 8-byte accesses (Linux 6.13);
 //!   older kernels split 8-byte accesses into two 4-byte ones.
-//! - No device features (`VFIO_DEVICE_FEATURE` is `ENOTTY`) and no file
-//!   descriptors to keep ([`vfio_hal::Device::keep_fds`] is empty).
+//! - Of the device features only the low-power ones (see [`MockDevice`]);
+//!   every other is `ENOTTY`, as vfio-pci answers for a device without
+//!   SR-IOV or migration support. No file descriptors to keep
+//!   ([`vfio_hal::Device::keep_fds`] is empty).
 //!
 //! ```
 //! use vfio_hal::prelude::*;

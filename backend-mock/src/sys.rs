@@ -5,7 +5,7 @@
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::{Error, MmapArea, Result, Target};
@@ -29,6 +29,27 @@ impl EventRoute {
         let owned = fd
             .try_clone_to_owned()
             .map_err(|e| Error::from_io(op, target.clone(), &e))?;
+        Self::checked(op, target, owned)
+    }
+
+    /// Duplicates the descriptor numbered `fd`, which a request's payload
+    /// named: like [`EventRoute::dup`], a number that names no open file is
+    /// `EBADF` and a file that is not an eventfd `EINVAL`.
+    pub(crate) fn dup_raw(op: &'static str, target: &Target, fd: RawFd) -> Result<Self> {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no pointers; it makes a new
+        // descriptor for the file `fd` names (or fails with EBADF) and
+        // leaves `fd` itself, and whoever owns it, alone.
+        let raw = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(Error::last_os_error(op, target.clone()));
+        }
+        // SAFETY: fcntl just returned this new descriptor and nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        Self::checked(op, target, owned)
+    }
+
+    /// Keeps `owned` if it is an eventfd; `EINVAL` if it is another file.
+    fn checked(op: &'static str, target: &Target, owned: OwnedFd) -> Result<Self> {
         // Where /proc is missing the check is skipped rather than failing.
         if let Some(link) = fd_link(owned.as_fd()) {
             if link.as_os_str() != EVENTFD_LINK {

@@ -280,8 +280,17 @@ impl Interrupts {
         }
     }
 
+    /// `vfio_pci_intx_mask`: masks an enabled, unmasked INTx; true if it did.
+    pub(crate) fn intx_mask(&mut self) -> bool {
+        let masks = self.mode == IrqMode::Intx && !self.intx.masked;
+        if masks {
+            self.intx.masked = true;
+        }
+        masks
+    }
+
     /// `vfio_pci_intx_unmask_handler`: a line still asserted re-sends and stays masked.
-    fn intx_unmask(&mut self) {
+    pub(crate) fn intx_unmask(&mut self) {
         if self.mode == IrqMode::Intx && self.intx.masked && !self.intx.virq_disabled {
             if self.intx.line {
                 self.intx_send();

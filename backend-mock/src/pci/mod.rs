@@ -3,22 +3,25 @@
 //! A [`PciFunction`] is built from a model's [`PciLayout`] and owns
 //! everything vfio-pci would own for the device: the virtualized config
 //! space, the region and irq tables, the shared RAM behind mmappable BAR
-//! areas, the MSI-X table and PBA, and the interrupt routes.
+//! areas, the MSI-X table and PBA, the interrupt routes and the runtime
+//! power state of the low-power features ([`power`]).
 //! Its deviations from vfio-pci are listed in the crate docs.
 
 mod config;
 pub(crate) mod interrupts;
+pub(crate) mod power;
 
 use std::ffi::CString;
 
 use vfio_hal::pci::cfg;
 use vfio_hal::region::flags as rflags;
-use vfio_hal::{Capability, Error, IrqSet, RegionInfo, Result, SparseArea, Target};
+use vfio_hal::{Capability, Error, FeatureOp, IrqSet, RegionInfo, Result, SparseArea, Target};
 
 use crate::layout::{BarKind, BarLayout, MsixLayout, PciLayout};
 use crate::sys::SharedRam;
 use config::ConfigSpace;
 use interrupts::{Interrupts, IrqMode};
+use power::RuntimePm;
 
 /// vfio-pci's fixed regions: BAR0–5, ROM, CONFIG, VGA.
 pub(crate) const FIXED_REGIONS: u32 = 9;
@@ -86,6 +89,8 @@ pub(crate) struct PciFunction {
     /// Config space as it is after open (for the next open).
     initial_config: ConfigSpace,
     pub(crate) irqs: Interrupts,
+    /// Low power (the low-power device features).
+    pub(crate) power: RuntimePm,
     bars: [Bar; 6],
     regions: Vec<RegionInfo>,
     roles: Vec<Role>,
@@ -271,6 +276,7 @@ impl PciFunction {
             initial_config: config.clone(),
             config,
             irqs,
+            power: RuntimePm::default(),
             bars,
             regions,
             roles,
@@ -471,6 +477,34 @@ impl PciFunction {
         let line = self.irqs.intx_line();
         self.config
             .set_bits16(cfg::STATUS as usize, STATUS_INTERRUPT, line);
+    }
+
+    // ---- Runtime power ----------------------------------------------------
+
+    /// Before an access through the device fd: out of runtime suspend
+    /// ([`RuntimePm::resume`]).
+    #[inline]
+    pub(crate) fn pm_get(&mut self) {
+        self.power.resume(&mut self.irqs);
+    }
+
+    /// After the access: back into runtime suspend while low power is
+    /// engaged ([`RuntimePm::suspend`]).
+    #[inline]
+    pub(crate) fn pm_put(&mut self) {
+        self.power.suspend(&mut self.irqs);
+    }
+
+    /// One `VFIO_DEVICE_FEATURE` call: the low-power features, `ENOTTY`
+    /// for every other (as vfio-pci answers a feature it lacks).
+    pub(crate) fn feature(&mut self, op: FeatureOp, feature: u32, data: &[u8]) -> Result<()> {
+        self.power.feature(op, feature, data).unwrap_or_else(|| {
+            Err(Error::sys(
+                "VFIO_DEVICE_FEATURE",
+                Target::Feature(feature),
+                libc::ENOTTY,
+            ))
+        })
     }
 
     /// One `SET_IRQS` request, with config space following.

@@ -88,6 +88,7 @@ macro_rules! __for_each_case {
             D08_unknown_feature_unsupported d_device::unknown_feature_unsupported [],
             D09_edu_registers d_device::edu_registers [],
             D10_keep_fds_are_open d_device::keep_fds_are_open [],
+            D11_low_power d_device::low_power [],
             E01_irq_info_sane e_interrupts::irq_info_sane [],
             E02_msi_once_per_raise e_interrupts::msi_once_per_raise [],
             E03_msi_deassign_with_none e_interrupts::msi_deassign_with_none [],
