@@ -823,8 +823,11 @@ fn low_power_suspends_the_device_and_an_access_wakes_it() {
     // Woken, it left low power: a new entry is allowed (not EINVAL).
     igb.low_power_entry().expect("enter low power again");
     wait_runtime_pm(&bdf, "suspended");
+    let bar0 = igb.region(0).expect("BAR 0");
     let e = igb.low_power_entry().expect_err("already in low power");
     assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    // The refusal leaves the mmap fast path off: the kernel zapped the BAR.
+    assert!(!bar0.fast_path_covers(0, 4), "fast path on in low power");
     // Without a wakeup eventfd an access is served and the device goes
     // back to sleep: it is still in low power until the exit.
     assert_eq!(igb.vendor_id().expect("config read in low power"), 0x8086);

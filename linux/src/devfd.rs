@@ -734,9 +734,11 @@ impl Device for VfioDevice {
                 feature,
                 feature::LOW_POWER_ENTRY | feature::LOW_POWER_ENTRY_WITH_WAKEUP
             );
-        if entering && self.shared.pci {
-            self.shared.state.fetch_or(LOW_POWER, Ordering::AcqRel);
-        }
+        // Whether an earlier entry had already turned the fast path off: a
+        // refused entry (EINVAL, already in low power) must not turn it on.
+        let was_low = entering
+            && self.shared.pci
+            && self.shared.state.fetch_or(LOW_POWER, Ordering::AcqRel) & LOW_POWER != 0;
         let result = sys::device_feature(self.fd(), op.flags() | feature, data)
             .map(drop)
             .map_err(|e| e.into_error(OP, target));
@@ -744,7 +746,7 @@ impl Device for VfioDevice {
             .shared
             .unless_revoked(OP, || Target::Feature(feature), result);
         if op == FeatureOp::Set {
-            if entering && result.is_err() {
+            if entering && result.is_err() && !was_low {
                 self.shared.state.fetch_and(!LOW_POWER, Ordering::AcqRel);
             }
             if feature == feature::LOW_POWER_EXIT && result.is_ok() {
