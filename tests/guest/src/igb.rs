@@ -67,15 +67,83 @@ pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Dura
         "ERR fired before any error"
     );
     let start = std::time::Instant::now();
+    let bdf = igb.info().name.clone();
+    eprintln!("before the injection: {}", aer_registers(&bdf));
     request_aer_inject(qemu_id, "POISON_TLP").expect("inject the AER error");
+    let fired = efd.poll(AER_TIMEOUT).expect("poll");
+    eprintln!("after the injection: {}", aer_registers(&bdf));
     assert!(
-        efd.poll(AER_TIMEOUT).expect("poll"),
+        fired,
         "no ERR signal within {AER_TIMEOUT:?} of the injected error"
     );
     let took = start.elapsed();
     assert_eq!(efd.take().expect("read"), 1, "one error, one signal");
     err.disable().expect("unroute ERR");
     took
+}
+
+/// The error-reporting registers of the device `bdf` and of the bridge
+/// above it, read from sysfs config space, for a failure's message: the
+/// command register, the PCIe device control/status, bridge control, and
+/// the AER capability's uncorrectable status/mask and root command/status.
+pub fn aer_registers(bdf: &str) -> String {
+    let dir = pci_device_dir(bdf);
+    let parent = std::fs::canonicalize(&dir)
+        .ok()
+        .and_then(|d| d.parent().map(|p| p.to_path_buf()));
+    let mut out = format!("{bdf}: {}", config_summary(&dir));
+    if let Some(port) = parent {
+        out += &format!("; port {}: {}", port.display(), config_summary(&port));
+    }
+    out
+}
+
+fn config_summary(dir: &Path) -> String {
+    let Ok(cfg) = std::fs::read(dir.join("config")) else {
+        return "no config".into();
+    };
+    let u16_at = |o: usize| cfg.get(o..o + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        cfg.get(o..o + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut s = format!("cmd {:#06x} status {:#06x}", u16_at(0x04), u16_at(0x06));
+    if cfg.get(0x0e).is_some_and(|h| h & 0x7f == 1) {
+        s += &format!(" bridgectl {:#06x}", u16_at(0x3e));
+    }
+    // The PCI Express capability (id 0x10): device control and status.
+    let mut at = usize::from(cfg.get(0x34).copied().unwrap_or(0));
+    for _ in 0..48 {
+        if at < 0x40 || at + 2 > cfg.len() {
+            break;
+        }
+        if cfg[at] == 0x10 {
+            s += &format!(" devctl {:#06x} devsta {:#06x}", u16_at(at + 8), u16_at(at + 10));
+        }
+        at = usize::from(cfg[at + 1]);
+    }
+    // The AER extended capability (id 0x0001).
+    let mut at = 0x100;
+    for _ in 0..64 {
+        let header = u32_at(at);
+        if header == 0 || header == u32::MAX {
+            break;
+        }
+        if header & 0xffff == 1 {
+            s += &format!(
+                " uncor_status {:#x} uncor_mask {:#x} root_cmd {:#x} root_status {:#x}",
+                u32_at(at + 4),
+                u32_at(at + 8),
+                u32_at(at + 0x2c),
+                u32_at(at + 0x30)
+            );
+        }
+        at = (header >> 20) as usize;
+        if at < 0x100 {
+            break;
+        }
+    }
+    s
 }
 
 /// SR-IOV virtual functions of a PF bound to vfio-pci, created through
