@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use vfio_hal::{Device, PciConfig, RegionExt};
+use vfio_hal::{Container, Device, PciConfig, RegionExt};
 
-use crate::dma_engine::{Completion, DmaEngine, EngineKind};
+use crate::dma_engine::{Completion, DmaEngine, DriverMemory, EngineKind};
 use crate::edu::DriverError;
 use crate::fixture::Fixture;
 use crate::msix::MsixDriver;
@@ -216,13 +216,18 @@ pub struct CopyEngine;
 impl EngineKind for CopyEngine {
     const NAME: &'static str = "copy engine";
 
-    type Driver<D: Device> = CopyEngineDriver<D>;
+    type Driver<'c, C: Container + 'c> = CopyEngineDriver<C::Device>;
 
     fn device_name<F: Fixture>(fixture: &F) -> Option<&str> {
         fixture.copy_engine()
     }
 
-    fn open<D: Device>(device: D, timeout: Duration) -> Result<CopyEngineDriver<D>, DriverError> {
+    /// The engine takes its requests in registers: no driver memory.
+    fn open<'c, C: Container>(
+        device: C::Device,
+        _memory: DriverMemory<'c, C>,
+        timeout: Duration,
+    ) -> Result<CopyEngineDriver<C::Device>, DriverError> {
         CopyEngineDriver::open(device, timeout)
     }
 }

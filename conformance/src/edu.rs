@@ -34,7 +34,7 @@ use vfio_hal::{
     UnmapError,
 };
 
-use crate::dma_engine::{Completion, DmaEngine, EngineKind};
+use crate::dma_engine::{Completion, DmaEngine, DriverMemory, EngineKind};
 use crate::fixture::Fixture;
 use reg::{
     DMA_IRQ, DMA_SIZE, DMA_START, EDU_DMA_DIR, EDU_DMA_IRQ, EDU_DMA_RUN, EDU_STATUS_COMPUTING,
@@ -615,13 +615,18 @@ pub struct EduEngine;
 impl EngineKind for EduEngine {
     const NAME: &'static str = "edu";
 
-    type Driver<D: Device> = EduDriver<D>;
+    type Driver<'c, C: Container + 'c> = EduDriver<C::Device>;
 
     fn device_name<F: Fixture>(fixture: &F) -> Option<&str> {
         Some(fixture.edu())
     }
 
-    fn open<D: Device>(device: D, timeout: Duration) -> Result<EduDriver<D>, DriverError> {
+    /// edu copies through its own buffer: it takes no driver memory.
+    fn open<'c, C: Container>(
+        device: C::Device,
+        _memory: DriverMemory<'c, C>,
+        timeout: Duration,
+    ) -> Result<EduDriver<C::Device>, DriverError> {
         let mut driver = EduDriver::open(device)?.with_timeout(timeout);
         driver.enable_msi()?;
         Ok(driver)

@@ -184,6 +184,10 @@ impl Capabilities {
 }
 
 /// Bytes of IOVA space from [`Capabilities::iova_base`] that cases use.
+///
+/// The last [`crate::dma_engine::DRIVER_IOVA_LEN`] bytes of it are lent to
+/// the DMA-engine drivers of the H cases for memory of their own
+/// ([`crate::dma_engine::DriverMemory`]); no case maps anything there.
 pub const IOVA_WINDOW: u64 = 64 << 20;
 
 /// Kinds the `Container` contract allows for a map outside the usable IOVA
