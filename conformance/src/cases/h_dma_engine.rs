@@ -2,8 +2,8 @@
 //! driver interface), run once per engine of the fixture: a copy between
 //! mapped buffers moves the data and raises exactly one MSI; a copy touching
 //! an unmapped IOVA corrupts nothing, ends as done with its one MSI or as
-//! faulted with none (an engine that reports faults always the latter);
-//! `send_msi` raises exactly one.
+//! faulted with none (an engine that reports faults always the latter),
+//! and leaves the engine ready for the next; `send_msi` raises exactly one.
 
 use vfio_hal::{Container, DmaAccess, DmaBuffer};
 
@@ -219,5 +219,67 @@ pub fn send_msi_once<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
         "a mapped buffer after send_msi",
         &mapped.buffer().to_vec(),
         0xe1,
+    )
+}
+
+/// A faulted request leaves the engine ready for the next: a copy of two
+/// pages (or the engine's most, if less) from an unmapped IOVA ends either
+/// way the contract allows, and then a copy between mapped buffers moves
+/// the data with its one MSI.
+pub fn ready_after_a_fault<K: EngineKind, F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let mut drv = engine::<K, F>(f, &c)?;
+    let dp = dma_page(&c)?;
+    let len = drv.max_memcpy_size().min(2 * COPY_LEN);
+    let span = len.next_multiple_of(dp);
+    // The source page, an unmapped hole of `span`, one more unmapped page,
+    // then the destination.
+    let hole = iova(f, dp, 1);
+    let data = pattern(0x42);
+    let src = c
+        .map_buffer(iova(f, dp, 0), buffer(dp, &data)?, DmaAccess::ReadOnly)
+        .context("map the source")?;
+    let before = vec![0xd5; span as usize];
+    let dst = c
+        .map_buffer(
+            hole + span + dp,
+            buffer(span, &before)?,
+            DmaAccess::ReadWrite,
+        )
+        .context("map the destination")?;
+    let done = memcpy(&mut drv, hole, dst.iova(), len)?;
+    match (drv.reports_faults(), done) {
+        (_, Completion::Faulted(_)) => {
+            expect_eq(
+                "destination after the faulted copy",
+                before,
+                dst.buffer().to_vec(),
+            )?;
+            expect_eq(
+                "MSIs after a copy from an unmapped IOVA ended as faulted",
+                0,
+                msi(&drv)?.wait(quiet(f))?,
+            )?;
+        }
+        (true, Completion::Done) => {
+            return Err(fail("a copy from an unmapped IOVA completed as done"))
+        }
+        (false, Completion::Done) => expect_eq(
+            "MSIs after a copy from an unmapped IOVA the engine did not see fault",
+            1,
+            count_signals(f, msi(&drv)?, 1)?,
+        )?,
+    }
+    let next = memcpy(&mut drv, src.iova(), dst.iova(), COPY_LEN)?;
+    expect_eq(
+        "completion of the copy after the fault",
+        Completion::Done,
+        next,
+    )?;
+    expect_eq("data copied after the fault", data, head(dst.buffer()))?;
+    expect_eq(
+        "MSIs for the copy after the fault",
+        1,
+        count_signals(f, msi(&drv)?, 1)?,
     )
 }

@@ -132,6 +132,7 @@ macro_rules! __for_each_case {
             H03_copy_to_unmapped h_dma_engine::copy_to_unmapped [DEVICE_DMA],
             H04_one_msi_per_request h_dma_engine::one_msi_per_request [DEVICE_DMA],
             H05_send_msi h_dma_engine::send_msi_once [DEVICE_DMA],
+            H06_ready_after_a_fault h_dma_engine::ready_after_a_fault [DEVICE_DMA],
         }
         }
     };
