@@ -9,8 +9,9 @@
 //! in the engine list of `__for_each_case!`.
 //!
 //! Engines today: QEMU's edu ([`crate::edu::EduEngine`], copying through
-//! its 4 KiB device buffer) and the mock's MSI-X copy engine
-//! ([`crate::copy_engine::CopyEngine`]).
+//! its 4 KiB device buffer), the mock's MSI-X copy engine
+//! ([`crate::copy_engine::CopyEngine`]) and QEMU's igb NIC looping frames
+//! back to itself ([`crate::igb::IgbEngine`]).
 //!
 //! Like the selftests' `driver.region`, a driver may need memory of its own
 //! that the device reaches (descriptor rings, packet headers): the case
@@ -85,15 +86,16 @@ pub trait DmaEngine {
     /// Whether the engine sees every fault and ends every faulted request
     /// as [`Completion::Faulted`] (the copy engine). One that does not may
     /// end a faulted request either way: edu sees none (it copies out what
-    /// its buffer holds).
+    /// its buffer holds), igb sees a source it cannot read at all but not a
+    /// destination it cannot write ([`crate::igb`] says where the line runs).
     fn reports_faults(&self) -> bool;
 
     /// Starts copying `len` bytes from IOVA `src` to IOVA `dst`.
     ///
     /// Guarantees:
     /// - with `len` outside `1..=max_memcpy_size()`, or an address the
-    ///   engine cannot take (its driver's docs say which), returns
-    ///   [`DriverError::InvalidRequest`] and
+    ///   engine cannot take (its driver's docs say which: igb cannot
+    ///   receive to IOVA 0), returns [`DriverError::InvalidRequest`] and
     ///   starts nothing;
     /// - on `Ok`, the device has accepted the request, and every memory
     ///   write the caller made before the call is visible to it;

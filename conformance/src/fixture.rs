@@ -48,6 +48,14 @@ pub trait Fixture {
         None
     }
 
+    /// The name of QEMU's `igb` NIC (82576, `8086:10c9`), if the fixture
+    /// has one, for the DMA-engine cases through [`crate::igb`]: in the
+    /// real-kernel lane the igb alone behind its root port; the mock has
+    /// none. The cases reset it by software and leave it reset.
+    fn igb(&self) -> Option<&str> {
+        None
+    }
+
     /// What this backend does where backends legitimately differ.
     fn capabilities(&self) -> Capabilities;
 

@@ -8,31 +8,32 @@
 //! thing that differs between backends.
 //!
 //! - [`Fixture`] supplies fresh containers, the device names (QEMU's `edu`,
-//!   optionally an MSI-X device and a copy engine) and the declared
+//!   optionally an MSI-X device, a copy engine and an igb NIC) and the declared
 //!   [`Capabilities`] where backends legitimately differ. A declared gap is
 //!   checked — refused with the right kind — never skipped.
 //! - [`cases`] holds the cases, one module per group: A hygiene, B
 //!   lifecycle, C DMA map/unmap, D device, E interrupts, F device DMA, G
 //!   robustness (fault sweeps), H the DMA engines' contract, run on every
-//!   engine ([`dma_engine::DmaEngine`]: edu and the copy engine). Each ends
+//!   engine ([`dma_engine::DmaEngine`]: edu, the copy engine and igb). Each ends
 //!   as passed, failed (what was expected, what came back, with the error's
 //!   kind and errno) or not applicable (why it cannot apply at all).
 //! - [`conformance_tests!`] stamps out one `#[test]` per case for a fixture,
 //!   like the kernel selftests' `FIXTURE_VARIANT_ADD_ALL_IOMMU_MODES`;
 //!   [`run_suite`] runs them all in order and prints a summary ending in
 //!   `conformance: N passed, M failed, K skipped`.
-//! - [`edu::EduDriver`], [`msix::MsixDriver`] and
-//!   [`copy_engine::CopyEngineDriver`] are the drivers the cases use,
-//!   written once against the hal traits: the same code drives the mock's
-//!   models and the real devices. The DMA engines among them implement one
+//! - [`edu::EduDriver`], [`msix::MsixDriver`],
+//!   [`copy_engine::CopyEngineDriver`] and [`igb::IgbDriver`] are the
+//!   drivers the cases use, written once against the hal traits: the same
+//!   code drives the mock's models and the real devices. The DMA engines among them implement one
 //!   driver interface, [`dma_engine::DmaEngine`] (the kernel VFIO
 //!   selftests' `memcpy_start`, `memcpy_wait`, `send_msi`); a new engine is
 //!   one file and one line in the case registry.
 //!
 //! The drivers are independent readers of their devices, as a driver is of
 //! real hardware: each keeps its own register map ([`edu::reg`],
-//! [`copy_engine::reg`]) and imports nothing from the mock's models, so a
-//! bug in a model cannot hide from the suite behind a shared constant. The
+//! [`copy_engine::reg`], [`igb::reg`]) and imports nothing from the mock's
+//! models, so a bug in a model cannot hide from the suite behind a shared
+//! constant. The
 //! edu map's names and widths follow QEMU's `hw/misc/edu.c`, as the mock
 //! model's do, and the test `register_maps` checks that the driver's and
 //! the model's maps agree name for name and value for value.
@@ -61,6 +62,7 @@ pub mod dma_engine;
 pub mod edu;
 pub mod fail_nth;
 pub mod fixture;
+pub mod igb;
 pub mod msix;
 pub mod outcome;
 pub mod probe;

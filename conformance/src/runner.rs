@@ -41,6 +41,8 @@ impl Effects {
     pub const NEEDS_COPY_ENGINE: Self = Self(1 << 9);
     /// Needs the fixture's unplug mechanism ([`Fixture::unplug`]).
     pub const NEEDS_UNPLUG: Self = Self(1 << 10);
+    /// Needs the fixture's igb NIC ([`Fixture::igb`]).
+    pub const NEEDS_IGB: Self = Self(1 << 11);
 
     /// The effects that make a case destructive.
     pub const DESTRUCTIVE: Self = Self(
@@ -51,7 +53,7 @@ impl Effects {
             | Self::FAULT_SWEEP.0,
     );
 
-    const NAMES: [(Self, &'static str); 8] = [
+    const NAMES: [(Self, &'static str); 9] = [
         (Self::RESETS, "resets the device"),
         (Self::UNPLUGS, "unplugs the device"),
         (Self::REVOKES, "revokes the device"),
@@ -63,6 +65,7 @@ impl Effects {
         (Self::NEEDS_MSIX, "needs an MSI-X device"),
         (Self::NEEDS_COPY_ENGINE, "needs a copy engine"),
         (Self::NEEDS_UNPLUG, "needs an unplug mechanism"),
+        (Self::NEEDS_IGB, "needs an igb NIC"),
     ];
 
     /// Both sets of effects.

@@ -14,7 +14,8 @@
 //! - a call refused because the device was revoked: [`Effects::REVOKES`];
 //! - a fault injected by `FaultInjector` (its log record) or a request for
 //!   the fixture's `step_faults`: [`Effects::FAULT_SWEEP`];
-//! - the `copy_engine` hook: [`Effects::NEEDS_COPY_ENGINE`]; and a case
+//! - the `copy_engine` hook: [`Effects::NEEDS_COPY_ENGINE`]; the `igb`
+//!   hook: [`Effects::NEEDS_IGB`]; and a case
 //!   declaring [`Effects::NEEDS_MSIX`] must ask for the MSI-X device.
 //!
 //! Device DMA happens inside the models, below the hal calls, and is not
@@ -70,6 +71,7 @@ struct Hooks {
     unplug: bool,
     msix_device: bool,
     copy_engine: bool,
+    igb: bool,
     step_faults: bool,
 }
 
@@ -119,6 +121,11 @@ impl Fixture for Traced {
     fn copy_engine(&self) -> Option<&str> {
         self.hooks().copy_engine = true;
         self.inner.copy_engine()
+    }
+
+    fn igb(&self) -> Option<&str> {
+        self.hooks().igb = true;
+        self.inner.igb()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -205,6 +212,7 @@ fn shortfalls(case: &Case<Traced>, seen: &Observed) -> Vec<String> {
         Effects::NEEDS_COPY_ENGINE,
         "uses the copy engine",
     );
+    need(seen.hooks.igb, Effects::NEEDS_IGB, "uses the igb NIC");
     if seen.reset_refused && !declared.is_destructive() {
         missing.push("calls reset but is not declared destructive".to_owned());
     }

@@ -124,6 +124,7 @@ macro_rules! __for_each_case {
         engines [
             edu $crate::edu::EduEngine [],
             copy_engine $crate::copy_engine::CopyEngine [NEEDS_COPY_ENGINE],
+            igb $crate::igb::IgbEngine [NEEDS_IGB],
         ]
         // The cases run once per engine, with ids `<ID>_<engine>`.
         engine_cases {
