@@ -1,8 +1,9 @@
 //! The whole conformance suite against native iommufd ([`IoasContainer`] and
-//! cdev devices) in the lane's guest (`bash tests/vm/lane.sh`), on edu and
-//! the MSI-X device; ignored on the host. The report, one line per case and
-//! the summary `conformance: N passed, M failed, K skipped`, goes straight to
-//! stdout, so the lane's log shows it whether the test passes or not.
+//! cdev devices) in the lane's guest (`bash tests/vm/lane.sh`), on edu, the
+//! MSI-X device and the igb NIC (a DMA engine of the H cases); ignored on
+//! the host. The report, one line per case and the summary
+//! `conformance: N passed, M failed, K skipped`, goes straight to stdout, so
+//! the lane's log shows it whether the test passes or not.
 
 use vfio_hal::{ErrorKind, Result};
 use vfio_hal_conformance::{run_suite, Capabilities, Fixture, KernelFailNth, StepFaults};
@@ -13,6 +14,7 @@ use vfio_hal_iommufd::IoasContainer;
 struct IommufdFixture {
     edu: String,
     msix: String,
+    igb: String,
 }
 
 impl IommufdFixture {
@@ -25,6 +27,7 @@ impl IommufdFixture {
         Self {
             edu: var("VFIO_HAL_EDU_BDF"),
             msix: var("VFIO_HAL_MSIX_BDF"),
+            igb: var("VFIO_HAL_IGB_BDF"),
         }
     }
 }
@@ -46,6 +49,10 @@ impl Fixture for IommufdFixture {
 
     fn msix_device(&self) -> Option<&str> {
         Some(&self.msix)
+    }
+
+    fn igb(&self) -> Option<&str> {
+        Some(&self.igb)
     }
 
     fn capabilities(&self) -> Capabilities {

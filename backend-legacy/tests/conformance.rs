@@ -1,10 +1,10 @@
 //! The whole conformance suite against the legacy backend in the lane's
-//! guest (`bash tests/vm/lane.sh`), on edu and the MSI-X device; ignored on
-//! the host. The mode follows the booted kernel: `legacy-type1v2` on the
-//! default kernel (the type1 container serves `/dev/vfio/vfio`),
-//! `legacy-iommufd-compat` on the compat kernel (iommufd serves it). The
-//! report, one line per case and the summary
-//! `conformance: N passed, M failed, K skipped`, goes to stdout.
+//! guest (`bash tests/vm/lane.sh`), on edu, the MSI-X device and the igb
+//! NIC (a DMA engine of the H cases); ignored on the host. The mode follows
+//! the booted kernel: `legacy-type1v2` on the default kernel (the type1
+//! container serves `/dev/vfio/vfio`), `legacy-iommufd-compat` on the
+//! compat kernel (iommufd serves it). The report, one line per case and the
+//! summary `conformance: N passed, M failed, K skipped`, goes to stdout.
 
 use vfio_hal::{ErrorKind, Result};
 use vfio_hal_conformance::{run_suite, Capabilities, Fixture, KernelFailNth, StepFaults};
@@ -17,6 +17,7 @@ struct LegacyFixture {
     flavour: KernelFlavour,
     edu: String,
     msix: String,
+    igb: String,
 }
 
 impl LegacyFixture {
@@ -25,6 +26,7 @@ impl LegacyFixture {
             flavour: lane::kernel_flavour(),
             edu: lane::lane_env(lane::EDU_BDF),
             msix: lane::lane_env(lane::MSIX_BDF),
+            igb: lane::lane_env(lane::IGB_BDF),
         }
     }
 }
@@ -40,12 +42,13 @@ impl Fixture for LegacyFixture {
     }
 
     /// A type1 container has no IOMMU (no info, no maps) until a group is
-    /// attached: attach both devices' groups up front, for the container's
+    /// attached: attach every device's group up front, for the container's
     /// lifetime.
     fn container(&self) -> Result<LegacyContainer> {
         let container = LegacyContainer::open()?;
         container.attach(&self.edu)?;
         container.attach(&self.msix)?;
+        container.attach(&self.igb)?;
         Ok(container)
     }
 
@@ -55,6 +58,10 @@ impl Fixture for LegacyFixture {
 
     fn msix_device(&self) -> Option<&str> {
         Some(&self.msix)
+    }
+
+    fn igb(&self) -> Option<&str> {
+        Some(&self.igb)
     }
 
     fn capabilities(&self) -> Capabilities {
