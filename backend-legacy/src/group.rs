@@ -250,11 +250,12 @@ mod tests {
         let token = VfToken::from_bytes([0x11; 16]);
         assert_eq!(
             device_fd_request("0000:01:10.0", Some(&token)).expect("request"),
-            CString::new("0000:01:10.0 vf_token=11111111-1111-1111-1111-111111111111").unwrap()
+            CString::new("0000:01:10.0 vf_token=11111111-1111-1111-1111-111111111111")
+                .expect("no NUL")
         );
         assert_eq!(
             device_fd_request("0000:01:10.0", None).expect("request"),
-            CString::new("0000:01:10.0").unwrap()
+            CString::new("0000:01:10.0").expect("no NUL")
         );
         for bad in ["0000:01:10.0 vf_token=x", "a\tb", "a\0b", ""] {
             let e = device_fd_request(bad, None).expect_err(bad);
