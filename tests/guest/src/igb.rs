@@ -102,7 +102,10 @@ fn config_summary(dir: &Path) -> String {
     let Ok(cfg) = std::fs::read(dir.join("config")) else {
         return "no config".into();
     };
-    let u16_at = |o: usize| cfg.get(o..o + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |o: usize| {
+        cfg.get(o..o + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |o: usize| {
         cfg.get(o..o + 4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -118,7 +121,11 @@ fn config_summary(dir: &Path) -> String {
             break;
         }
         if cfg[at] == 0x10 {
-            s += &format!(" devctl {:#06x} devsta {:#06x}", u16_at(at + 8), u16_at(at + 10));
+            s += &format!(
+                " devctl {:#06x} devsta {:#06x}",
+                u16_at(at + 8),
+                u16_at(at + 10)
+            );
         }
         at = usize::from(cfg[at + 1]);
     }
