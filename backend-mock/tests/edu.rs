@@ -748,7 +748,7 @@ fn dropping_the_container_unmaps_so_a_late_device_dma_faults() {
 // ---- Reset -----------------------------------------------------------------
 
 #[test]
-fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
+fn reset_keeps_the_registers_as_qemus_edu_does_and_config_and_routes_survive() {
     let (_c, dev) = edu().expect("edu");
     let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
@@ -757,17 +757,18 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
     set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::IRQ_RAISE, 0x40);
     set_reg64(&dev, reg::DMA_SRC, 0x1234);
-    assert_eq!(msi.take().expect("read eventfd"), 1);
+    set_reg32(&dev, reg::FACTORIAL, 5);
+    assert_eq!(msi.take().expect("read eventfd"), 2, "raise, factorial");
     dev.reset().expect("reset");
     for (r, v) in [
-        (reg::LIVENESS, 0),
-        (reg::STATUS, 0),
-        (reg::IRQ_STATUS, 0),
-        (reg::FACTORIAL, 0),
+        (reg::LIVENESS, !7),
+        (reg::STATUS, reg::EDU_STATUS_IRQFACT),
+        (reg::IRQ_STATUS, 0x41),
+        (reg::FACTORIAL, 120),
     ] {
         assert_eq!(reg32(&dev, r), v, "register {r:#x}");
     }
-    assert_eq!(bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"), 0);
+    assert_eq!(bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"), 0x1234);
     assert_ne!(
         dev.command().expect("cmd") & cfg::CMD_BUS_MASTER,
         0,
@@ -779,6 +780,33 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
         1,
         "the MSI route survives"
     );
+}
+
+#[test]
+fn the_registers_and_the_buffer_survive_a_close_and_reopen() {
+    let Dma { container, dev } = Dma::new();
+    let d = Dma { container, dev };
+    let page = d
+        .container
+        .map_buffer(
+            0x10_0000,
+            DmaBuffer::new(4096).expect("alloc"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    page.buffer().fill(0x5c);
+    d.to_device(0x10_0000, 0, 4096);
+    set_reg32(&d.dev, reg::LIVENESS, 9);
+    drop(d.dev);
+    let dev = d.container.open_device(EDU).expect("reopen");
+    assert_eq!(reg32(&dev, reg::LIVENESS), !9);
+    dev.set_bus_master(true).expect("bus master");
+    page.buffer().fill(0);
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_DST, 0x10_0000);
+    set_reg64(&dev, reg::DMA_CNT, 4096);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
+    assert!(page.buffer().to_vec().iter().all(|&b| b == 0x5c));
 }
 
 #[test]

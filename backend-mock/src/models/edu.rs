@@ -30,6 +30,11 @@
 //! of virtual time after the command ([`crate::clock`]). Interrupts go out
 //! as MSI when MSI is enabled in config space, else on INTx.
 //!
+//! Like QEMU's edu, which registers no reset handler, the model keeps its
+//! registers, its buffer and the work in flight across a function reset
+//! and a close and reopen; only the INTx line drops (the PCI core lowers
+//! it).
+//!
 //! Deviations from QEMU, all on paths where QEMU misbehaves:
 //! - QEMU logs a DMA range outside the device buffer and then either aborts
 //!   (`hw_error`, older versions) or copies out of bounds. The mock refuses
@@ -37,8 +42,6 @@
 //!   command as QEMU would otherwise (bit 0 cleared, interrupt if asked).
 //! - DMA with bus mastering disabled moves nothing (QEMU's DMA fails the
 //!   same way) and is recorded as [`crate::Incident::DmaWithoutBusMaster`].
-//! - QEMU registers no reset handler for edu; the mock's reset returns the
-//!   registers to their power-on values, which is what a driver must assume.
 //! - vfio-pci would mmap BAR0; here it is handler-backed and not `MMAP`.
 //!
 //! ```
@@ -381,8 +384,9 @@ impl DeviceModel for Edu {
         Ok(())
     }
 
+    /// QEMU's edu registers no reset handler: registers, buffer and work
+    /// in flight survive; the PCI core lowers the INTx line.
     fn reset(&mut self, ctx: &mut DeviceContext<'_>) {
-        *self = Self::with_dma_mask(self.dma_mask);
         ctx.set_intx(false);
     }
 
