@@ -679,6 +679,19 @@ fn without_bus_mastering_nothing_moves_and_it_is_recorded() {
             direction: DmaDirection::Write,
         }]
     );
+    // A read of RAM reads zeros into the buffer (QEMU's bus-master address
+    // space is empty then), and is recorded once.
+    set_reg64(&dev, reg::DMA_SRC, 0x10_0000);
+    set_reg64(&dev, reg::DMA_DST, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN);
+    dev.set_bus_master(true).expect("bus master");
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_DST, 0x10_0000);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
+    let out = buf.buffer().to_vec();
+    assert!(out[..64].iter().all(|&b| b == 0), "{:?}", &out[..64]);
+    assert!(out[64..].iter().all(|&b| b == 0x22));
+    assert_eq!(c.incidents().len(), 2);
 }
 
 #[test]
@@ -710,7 +723,8 @@ fn dma_to_an_unmapped_or_read_only_iova_faults_and_touches_nothing() {
         ro.buffer().to_vec().iter().all(|&b| b == 0x33),
         "read-only memory untouched"
     );
-    // The failed read left the device buffer as it was.
+    // The failed read filled its part of the device buffer with zeros, as
+    // QEMU reads an address it cannot translate; the rest is as it was.
     let rw = d
         .container
         .map_buffer(
@@ -719,10 +733,48 @@ fn dma_to_an_unmapped_or_read_only_iova_faults_and_touches_nothing() {
             DmaAccess::ReadWrite,
         )
         .expect("map");
-    d.to_ram(0, 0x20_0000, 16);
-    let mut out = [0u8; 16];
+    d.to_ram(0, 0x20_0000, 32);
+    let mut out = [0u8; 32];
     rw.buffer().read(0, &mut out).expect("read");
-    assert_eq!(out, [0x33; 16]);
+    assert_eq!(out[..16], [0; 16]);
+    assert_eq!(out[16..], [0x33; 16]);
+}
+
+#[test]
+fn a_transfer_across_into_an_unmapped_page_moves_the_mapped_part() {
+    let d = Dma::new();
+    let page = d
+        .container
+        .map_buffer(
+            0x10_0000,
+            DmaBuffer::new(4096).expect("alloc"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    page.buffer().fill(0x77);
+    d.to_device(0x10_0000, 0, 4096);
+    // Reading the last 16 bytes of the page and 16 beyond it: the mapped
+    // half arrives, the unmapped half reads as zeros (QEMU translates page
+    // by page).
+    page.buffer().write(4080, &[0x11; 16]).expect("write");
+    d.to_device(0x10_0000 + 4080, 0x100, 32);
+    page.buffer().fill(0);
+    d.to_ram(0x100, 0x10_0000, 32);
+    let mut out = [0u8; 32];
+    page.buffer().read(0, &mut out).expect("read");
+    assert_eq!((&out[..16], &out[16..]), (&[0x11; 16][..], &[0; 16][..]));
+    // Writing across the end: the mapped half lands, the rest is dropped.
+    page.buffer().fill(0x22);
+    d.to_ram(0x100, 0x10_0000 + 4080, 32);
+    let mut tail = [0u8; 16];
+    page.buffer().read(4080, &mut tail).expect("read");
+    assert_eq!(tail, [0x11; 16]);
+    let faults = d.container.faults();
+    assert_eq!(
+        faults.iter().map(|f| f.iova).collect::<Vec<_>>(),
+        [0x10_1000, 0x10_1000],
+        "one fault per unmapped page: {faults:?}"
+    );
 }
 
 #[test]
