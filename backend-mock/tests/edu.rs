@@ -820,7 +820,10 @@ fn reset_keeps_the_registers_as_qemus_edu_does_and_config_and_routes_survive() {
     ] {
         assert_eq!(reg32(&dev, r), v, "register {r:#x}");
     }
-    assert_eq!(bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"), 0x1234);
+    assert_eq!(
+        bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"),
+        0x1234
+    );
     assert_ne!(
         dev.command().expect("cmd") & cfg::CMD_BUS_MASTER,
         0,

@@ -94,7 +94,13 @@ impl fmt::Display for Obs {
             Self::Bool(b) => write!(f, "{b}"),
             Self::Bytes(b) => {
                 let head: Vec<String> = b.iter().take(8).map(|x| format!("{x:02x}")).collect();
-                write!(f, "{} bytes [{} ..] fnv {:016x}", b.len(), head.join(" "), fnv(b))
+                write!(
+                    f,
+                    "{} bytes [{} ..] fnv {:016x}",
+                    b.len(),
+                    head.join(" "),
+                    fnv(b)
+                )
             }
             Self::Failed(kind) => write!(f, "failed: {kind:?}"),
             Self::Done => f.write_str("done"),
@@ -237,9 +243,20 @@ impl fmt::Display for Difference {
                 )?;
             }
         }
-        write!(f, ": left {} | right {}", show(&self.left), show(&self.right))?;
-        if let (Some(Step { obs: Obs::Bytes(l), .. }), Some(Step { obs: Obs::Bytes(r), .. })) =
-            (&self.left, &self.right)
+        write!(
+            f,
+            ": left {} | right {}",
+            show(&self.left),
+            show(&self.right)
+        )?;
+        if let (
+            Some(Step {
+                obs: Obs::Bytes(l), ..
+            }),
+            Some(Step {
+                obs: Obs::Bytes(r), ..
+            }),
+        ) = (&self.left, &self.right)
         {
             if let Some(at) = (0..l.len().min(r.len())).find(|&i| l[i] != r[i]) {
                 write!(
@@ -470,7 +487,9 @@ pub fn run<C: Container>(
 ) -> Result<Trace, ScriptError> {
     // Opened first: a type1 container has no IOMMU until a device's group
     // is attached.
-    let dev = container.open_device(name).map_err(hal("open the device"))?;
+    let dev = container
+        .open_device(name)
+        .map_err(hal("open the device"))?;
     let info = container.iommu_info().map_err(hal("IOMMU info"))?;
     if !info
         .iova_ranges
@@ -503,7 +522,9 @@ pub fn run<C: Container>(
         s.before_close();
         found
     };
-    let dev = container.open_device(name).map_err(hal("reopen the device"))?;
+    let dev = container
+        .open_device(name)
+        .map_err(hal("reopen the device"))?;
     let mut s = Session::new(dev, name, opts, &pages, &mut trace)?;
     s.after_reopen();
     s.restore(&found)?;
@@ -736,7 +757,12 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
                 .map_err(os("watch for more interrupts"))?)
     }
 
-    fn see_signals(&mut self, id: impl Into<String>, fd: &EventFd, expect: u64) -> Result<(), ScriptError> {
+    fn see_signals(
+        &mut self,
+        id: impl Into<String>,
+        fd: &EventFd,
+        expect: u64,
+    ) -> Result<(), ScriptError> {
         let n = self.signals(fd, expect)?;
         self.rec(id, Obs::Value(n));
         Ok(())
@@ -759,7 +785,11 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
         if !self.dma_idle() {
             return Ok(false);
         }
-        for (off, v) in [(reg::DMA_SRC, src), (reg::DMA_DST, dst), (reg::DMA_CNT, count)] {
+        for (off, v) in [
+            (reg::DMA_SRC, src),
+            (reg::DMA_DST, dst),
+            (reg::DMA_CNT, count),
+        ] {
             match u32::try_from(v) {
                 Ok(v) => self.w32(off, v)?,
                 Err(_) => self.w64(off, v)?,
@@ -960,7 +990,8 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
         self.see_transfer("known.load", r);
         let r = self.compute(5);
         self.rec("known.factorial_done", Self::done(r.map(drop)));
-        self.set_command(0, cfg::CMD_BUS_MASTER).map_err(hal(what))?;
+        self.set_command(0, cfg::CMD_BUS_MASTER)
+            .map_err(hal(what))?;
         let regs = self.registers();
         self.rec("known.registers", regs);
         Ok(())
@@ -1072,9 +1103,15 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
         ];
         for (name, bits) in command_bits {
             let set = self.set_command(bits, 0).and_then(|_| self.dev.command());
-            self.rec(format!("cfg.command.set_{name}"), Self::obs(set.map(|c| c & bits)));
+            self.rec(
+                format!("cfg.command.set_{name}"),
+                Self::obs(set.map(|c| c & bits)),
+            );
             let clear = self.set_command(0, bits).and_then(|_| self.dev.command());
-            self.rec(format!("cfg.command.clear_{name}"), Self::obs(clear.map(|c| c & bits)));
+            self.rec(
+                format!("cfg.command.clear_{name}"),
+                Self::obs(clear.map(|c| c & bits)),
+            );
         }
         let off = self
             .set_command(0, cfg::CMD_MEMORY)
@@ -1302,7 +1339,11 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
             ("ack", u32::MAX, 0),
         ];
         for (i, (op, bits, expect)) in plan.into_iter().enumerate() {
-            let offset = if op == "raise" { reg::IRQ_RAISE } else { reg::IRQ_ACK };
+            let offset = if op == "raise" {
+                reg::IRQ_RAISE
+            } else {
+                reg::IRQ_ACK
+            };
             let w = self.w32(offset, bits);
             let id = format!("msi.{i}.{op}_{bits:#x}");
             self.rec(id.clone(), Self::done(w));
@@ -1488,7 +1529,8 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
         self.w32(reg::LIVENESS, 0x0bad_cafe).map_err(hal(what))?;
         self.w32(reg::STATUS, reg::EDU_STATUS_IRQFACT)
             .map_err(hal(what))?;
-        self.set_command(cfg::CMD_BUS_MASTER, 0).map_err(hal(what))?;
+        self.set_command(cfg::CMD_BUS_MASTER, 0)
+            .map_err(hal(what))?;
         let before = self.registers();
         self.rec("reset.registers_before", before);
         let r = self.dev.reset();
@@ -1550,8 +1592,14 @@ mod tests {
 
     #[test]
     fn deviations_match_exact_ids_and_prefixes() {
-        let exact = Deviation { step: "reset.result", why: "" };
-        let prefix = Deviation { step: "info.region0.*", why: "" };
+        let exact = Deviation {
+            step: "reset.result",
+            why: "",
+        };
+        let prefix = Deviation {
+            step: "info.region0.*",
+            why: "",
+        };
         assert!(exact.covers("reset.result") && !exact.covers("reset.result2"));
         assert!(prefix.covers("info.region0.flags") && !prefix.covers("info.region1.flags"));
     }
@@ -1560,8 +1608,14 @@ mod tests {
     fn bytes_show_their_first_difference() {
         let d = Difference {
             index: 4,
-            left: Some(Step { id: "d".into(), obs: Obs::Bytes(vec![1, 2, 3]) }),
-            right: Some(Step { id: "d".into(), obs: Obs::Bytes(vec![1, 2, 0]) }),
+            left: Some(Step {
+                id: "d".into(),
+                obs: Obs::Bytes(vec![1, 2, 3]),
+            }),
+            right: Some(Step {
+                id: "d".into(),
+                obs: Obs::Bytes(vec![1, 2, 0]),
+            }),
         };
         let text = d.to_string();
         assert!(text.contains("first difference at byte 2"), "{text}");

@@ -64,10 +64,19 @@ fn the_trace_has_the_scripts_shape() {
     assert_eq!(value("bar0.r8@0x00"), u64::MAX, "8 bytes below 0x80");
     assert_eq!(value("bar0.r1@0x00"), 0, "narrower than 4 bytes");
     for n in [0u32, 1, 12, 13] {
-        assert_eq!(value(&format!("fact.{n}.result")), u64::from(expected_factorial(n)));
+        assert_eq!(
+            value(&format!("fact.{n}.result")),
+            u64::from(expected_factorial(n))
+        );
     }
-    assert_eq!(value("fact.busy.status"), u64::from(reg::EDU_STATUS_COMPUTING));
-    assert_eq!(value("fact.busy.still_input"), u64::from(differential::BUSY_FACTORIAL));
+    assert_eq!(
+        value("fact.busy.status"),
+        u64::from(reg::EDU_STATUS_COMPUTING)
+    );
+    assert_eq!(
+        value("fact.busy.still_input"),
+        u64::from(differential::BUSY_FACTORIAL)
+    );
     assert_eq!(value("fact.irqfact.signals"), 1);
     assert_eq!(value("msi.0.raise_0x1.signals"), 1);
     assert_eq!(value("intx.9.unmask_0x0.signals"), 1);
@@ -76,11 +85,16 @@ fn the_trace_has_the_scripts_shape() {
         Some(Obs::Bytes(b)) => b.clone(),
         other => panic!("{id}: {other:?}"),
     };
-    assert!(bytes("dma.from_unmapped.buffer")[..64].iter().all(|&b| b == 0));
+    assert!(bytes("dma.from_unmapped.buffer")[..64]
+        .iter()
+        .all(|&b| b == 0));
     assert_eq!(
         bytes("reset.registers_before"),
         bytes("reset.registers_after"),
         "edu keeps its registers"
     );
-    assert!(t.steps().iter().all(|s| !matches!(s.obs, Obs::Bool(false))), "every wait finished:\n{t}");
+    assert!(
+        t.steps().iter().all(|s| !matches!(s.obs, Obs::Bool(false))),
+        "every wait finished:\n{t}"
+    );
 }

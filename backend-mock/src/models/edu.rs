@@ -54,7 +54,7 @@
 //!   for a bus reset), so there `can_reset` is false and a reset is refused
 //!   with `EINVAL`.
 //!
-//! Known differences of the shared PCI plumbing ([`crate::pci`]), not of
+//! Known differences of the shared PCI plumbing (`src/pci/`), not of
 //! this model, found by the differential test against the real device
 //! (`facade/tests/differential.rs`) and to be fixed there:
 //! - The ERR irq index: vfio-pci has none for a conventional PCI device
