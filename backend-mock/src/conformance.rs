@@ -95,7 +95,6 @@ impl Fixture for MockFixture {
             dirty_tracking: false,
             region_mmap: true,
             iommu_faults_observable: true,
-            reset_restores_registers: true,
             // No thread watches the resample eventfd; the next access does.
             resample_lazy: true,
             iova_base: Self::IOVA_BASE.next_multiple_of(self.config.page_size.max(1)),

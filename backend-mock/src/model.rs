@@ -91,8 +91,10 @@ pub trait DeviceModel: Send + fmt::Debug + 'static {
         data: &[u8],
     ) -> Result<()>;
 
-    /// Function-level reset: back to power-on register state. Called on
-    /// `VFIO_DEVICE_RESET` and whenever the device is closed.
+    /// Function-level reset, called on `VFIO_DEVICE_RESET` and whenever the
+    /// device is closed: back to power-on register state, or, for a device
+    /// with no reset handler (QEMU's edu), only what the PCI core does
+    /// (lower INTx).
     fn reset(&mut self, ctx: &mut DeviceContext<'_>);
 
     /// The virtual instant of the model's next scheduled work, if any.

@@ -679,6 +679,19 @@ fn without_bus_mastering_nothing_moves_and_it_is_recorded() {
             direction: DmaDirection::Write,
         }]
     );
+    // A read of RAM reads zeros into the buffer (QEMU's bus-master address
+    // space is empty then), and is recorded once.
+    set_reg64(&dev, reg::DMA_SRC, 0x10_0000);
+    set_reg64(&dev, reg::DMA_DST, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN);
+    dev.set_bus_master(true).expect("bus master");
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_DST, 0x10_0000);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
+    let out = buf.buffer().to_vec();
+    assert!(out[..64].iter().all(|&b| b == 0), "{:?}", &out[..64]);
+    assert!(out[64..].iter().all(|&b| b == 0x22));
+    assert_eq!(c.incidents().len(), 2);
 }
 
 #[test]
@@ -710,7 +723,8 @@ fn dma_to_an_unmapped_or_read_only_iova_faults_and_touches_nothing() {
         ro.buffer().to_vec().iter().all(|&b| b == 0x33),
         "read-only memory untouched"
     );
-    // The failed read left the device buffer as it was.
+    // The failed read filled its part of the device buffer with zeros, as
+    // QEMU reads an address it cannot translate; the rest is as it was.
     let rw = d
         .container
         .map_buffer(
@@ -719,10 +733,48 @@ fn dma_to_an_unmapped_or_read_only_iova_faults_and_touches_nothing() {
             DmaAccess::ReadWrite,
         )
         .expect("map");
-    d.to_ram(0, 0x20_0000, 16);
-    let mut out = [0u8; 16];
+    d.to_ram(0, 0x20_0000, 32);
+    let mut out = [0u8; 32];
     rw.buffer().read(0, &mut out).expect("read");
-    assert_eq!(out, [0x33; 16]);
+    assert_eq!(out[..16], [0; 16]);
+    assert_eq!(out[16..], [0x33; 16]);
+}
+
+#[test]
+fn a_transfer_across_into_an_unmapped_page_moves_the_mapped_part() {
+    let d = Dma::new();
+    let page = d
+        .container
+        .map_buffer(
+            0x10_0000,
+            DmaBuffer::new(4096).expect("alloc"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    page.buffer().fill(0x77);
+    d.to_device(0x10_0000, 0, 4096);
+    // Reading the last 16 bytes of the page and 16 beyond it: the mapped
+    // half arrives, the unmapped half reads as zeros (QEMU translates page
+    // by page).
+    page.buffer().write(4080, &[0x11; 16]).expect("write");
+    d.to_device(0x10_0000 + 4080, 0x100, 32);
+    page.buffer().fill(0);
+    d.to_ram(0x100, 0x10_0000, 32);
+    let mut out = [0u8; 32];
+    page.buffer().read(0, &mut out).expect("read");
+    assert_eq!((&out[..16], &out[16..]), (&[0x11; 16][..], &[0; 16][..]));
+    // Writing across the end: the mapped half lands, the rest is dropped.
+    page.buffer().fill(0x22);
+    d.to_ram(0x100, 0x10_0000 + 4080, 32);
+    let mut tail = [0u8; 16];
+    page.buffer().read(4080, &mut tail).expect("read");
+    assert_eq!(tail, [0x11; 16]);
+    let faults = d.container.faults();
+    assert_eq!(
+        faults.iter().map(|f| f.iova).collect::<Vec<_>>(),
+        [0x10_1000, 0x10_1000],
+        "one fault per unmapped page: {faults:?}"
+    );
 }
 
 #[test]
@@ -748,7 +800,7 @@ fn dropping_the_container_unmaps_so_a_late_device_dma_faults() {
 // ---- Reset -----------------------------------------------------------------
 
 #[test]
-fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
+fn reset_keeps_the_registers_as_qemus_edu_does_and_config_and_routes_survive() {
     let (_c, dev) = edu().expect("edu");
     let msi = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &msi);
@@ -757,17 +809,21 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
     set_reg32(&dev, reg::STATUS, reg::EDU_STATUS_IRQFACT);
     set_reg32(&dev, reg::IRQ_RAISE, 0x40);
     set_reg64(&dev, reg::DMA_SRC, 0x1234);
-    assert_eq!(msi.take().expect("read eventfd"), 1);
+    set_reg32(&dev, reg::FACTORIAL, 5);
+    assert_eq!(msi.take().expect("read eventfd"), 2, "raise, factorial");
     dev.reset().expect("reset");
     for (r, v) in [
-        (reg::LIVENESS, 0),
-        (reg::STATUS, 0),
-        (reg::IRQ_STATUS, 0),
-        (reg::FACTORIAL, 0),
+        (reg::LIVENESS, !7),
+        (reg::STATUS, reg::EDU_STATUS_IRQFACT),
+        (reg::IRQ_STATUS, 0x41),
+        (reg::FACTORIAL, 120),
     ] {
         assert_eq!(reg32(&dev, r), v, "register {r:#x}");
     }
-    assert_eq!(bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"), 0);
+    assert_eq!(
+        bar0(&dev).read_at::<u64>(reg::DMA_SRC).expect("src"),
+        0x1234
+    );
     assert_ne!(
         dev.command().expect("cmd") & cfg::CMD_BUS_MASTER,
         0,
@@ -779,6 +835,33 @@ fn reset_restores_power_on_registers_and_keeps_config_and_routes() {
         1,
         "the MSI route survives"
     );
+}
+
+#[test]
+fn the_registers_and_the_buffer_survive_a_close_and_reopen() {
+    let Dma { container, dev } = Dma::new();
+    let d = Dma { container, dev };
+    let page = d
+        .container
+        .map_buffer(
+            0x10_0000,
+            DmaBuffer::new(4096).expect("alloc"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    page.buffer().fill(0x5c);
+    d.to_device(0x10_0000, 0, 4096);
+    set_reg32(&d.dev, reg::LIVENESS, 9);
+    drop(d.dev);
+    let dev = d.container.open_device(EDU).expect("reopen");
+    assert_eq!(reg32(&dev, reg::LIVENESS), !9);
+    dev.set_bus_master(true).expect("bus master");
+    page.buffer().fill(0);
+    set_reg64(&dev, reg::DMA_SRC, reg::DMA_START);
+    set_reg64(&dev, reg::DMA_DST, 0x10_0000);
+    set_reg64(&dev, reg::DMA_CNT, 4096);
+    set_reg64(&dev, reg::DMA_CMD, reg::EDU_DMA_RUN | reg::EDU_DMA_DIR);
+    assert!(page.buffer().to_vec().iter().all(|&b| b == 0x5c));
 }
 
 #[test]

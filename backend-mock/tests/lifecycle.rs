@@ -66,7 +66,7 @@ fn open_errors_not_found_and_busy_and_reopen_after_close() {
 }
 
 #[test]
-fn closing_resets_the_model_config_and_interrupts() {
+fn closing_resets_config_and_interrupts_and_edu_keeps_its_registers() {
     let (c, dev) = edu().expect("edu");
     let msi = EventFd::nonblocking().expect("eventfd");
     dev.irq(index::MSI)
@@ -76,7 +76,8 @@ fn closing_resets_the_model_config_and_interrupts() {
     set_reg32(&dev, reg::LIVENESS, 5);
     drop(dev);
     let dev = c.open_device(EDU).expect("reopen");
-    assert_eq!(reg32(&dev, reg::LIVENESS), 0);
+    // vfio-pci's reset on close finds no reset handler in QEMU's edu.
+    assert_eq!(reg32(&dev, reg::LIVENESS), !5, "edu keeps its registers");
     assert_eq!(
         dev.command().expect("cmd"),
         cfg::CMD_MEMORY,

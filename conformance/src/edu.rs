@@ -564,8 +564,8 @@ impl<D: Device> EduDriver<D> {
 /// edu as a [`DmaEngine`]: a copy is two transfers through the device
 /// buffer (source → buffer, then buffer → destination, the second with
 /// the completion interrupt), so it moves at most 4 KiB, and edu cannot see
-/// IOMMU faults: a faulted read leaves the buffer's old bytes to be copied
-/// out.
+/// IOMMU faults: a faulted read fills the buffer with zeros (QEMU reads an
+/// address it cannot translate as 0), which are copied out.
 impl<D: Device> DmaEngine for EduDriver<D> {
     fn max_memcpy_size(&self) -> u64 {
         DMA_SIZE

@@ -149,9 +149,6 @@ pub struct Capabilities {
     /// The fixture can count IOMMU faults ([`Fixture::iommu_faults`]). Real
     /// kernels only log them, so there the cases check buffers only.
     pub iommu_faults_observable: bool,
-    /// A device reset restores edu's registers to their power-on values.
-    /// QEMU's edu has no reset handler, so on the real device they survive.
-    pub reset_restores_registers: bool,
     /// The backend notices a write to an INTx resample eventfd only at the
     /// next access to the device (the mock: no thread watches the fd). The
     /// kernel's virqfd reacts at once, without any access: false there.
@@ -169,7 +166,7 @@ pub struct Capabilities {
 impl Capabilities {
     /// What every real Linux backend does with QEMU's `edu` behind it: the
     /// kernel logs IOMMU faults without counting them, its virqfd handles a
-    /// resample write at once, edu has no reset handler, `unmap_all` works
+    /// resample write at once, `unmap_all` works
     /// and regions mmap; timeouts are generous for TCG guests (edu's DMA
     /// timer alone is 100 ms of virtual time). The backend states only where
     /// real backends differ: the kind with which it refuses a split unmap
@@ -182,7 +179,6 @@ impl Capabilities {
             dirty_tracking,
             region_mmap: true,
             iommu_faults_observable: false,
-            reset_restores_registers: false,
             resample_lazy: false,
             iova_base,
             timeout: Duration::from_secs(20),

@@ -28,6 +28,8 @@
 //!   driver interface, [`dma_engine::DmaEngine`] (the kernel VFIO
 //!   selftests' `memcpy_start`, `memcpy_wait`, `send_msi`); a new engine is
 //!   one file and one line in the case registry.
+//! - [`differential`] is one driver script for edu whose trace, recorded
+//!   on the mock's model and on the real device, is compared step by step.
 //!
 //! The drivers are independent readers of their devices, as a driver is of
 //! real hardware: each keeps its own register map ([`edu::reg`],
@@ -58,6 +60,7 @@
 
 pub mod cases;
 pub mod copy_engine;
+pub mod differential;
 pub mod dma_engine;
 pub mod edu;
 pub mod fail_nth;

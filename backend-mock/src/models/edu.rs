@@ -30,16 +30,46 @@
 //! of virtual time after the command ([`crate::clock`]). Interrupts go out
 //! as MSI when MSI is enabled in config space, else on INTx.
 //!
-//! Deviations from QEMU, all on paths where QEMU misbehaves:
+//! A failed DMA read (RAM → device buffer) fills the buffer with zeros
+//! where it failed, as QEMU's memory core reads an unassigned address (an
+//! IOMMU translation that fails, or any address with bus mastering off) as
+//! 0; it translates page by page, so a transfer that runs from a mapped
+//! page into an unmapped one moves the mapped part. A failed DMA write
+//! drops the bytes of the pages it could not reach. Like QEMU's edu, which
+//! registers no reset handler, the model keeps its registers, its buffer
+//! and the work in flight across a function reset and a close and reopen;
+//! only the INTx line drops (the PCI core lowers it).
+//!
+//! Deviations from QEMU:
 //! - QEMU logs a DMA range outside the device buffer and then either aborts
 //!   (`hw_error`, older versions) or copies out of bounds. The mock refuses
 //!   the copy, records an [`crate::Incident::Refused`], and completes the
 //!   command as QEMU would otherwise (bit 0 cleared, interrupt if asked).
-//! - DMA with bus mastering disabled moves nothing (QEMU's DMA fails the
-//!   same way) and is recorded as [`crate::Incident::DmaWithoutBusMaster`].
-//! - QEMU registers no reset handler for edu; the mock's reset returns the
-//!   registers to their power-on values, which is what a driver must assume.
+//! - DMA with bus mastering disabled is recorded as
+//!   [`crate::Incident::DmaWithoutBusMaster`] (QEMU's DMA fails silently).
 //! - vfio-pci would mmap BAR0; here it is handler-backed and not `MMAP`.
+//! - The mock offers `VFIO_DEVICE_RESET` for every device, so a driver's
+//!   reset path can be tested; vfio-pci has no reset method for an edu on
+//!   the root bus (no FLR, no power-management reset, no bridge above it
+//!   for a bus reset), so there `can_reset` is false and a reset is refused
+//!   with `EINVAL`.
+//!
+//! Known differences of the shared PCI plumbing (`src/pci/`), not of
+//! this model, found by the differential test against the real device
+//! (`facade/tests/differential.rs`) and to be fixed there:
+//! - The ERR irq index: vfio-pci has none for a conventional PCI device
+//!   (the real backends report no flags); the mock reports `EVENTFD |
+//!   NORESIZE` with count 0.
+//! - The REQ irq index: vfio-pci reports `EVENTFD | NORESIZE`; the mock
+//!   reports `EVENTFD` only.
+//! - The command register's parity-error-response bit (bit 6): QEMU's edu
+//!   does not implement it (it reads 0 after a write of 1); the mock stores
+//!   it.
+//! - The MSI message control as vfio-pci shows it: its enable bit follows
+//!   the user's own writes, not `VFIO_DEVICE_SET_IRQS` (routing MSI leaves
+//!   it clear), and a write of the word is kept as written, read-only bits
+//!   included; the mock sets the enable bit with `SET_IRQS` and ignores
+//!   user writes.
 //!
 //! ```
 //! use vfio_hal::prelude::*;
@@ -77,6 +107,8 @@ pub const DMA_DELAY: Duration = Duration::from_millis(100);
 pub const FACTORIAL_DELAY: Duration = Duration::from_micros(1);
 /// QEMU's default DMA mask: 28 address bits.
 pub const DEFAULT_DMA_MASK: u64 = (1 << 28) - 1;
+/// The granule in which QEMU's emulated IOMMU translates a DMA.
+const IOMMU_PAGE: u64 = 4096;
 
 /// Register offsets and bits.
 ///
@@ -296,6 +328,56 @@ impl Edu {
         masked
     }
 
+    /// The pieces of `[ram, ram + len)` that lie in one IOMMU page each,
+    /// as `(iova, buffer range)`: QEMU translates a DMA page by page.
+    fn pages(ram: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+        let mut done = 0usize;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let at = ram.wrapping_add(done as u64);
+            let room = IOMMU_PAGE - at % IOMMU_PAGE;
+            let n = (len - done).min(usize::try_from(room).unwrap_or(usize::MAX));
+            let piece = (at, done..done + n);
+            done += n;
+            Some(piece)
+        })
+    }
+
+    /// RAM into the buffer (QEMU's `pci_dma_read`): a page the device
+    /// cannot read arrives as zeros; with bus mastering off, all of it.
+    fn dma_from_ram(ctx: &mut DeviceContext<'_>, ram: u64, buffer: &mut [u8]) {
+        if !ctx.bus_master() {
+            // Recorded once, as one attempt; nothing reaches memory.
+            let _ = ctx.dma_read(ram, buffer);
+            buffer.fill(0);
+            return;
+        }
+        for (iova, range) in Self::pages(ram, buffer.len()) {
+            let piece = &mut buffer[range];
+            if let Err(e) = ctx.dma_read(iova, piece) {
+                // Already recorded by the context (fault or incident).
+                log::debug!("edu: DMA read failed, zeros instead: {e}");
+                piece.fill(0);
+            }
+        }
+    }
+
+    /// The buffer out to RAM (QEMU's `pci_dma_write`): a page the device
+    /// cannot write is left alone.
+    fn dma_to_ram(ctx: &mut DeviceContext<'_>, ram: u64, buffer: &[u8]) {
+        if !ctx.bus_master() {
+            let _ = ctx.dma_write(ram, buffer);
+            return;
+        }
+        for (iova, range) in Self::pages(ram, buffer.len()) {
+            if let Err(e) = ctx.dma_write(iova, &buffer[range]) {
+                log::debug!("edu: DMA write failed: {e}");
+            }
+        }
+    }
+
     /// QEMU's `edu_dma_timer`.
     fn finish_dma(&mut self, ctx: &mut DeviceContext<'_>) {
         self.dma_due = None;
@@ -318,14 +400,10 @@ impl Edu {
             Some(range) => {
                 let ram = self.clamp(ram_addr);
                 let buffer = &mut self.buffer[range];
-                let result = if to_ram {
-                    ctx.dma_write(ram, buffer)
+                if to_ram {
+                    Self::dma_to_ram(ctx, ram, buffer);
                 } else {
-                    ctx.dma_read(ram, buffer)
-                };
-                if let Err(e) = result {
-                    // Already recorded by the context (fault or incident).
-                    log::debug!("edu: DMA failed: {e}");
+                    Self::dma_from_ram(ctx, ram, buffer);
                 }
             }
         }
@@ -381,8 +459,9 @@ impl DeviceModel for Edu {
         Ok(())
     }
 
+    /// QEMU's edu registers no reset handler: registers, buffer and work
+    /// in flight survive; the PCI core lowers the INTx line.
     fn reset(&mut self, ctx: &mut DeviceContext<'_>) {
-        *self = Self::with_dma_mask(self.dma_mask);
         ctx.set_intx(false);
     }
 
