@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::ERR;
+use vfio_hal::pci::cfg;
 use vfio_hal::prelude::*;
 
 use crate::{bind_vfio_pci, pci_device_dir, request_aer_inject};
@@ -21,6 +22,12 @@ pub const RDBAL0: u64 = 0xc000;
 pub const PF_DEVICE_ID: u16 = 0x10c9;
 /// The igb VF's PCI device id.
 pub const VF_DEVICE_ID: u16 = 0x10ca;
+
+/// Device Control, in the PCI Express capability.
+const PCI_EXP_DEVCTL: u64 = 8;
+/// Device Control: correctable, non-fatal, fatal and unsupported-request
+/// error reporting enables.
+const DEVCTL_ERROR_REPORTING: u16 = 0x000f;
 
 /// How long AER recovery may take to reach vfio-pci under TCG.
 const AER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +73,20 @@ pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Dura
         !efd.poll(Duration::from_millis(100)).expect("poll"),
         "ERR fired before any error"
     );
+    // A device reports errors only with its Device Control enables set; a
+    // guest's AER driver sets them through vfio's config space, as here
+    // (the lane finds them clear once vfio-pci has opened the device).
+    let devctl_at = u64::from(
+        igb.find_capability(cfg::CAP_ID_EXP)
+            .expect("capability walk")
+            .expect("igb is PCIe")
+            .offset,
+    ) + PCI_EXP_DEVCTL;
+    let config = igb.config().expect("config region");
+    let devctl = config.read_at::<u16>(devctl_at).expect("read DEVCTL");
+    config
+        .write_at::<u16>(devctl_at, devctl | DEVCTL_ERROR_REPORTING)
+        .expect("enable error reporting");
     let start = std::time::Instant::now();
     let bdf = igb.info().name.clone();
     eprintln!("before the injection: {}", aer_registers(&bdf));
@@ -78,6 +99,9 @@ pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Dura
     );
     let took = start.elapsed();
     assert_eq!(efd.take().expect("read"), 1, "one error, one signal");
+    config
+        .write_at::<u16>(devctl_at, devctl)
+        .expect("restore DEVCTL");
     err.disable().expect("unroute ERR");
     took
 }
