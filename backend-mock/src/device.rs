@@ -675,7 +675,8 @@ impl Device for MockDevice {
         })
     }
 
-    /// Function reset: the model returns to power-on state and lowers its
+    /// Function reset: the model does what its device's reset does (edu
+    /// keeps its registers, as QEMU's has no reset handler) and lowers its
     /// interrupt line; config space (command register included) and
     /// interrupt routes survive, as `pci_reset_function` restores them.
     /// Low power is not ended, as `vfio_pci_ioctl_reset` leaves it: like
