@@ -97,6 +97,7 @@ DEVICE_IDS = {
     "SPARE4": "edu-spare4",  # behind a fourth root port: kvm_vmm's passthrough unplug, iommufd backend
     "PEER": "edu-peer",  # behind a fifth root port, never unplugged: the peer of peer-to-peer DMA
     "IGB": "igb0",  # QEMU igb, 8086:10c9, behind a sixth root port: hot reset, AER, SR-IOV, PCI PM
+    "IGB_PORT": "rp6",  # igb's root port: where an AER error is injected (QEMU's igb sends none)
 }
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -524,7 +525,7 @@ def qemu_cmd(accel: str, kernel: Path, initrd: Path, append: str, tmp: Path, vio
         # after a secondary bus reset, which QEMU's root port does not set
         # again (the hot reset then fails: "Data Link Layer Link Active not
         # set in 100 msec", ENOTTY).
-        "-device", "pcie-root-port,id=rp6,chassis=6,slot=6,x-speed=5,x-width=1",
+        "-device", f"pcie-root-port,id={DEVICE_IDS['IGB_PORT']},chassis=6,slot=6,x-speed=5,x-width=1",
         "-device", f"igb,id={DEVICE_IDS['IGB']},bus=rp6",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-serial", "stdio",  # ttyS0: console
@@ -609,8 +610,9 @@ class Control:
                 return f"ERR {reply['error'].get('desc', reply['error'])}"
             return "OK"
         if len(words) >= 3 and words[0] == "AER_INJECT":
-            # HMP's pcie_aer_inject_error <id> <error> [flags]: the error
-            # arrives at the device's root port as from the device itself.
+            # HMP's pcie_aer_inject_error <id> <error> [flags]: the device
+            # records the error and sends it up as far as the error-reporting
+            # enables on the way allow.
             try:
                 if self.qmp is None:
                     self.qmp = Qmp(self.qmp_path)

@@ -3,12 +3,13 @@
 //! every backend's lane test.
 
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vfio_hal::eventfd::{EventFd, EventFdExt};
 use vfio_hal::irq::index::ERR;
-use vfio_hal::pci::cfg;
+use vfio_hal::pci::{cfg, walk_capabilities, walk_extended_capabilities};
 use vfio_hal::prelude::*;
 
 use crate::{bind_vfio_pci, pci_device_dir, request_aer_inject};
@@ -23,11 +24,14 @@ pub const PF_DEVICE_ID: u16 = 0x10c9;
 /// The igb VF's PCI device id.
 pub const VF_DEVICE_ID: u16 = 0x10ca;
 
-/// Device Control, in the PCI Express capability.
-const PCI_EXP_DEVCTL: u64 = 8;
-/// Device Control: correctable, non-fatal, fatal and unsupported-request
-/// error reporting enables.
-const DEVCTL_ERROR_REPORTING: u16 = 0x000f;
+/// Device Control and Device Status, in the PCI Express capability.
+const PCI_EXP_DEVCTL: usize = 8;
+const PCI_EXP_DEVSTA: usize = 10;
+/// Bridge Control (type 1 header) and its SERR# forwarding enable.
+const PCI_BRIDGE_CONTROL: u64 = 0x3e;
+const BRIDGE_CTL_SERR: u16 = 1 << 1;
+/// Command register: SERR# enable.
+const CMD_SERR: u16 = 1 << 8;
 
 /// How long AER recovery may take to reach vfio-pci under TCG.
 const AER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,14 +61,23 @@ pub fn reset_mark<D: Device>(igb: &D) -> u32 {
 }
 
 /// Routes `igb`'s ERR interrupt to an eventfd, has the host inject an
-/// uncorrectable non-fatal error (`POISON_TLP`) as from the device whose
-/// QEMU id is `qemu_id`, and checks the eventfd fires: the guest's AER
-/// driver ran recovery and vfio-pci's `error_detected` signalled the user.
-/// Returns how long that took.
+/// uncorrectable non-fatal error (`POISON_TLP`) into igb's root port, whose
+/// QEMU id is `port_qemu_id`, and checks the eventfd fires once: the
+/// guest's AER driver ran recovery for everything below the port, and
+/// vfio-pci's `error_detected` signalled the user. Returns how long that
+/// took.
+///
+/// The error is the port's, not igb's own: QEMU's igb has no writable
+/// error-reporting enables in Device Control (they read 0 whatever is
+/// written), and QEMU sends an error message up only from a function whose
+/// enables allow it. The port has them (Linux's AER driver sets them);
+/// QEMU also wants the port's Command SERR# enable and Bridge Control
+/// SERR# forwarding, which this sets as platform firmware would, and
+/// restores afterwards.
 ///
 /// # Panics
 /// On a failed step (the test's failure).
-pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Duration {
+pub fn err_fires_on_an_error_at_its_port<D: Device>(igb: &D, port_qemu_id: &str) -> Duration {
     let err = igb.irq(ERR).expect("ERR irq info");
     assert_eq!(err.info().count, 1, "igb is PCIe: one ERR vector");
     let efd = EventFd::nonblocking().expect("eventfd");
@@ -73,37 +86,70 @@ pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Dura
         !efd.poll(Duration::from_millis(100)).expect("poll"),
         "ERR fired before any error"
     );
-    // A device reports errors only with its Device Control enables set; a
-    // guest's AER driver sets them through vfio's config space, as here
-    // (the lane finds them clear once vfio-pci has opened the device).
-    let devctl_at = u64::from(
-        igb.find_capability(cfg::CAP_ID_EXP)
-            .expect("capability walk")
-            .expect("igb is PCIe")
-            .offset,
-    ) + PCI_EXP_DEVCTL;
-    let config = igb.config().expect("config region");
-    let devctl = config.read_at::<u16>(devctl_at).expect("read DEVCTL");
-    config
-        .write_at::<u16>(devctl_at, devctl | DEVCTL_ERROR_REPORTING)
-        .expect("enable error reporting");
-    let start = std::time::Instant::now();
     let bdf = igb.info().name.clone();
+    let port = upstream_port(&bdf).expect("igb's root port in sysfs");
+    let command = SysfsConfig::at(&port)
+        .set_bits(cfg::COMMAND, CMD_SERR)
+        .expect("enable the port's SERR#");
+    let bridge_control = SysfsConfig::at(&port)
+        .set_bits(PCI_BRIDGE_CONTROL, BRIDGE_CTL_SERR)
+        .expect("enable the port's SERR# forwarding");
     eprintln!("before the injection: {}", aer_registers(&bdf));
-    request_aer_inject(qemu_id, "POISON_TLP").expect("inject the AER error");
+    let start = std::time::Instant::now();
+    request_aer_inject(port_qemu_id, "POISON_TLP").expect("inject the AER error");
     let fired = efd.poll(AER_TIMEOUT).expect("poll");
+    let took = start.elapsed();
     eprintln!("after the injection: {}", aer_registers(&bdf));
+    let restored = SysfsConfig::at(&port)
+        .write_u16(cfg::COMMAND, command)
+        .and_then(|()| SysfsConfig::at(&port).write_u16(PCI_BRIDGE_CONTROL, bridge_control));
+    err.disable().expect("unroute ERR");
     assert!(
         fired,
         "no ERR signal within {AER_TIMEOUT:?} of the injected error"
     );
-    let took = start.elapsed();
     assert_eq!(efd.take().expect("read"), 1, "one error, one signal");
-    config
-        .write_at::<u16>(devctl_at, devctl)
-        .expect("restore DEVCTL");
-    err.disable().expect("unroute ERR");
+    restored.expect("restore the port's SERR# enables");
     took
+}
+
+/// The sysfs directory of the bridge above the PCI device `bdf`.
+fn upstream_port(bdf: &str) -> io::Result<PathBuf> {
+    let dir = std::fs::canonicalize(pci_device_dir(bdf))?;
+    dir.parent()
+        .filter(|p| p.join("config").exists())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{bdf} has no bridge")))
+}
+
+/// A device's config space through sysfs: for the ports above the lane's
+/// devices, which no test opens through vfio.
+struct SysfsConfig<'a>(&'a Path);
+
+impl<'a> SysfsConfig<'a> {
+    fn at(dir: &'a Path) -> Self {
+        Self(dir)
+    }
+
+    fn read_u16(&self, offset: u64) -> io::Result<u16> {
+        let mut word = [0u8; 2];
+        std::fs::File::open(self.0.join("config"))?.read_exact_at(&mut word, offset)?;
+        Ok(u16::from_le_bytes(word))
+    }
+
+    fn write_u16(&self, offset: u64, value: u16) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.0.join("config"))?;
+        file.write_all_at(&value.to_le_bytes(), offset)
+    }
+
+    /// Sets `bits` in the word at `offset`; returns the word before.
+    fn set_bits(&self, offset: u64, bits: u16) -> io::Result<u16> {
+        let before = self.read_u16(offset)?;
+        self.write_u16(offset, before | bits)?;
+        Ok(before)
+    }
 }
 
 /// The error-reporting registers of the device `bdf` and of the bridge
@@ -111,12 +157,8 @@ pub fn err_fires_on_an_injected_error<D: Device>(igb: &D, qemu_id: &str) -> Dura
 /// command register, the PCIe device control/status, bridge control, and
 /// the AER capability's uncorrectable status/mask and root command/status.
 pub fn aer_registers(bdf: &str) -> String {
-    let dir = pci_device_dir(bdf);
-    let parent = std::fs::canonicalize(&dir)
-        .ok()
-        .and_then(|d| d.parent().map(|p| p.to_path_buf()));
-    let mut out = format!("{bdf}: {}", config_summary(&dir));
-    if let Some(port) = parent {
+    let mut out = format!("{bdf}: {}", config_summary(&pci_device_dir(bdf)));
+    if let Ok(port) = upstream_port(bdf) {
         out += &format!("; port {}: {}", port.display(), config_summary(&port));
     }
     out
@@ -138,41 +180,25 @@ fn config_summary(dir: &Path) -> String {
     if cfg.get(0x0e).is_some_and(|h| h & 0x7f == 1) {
         s += &format!(" bridgectl {:#06x}", u16_at(0x3e));
     }
-    // The PCI Express capability (id 0x10): device control and status.
-    let mut at = usize::from(cfg.get(0x34).copied().unwrap_or(0));
-    for _ in 0..48 {
-        if at < 0x40 || at + 2 > cfg.len() {
-            break;
-        }
-        if cfg[at] == 0x10 {
-            s += &format!(
-                " devctl {:#06x} devsta {:#06x}",
-                u16_at(at + 8),
-                u16_at(at + 10)
-            );
-        }
-        at = usize::from(cfg[at + 1]);
+    let caps = walk_capabilities(&cfg).unwrap_or_default();
+    if let Some(exp) = caps.iter().find(|c| c.id == cfg::CAP_ID_EXP) {
+        let at = usize::from(exp.offset);
+        s += &format!(
+            " devctl {:#06x} devsta {:#06x}",
+            u16_at(at + PCI_EXP_DEVCTL),
+            u16_at(at + PCI_EXP_DEVSTA)
+        );
     }
-    // The AER extended capability (id 0x0001).
-    let mut at = 0x100;
-    for _ in 0..64 {
-        let header = u32_at(at);
-        if header == 0 || header == u32::MAX {
-            break;
-        }
-        if header & 0xffff == 1 {
-            s += &format!(
-                " uncor_status {:#x} uncor_mask {:#x} root_cmd {:#x} root_status {:#x}",
-                u32_at(at + 4),
-                u32_at(at + 8),
-                u32_at(at + 0x2c),
-                u32_at(at + 0x30)
-            );
-        }
-        at = (header >> 20) as usize;
-        if at < 0x100 {
-            break;
-        }
+    let ext = walk_extended_capabilities(&cfg).unwrap_or_default();
+    if let Some(aer) = ext.iter().find(|c| c.id == cfg::EXT_CAP_ID_ERR) {
+        let at = usize::from(aer.offset);
+        s += &format!(
+            " uncor_status {:#x} uncor_mask {:#x} root_cmd {:#x} root_status {:#x}",
+            u32_at(at + 4),
+            u32_at(at + 8),
+            u32_at(at + 0x2c),
+            u32_at(at + 0x30)
+        );
     }
     s
 }

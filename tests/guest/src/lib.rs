@@ -16,6 +16,7 @@
 //! | [`PEER_BDF`] | an `edu` behind a fifth root port, never unplugged: the peer of peer-to-peer DMA |
 //! | [`IGB_BDF`] | QEMU's `igb` NIC (8086:10c9) alone behind a sixth root port: hot reset (its registers show the reset), PCIe with AER (the ERR interrupt), SR-IOV (VF tokens), a PCI PM capability |
 //! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] … [`SPARE4_ID`], [`IGB_ID`] | their QEMU ids, for [`request_unplug`] and [`request_aer_inject`] |
+//! | [`IGB_PORT_ID`] | the QEMU id of the igb's root port, for [`request_aer_inject`] |
 //! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
 //!
 //! Tests that only make sense in the guest are marked
@@ -67,6 +68,9 @@ pub const PEER_BDF: &str = "VFIO_HAL_PEER_BDF";
 pub const IGB_BDF: &str = "VFIO_HAL_IGB_BDF";
 /// Environment variable: QEMU id of the igb.
 pub const IGB_ID: &str = "VFIO_HAL_IGB_ID";
+/// Environment variable: QEMU id of the igb's root port, into which
+/// [`request_aer_inject`] injects errors.
+pub const IGB_PORT_ID: &str = "VFIO_HAL_IGB_PORT_ID";
 /// Environment variable: QEMU id of the `edu` device.
 pub const EDU_ID: &str = "VFIO_HAL_EDU_ID";
 /// Environment variable: QEMU id of the MSI-X capable device.
@@ -145,8 +149,9 @@ pub fn request_unplug(id: &str) -> io::Result<()> {
 
 /// Asks the host to inject a PCIe AER error into the device whose QEMU id
 /// is `id` (HMP `pcie_aer_inject_error <id> <error>`), e.g. `POISON_TLP`
-/// (uncorrectable, non-fatal by default): it reaches the device's root
-/// port as if the device had reported it, and the guest's AER driver runs
+/// (uncorrectable, non-fatal by default). The device records it; QEMU sends
+/// the error message up to the root port only as far as each function's
+/// error-reporting enables allow, and the guest's AER driver then runs
 /// recovery, which vfio-pci answers by signalling the ERR eventfd.
 ///
 /// # Errors
