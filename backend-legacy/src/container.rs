@@ -143,6 +143,12 @@ impl ContainerInner {
 /// Cheap to share by reference; devices opened from it keep the container
 /// (and their group) open through their [`Backing`](vfio_hal_linux::devfd::Backing),
 /// so dropping the container while devices live only drops this handle.
+///
+/// type1 keeps DMA mappings only while a group is attached: when the last
+/// device of the last group closes, the group detaches and the kernel
+/// drops every mapping with the IOMMU (unmapping them afterwards is
+/// `NotMapped`). A user that closes every device and opens another maps
+/// again; an iommufd IOAS keeps its mappings without devices.
 #[derive(Debug)]
 pub struct LegacyContainer {
     inner: Arc<ContainerInner>,

@@ -364,9 +364,19 @@ pub enum ScriptError {
     /// The device did not finish in time while the script put it back.
     #[error("{0}: no answer in time")]
     Timeout(&'static str),
-    /// The device buffer read back differs from the one found.
-    #[error("edu's DMA buffer not restored")]
-    BufferNotRestored,
+    /// The device buffer read back differs from the one found, first at
+    /// byte `at`.
+    #[error(
+        "edu's DMA buffer not restored: byte {at:#x} was {found:#04x}, reads back {read_back:#04x}"
+    )]
+    BufferNotRestored {
+        /// The first differing byte's offset in the buffer.
+        at: usize,
+        /// Its value when the script found the device.
+        found: u8,
+        /// Its value read back after the restore.
+        read_back: u8,
+    },
     /// The device is not as the script found it after putting it back.
     #[error("edu not restored: found {found:x?}, left {left:x?}")]
     NotRestored {
@@ -503,9 +513,12 @@ pub fn run<C: Container>(
             iova::END
         )));
     }
-    let pages = Pages::map(container)?;
     let mut trace = Trace::default();
+    // Each session maps the script's pages after opening the device and
+    // unmaps them before closing it: on type1 the mappings go with the
+    // container's last group, which the device's close detaches.
     let found = {
+        let pages = Pages::map(container)?;
         let mut s = Session::new(dev, name, opts, &pages, &mut trace)?;
         let found = s.save()?;
         s.known_state()?;
@@ -520,15 +533,22 @@ pub fn run<C: Container>(
         s.dma()?;
         s.reset()?;
         s.before_close();
+        let dev = s.into_device();
+        drop(pages);
+        drop(dev);
         found
     };
     let dev = container
         .open_device(name)
         .map_err(hal("reopen the device"))?;
+    let pages = Pages::map(container)?;
     let mut s = Session::new(dev, name, opts, &pages, &mut trace)?;
     s.after_reopen();
     s.restore(&found)?;
     let left = s.saved_registers()?;
+    let dev = s.into_device();
+    drop(pages);
+    drop(dev);
     let found = Saved {
         buffer: Vec::new(),
         ..found
@@ -542,7 +562,7 @@ pub fn run<C: Container>(
     Ok(trace)
 }
 
-/// The script's DMA pages, mapped for the whole run.
+/// The script's DMA pages, mapped for one session.
 struct Pages<'c, C: Container> {
     src: DmaMapping<'c, C>,
     dst: DmaMapping<'c, C>,
@@ -613,6 +633,11 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
             pages,
             trace,
         })
+    }
+
+    /// The device, with this session's regions and interrupts let go.
+    fn into_device(self) -> C::Device {
+        self.dev
     }
 
     fn rec(&mut self, id: impl Into<String>, obs: Obs) {
@@ -929,8 +954,15 @@ impl<'a, 'c, C: Container> Session<'a, 'c, C> {
         {
             return Err(timeout("check the device buffer"));
         }
-        if dst.to_vec() != saved.buffer {
-            return Err(ScriptError::BufferNotRestored);
+        let back = dst.to_vec();
+        if let Some(at) =
+            (0..back.len().min(saved.buffer.len())).find(|&i| back[i] != saved.buffer[i])
+        {
+            return Err(ScriptError::BufferNotRestored {
+                at,
+                found: saved.buffer[at],
+                read_back: back[at],
+            });
         }
         let cmd = saved.dma[3] & !reg::EDU_DMA_RUN;
         let set = if cmd & reg::EDU_DMA_DIR != 0 {

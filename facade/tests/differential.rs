@@ -120,8 +120,10 @@ fn every_allowed_deviation_is_in_the_edu_models_docs() {
 }
 
 #[test]
-#[ignore = "passes alone (bash tests/vm/lane.sh -p vfio-hal-facade --boot default); after the \
-            full lane's earlier tests the script fails to restore edu's DMA buffer"]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
 fn the_mock_edu_traces_like_qemus_through_both_real_backends() {
     let mock = mock_trace();
     let real = [
