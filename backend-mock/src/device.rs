@@ -902,7 +902,11 @@ impl MockRegion {
 ///   still asserted. The command register's INTx-disable bit masks too.
 /// - MSI/MSI-X allocate `start + count` vectors when first enabled and
 ///   cannot grow afterwards (`NORESIZE`); a vector routed to `None` stays
-///   allocated and silent. The capability's enable bit follows.
+///   allocated and silent. Config space shows them as vfio-pci does: the
+///   MSI-X capability as the function has it (enabled with `SET_IRQS`,
+///   user writes dropped); the MSI message control as vfio-pci's virtual
+///   word (`SET_IRQS` leaves it; a user write while MSI is routed also
+///   reaches the function, so clearing its enable bit silences MSI).
 /// - ERR (PCIe only) and REQ take one eventfd each.
 /// - Every route holds its own dup of the eventfd, closed on disable,
 ///   re-route, device close and unplug. Delivery writes a u64 1 to it.

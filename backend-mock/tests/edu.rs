@@ -94,10 +94,14 @@ fn device_info_regions_and_irqs_are_laid_out_like_vfio_pci() {
         (1, iflags::EVENTFD | iflags::NORESIZE)
     );
     assert_eq!(irq(index::MSIX).count, 0);
-    assert_eq!(irq(index::ERR).count, 0, "conventional PCI");
+    assert_eq!(
+        (irq(index::ERR).count, irq(index::ERR).flags),
+        (0, 0),
+        "conventional PCI: vfio-pci has no ERR index"
+    );
     assert_eq!(
         (irq(index::REQ).count, irq(index::REQ).flags),
-        (1, iflags::EVENTFD)
+        (1, iflags::EVENTFD | iflags::NORESIZE)
     );
     assert_eq!(
         dev.irq(5).expect_err("no index 5").kind(),
@@ -278,18 +282,6 @@ fn route_intx(dev: &MockDevice, efd: &EventFd) {
         .expect("route INTx");
 }
 
-fn msi_enable_bit(dev: &MockDevice) -> bool {
-    let msi = dev
-        .find_capability(cfg::CAP_ID_MSI)
-        .expect("walk")
-        .expect("MSI");
-    dev.config()
-        .and_then(|c| c.read_at::<u16>(u64::from(msi.offset) + 2))
-        .expect("control")
-        & 1
-        != 0
-}
-
 #[test]
 fn factorial_interrupt_goes_out_as_msi_when_msi_is_enabled() {
     let (_c, dev) = edu().expect("edu");
@@ -321,8 +313,14 @@ fn factorial_without_bit_7_raises_nothing() {
     );
 }
 
+/// vfio-pci's virtual MSI message control (`vfio_msi_config_write`): the
+/// word reads as the user last wrote it, with Enable kept clear while MSI
+/// is not routed and Multiple Message Enable capped at the function's
+/// capability; `SET_IRQS` enables the function's MSI without showing it
+/// there; a write while routed reaches the function, so clearing Enable
+/// stops its messages until MSI is routed afresh.
 #[test]
-fn the_msi_enable_bit_follows_set_irqs_and_ignores_user_writes() {
+fn the_msi_control_is_vfio_pcis_virtual_word() {
     let (_c, dev) = edu().expect("edu");
     let msi_cap = dev
         .find_capability(cfg::CAP_ID_MSI)
@@ -330,17 +328,48 @@ fn the_msi_enable_bit_follows_set_irqs_and_ignores_user_writes() {
         .expect("MSI");
     let ctrl = u64::from(msi_cap.offset) + 2;
     let config = dev.config().expect("config");
+    let read = || config.read_at::<u16>(ctrl).expect("control");
+    let found = read();
+    assert_eq!(found & 1, 0, "MSI off after open");
     config
-        .write_at::<u16>(ctrl, 0x0081)
-        .expect("try to enable by hand");
-    assert!(!msi_enable_bit(&dev), "MSI is enabled via the ioctl only");
+        .write_at::<u16>(ctrl, 0x00f1)
+        .expect("try to enable by hand, ask for 128 messages");
+    assert_eq!(
+        read(),
+        0x0080,
+        "Enable kept clear, one message (edu's capability)"
+    );
+    config.write_at::<u16>(ctrl, found).expect("back");
     let efd = EventFd::nonblocking().expect("eventfd");
     route_msi(&dev, &efd);
-    assert!(msi_enable_bit(&dev));
+    assert_eq!(read() & 1, 0, "SET_IRQS leaves the virtual word");
+    set_reg32(&dev, reg::IRQ_RAISE, 0x1);
+    assert_eq!(
+        efd.take().expect("read eventfd"),
+        1,
+        "the function's MSI is on"
+    );
+    set_reg32(&dev, reg::IRQ_ACK, 0x1);
+    config.write_at::<u16>(ctrl, found | 1).expect("enable");
+    assert_eq!(read() & 1, 1, "a write while routed is kept");
+    config.write_at::<u16>(ctrl, found).expect("disable");
+    set_reg32(&dev, reg::IRQ_RAISE, 0x1);
+    assert_eq!(
+        efd.take().expect("read eventfd"),
+        0,
+        "the function's MSI is off"
+    );
+    set_reg32(&dev, reg::IRQ_ACK, 0x1);
     dev.irq(index::MSI)
         .and_then(|i| i.disable())
         .expect("disable");
-    assert!(!msi_enable_bit(&dev));
+    route_msi(&dev, &efd);
+    set_reg32(&dev, reg::IRQ_RAISE, 0x1);
+    assert_eq!(
+        efd.take().expect("read eventfd"),
+        1,
+        "routed afresh: on again"
+    );
 }
 
 #[test]

@@ -3,13 +3,12 @@
 //! ([`vfio_hal_conformance::differential`]) runs on a mock edu and on the
 //! real edu through each real backend, and the traces are compared step by
 //! step. Every difference is printed (step, mock value, real value); the
-//! test fails on any that [`DELIBERATE`] or [`PLUMBING`] does not name, and
+//! test fails on any that [`DELIBERATE`] does not name, and
 //! on a named one that no longer shows. The real device wins: a difference
 //! is fixed in the model, or, where a fix would make the mock worse for its
 //! users, listed here and in the "Deviations from QEMU" of
 //! `backend-mock/src/models/edu.rs`, in the same words (checked on the host
-//! too); differences in the mock's shared PCI plumbing are listed as
-//! known until fixed there.
+//! too).
 
 use vfio_hal::Container;
 use vfio_hal_conformance::differential::{self, Deviation, Difference, Options, Trace};
@@ -38,43 +37,9 @@ const RESET: &str = "The mock offers `VFIO_DEVICE_RESET` for every device, so a 
     FLR, no power-management reset, no bridge above it for a bus reset), so there \
     `can_reset` is false and a reset is refused with `EINVAL`.";
 
-/// Known differences of the mock's shared PCI plumbing (not of the edu
-/// model), listed in the model's docs in the same words, until they are
-/// fixed there.
-const PLUMBING: &[Deviation] = &[
-    Deviation {
-        step: "info.irq3.flags",
-        why: "The ERR irq index: vfio-pci has none for a conventional PCI device (the real \
-            backends report no flags); the mock reports `EVENTFD | NORESIZE` with count 0.",
-    },
-    Deviation {
-        step: "info.irq4.flags",
-        why: "The REQ irq index: vfio-pci reports `EVENTFD | NORESIZE`; the mock reports \
-            `EVENTFD` only.",
-    },
-    Deviation {
-        step: "cfg.command.set_parity",
-        why: "The command register's parity-error-response bit (bit 6): QEMU's edu does not \
-            implement it (it reads 0 after a write of 1); the mock stores it.",
-    },
-    Deviation {
-        step: "cfg.msi.control_routed",
-        why: MSI_CONTROL,
-    },
-    Deviation {
-        step: "cfg.msi.control_after_write",
-        why: MSI_CONTROL,
-    },
-];
-
-const MSI_CONTROL: &str = "The MSI message control as vfio-pci shows it: its enable bit \
-    follows the user's own writes, not `VFIO_DEVICE_SET_IRQS` (routing MSI leaves it clear), \
-    and a write of the word is kept as written, read-only bits included; the mock sets the \
-    enable bit with `SET_IRQS` and ignores user writes.";
-
 /// Every difference the comparison allows.
 fn allowed() -> Vec<Deviation> {
-    DELIBERATE.iter().chain(PLUMBING).copied().collect()
+    DELIBERATE.to_vec()
 }
 
 /// The edu model's source, whose module docs list its deviations.

@@ -54,23 +54,6 @@
 //!   for a bus reset), so there `can_reset` is false and a reset is refused
 //!   with `EINVAL`.
 //!
-//! Known differences of the shared PCI plumbing (`src/pci/`), not of
-//! this model, found by the differential test against the real device
-//! (`facade/tests/differential.rs`) and to be fixed there:
-//! - The ERR irq index: vfio-pci has none for a conventional PCI device
-//!   (the real backends report no flags); the mock reports `EVENTFD |
-//!   NORESIZE` with count 0.
-//! - The REQ irq index: vfio-pci reports `EVENTFD | NORESIZE`; the mock
-//!   reports `EVENTFD` only.
-//! - The command register's parity-error-response bit (bit 6): QEMU's edu
-//!   does not implement it (it reads 0 after a write of 1); the mock stores
-//!   it.
-//! - The MSI message control as vfio-pci shows it: its enable bit follows
-//!   the user's own writes, not `VFIO_DEVICE_SET_IRQS` (routing MSI leaves
-//!   it clear), and a write of the word is kept as written, read-only bits
-//!   included; the mock sets the enable bit with `SET_IRQS` and ignores
-//!   user writes.
-//!
 //! ```
 //! use vfio_hal::prelude::*;
 //! use vfio_hal_mock::{models::edu::{self, Edu}, MockContainer};

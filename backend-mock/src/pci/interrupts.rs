@@ -60,8 +60,7 @@ pub(crate) struct Interrupts {
     intx: Intx,
     /// MSI or MSI-X vector routes; the length is the allocated count.
     vectors: Vec<Option<MsiRoute>>,
-    /// MSI-X function mask (config space) and pending bits.
-    msix_function_mask: bool,
+    /// MSI-X pending bits: messages of allocated vectors with no eventfd.
     msix_pending: Vec<bool>,
     err: Option<EventRoute>,
     req: Option<EventRoute>,
@@ -115,13 +114,14 @@ impl Interrupts {
                 ),
                 info(index::MSI, noresize, msi),
                 info(index::MSIX, noresize, msix),
-                info(index::ERR, noresize, u32::from(pcie)),
-                info(index::REQ, flags::EVENTFD, 1),
+                // vfio-pci answers ERR only for PCI Express (EINVAL otherwise,
+                // which the kernel backends report as count 0, no flags).
+                info(index::ERR, if pcie { noresize } else { 0 }, u32::from(pcie)),
+                info(index::REQ, noresize, 1),
             ],
             mode: IrqMode::None,
             intx: Intx::default(),
             vectors: Vec::new(),
-            msix_function_mask: false,
             msix_pending: vec![false; msix as usize],
             err: None,
             req: None,
@@ -447,7 +447,7 @@ impl Interrupts {
             return false;
         }
         match self.vectors.get(v) {
-            Some(Some(t)) if !self.msix_function_mask => {
+            Some(Some(t)) => {
                 t.signal();
                 true
             }
@@ -483,15 +483,9 @@ impl Interrupts {
         }
     }
 
-    /// The MSI-X function mask bit changed in config space.
-    pub(crate) fn set_msix_function_mask(&mut self, masked: bool) {
-        self.msix_function_mask = masked;
-        self.msix_flush_pending();
-    }
-
     /// Delivers pending MSI-X messages whose vector can now be signalled.
     fn msix_flush_pending(&mut self) {
-        if self.mode != IrqMode::Msix || self.msix_function_mask {
+        if self.mode != IrqMode::Msix {
             return;
         }
         for (v, pending) in self.msix_pending.iter_mut().enumerate() {

@@ -28,14 +28,17 @@ pub(crate) const FIXED_REGIONS: u32 = 9;
 
 const MSI_CTRL_ENABLE: u16 = 1 << 0;
 const MSI_CTRL_64BIT: u16 = 1 << 7;
-const MSIX_CTRL_MASKALL: u16 = 1 << 14;
 const MSIX_CTRL_ENABLE: u16 = 1 << 15;
 const STATUS_INTERRUPT: u16 = 1 << 3;
 /// Status bits that are write-1-to-clear (parity, aborts, SERR).
 const STATUS_W1C: u16 = 0xf900;
-/// Command bits vfio-pci lets the user change: I/O, memory, bus master,
-/// parity error response, SERR, INTx disable.
-const COMMAND_WRITABLE: u16 = 0x0547;
+/// Command bits a user can change: those vfio-pci passes through that
+/// QEMU's PCI core implements (I/O, memory, bus master, SERR, INTx
+/// disable; not parity error response).
+const COMMAND_WRITABLE: u16 = 0x0507;
+/// MSI message control: Multiple Message Capable and Enable.
+const MSI_CTRL_QMASK: u16 = 0x000e;
+const MSI_CTRL_QSIZE: u16 = 0x0070;
 const CMD_IO: u16 = 1 << 0;
 
 /// What backs a span of a BAR.
@@ -96,6 +99,13 @@ pub(crate) struct PciFunction {
     roles: Vec<Role>,
     msi_cap: Option<usize>,
     msix_cap: Option<usize>,
+    /// The function's own MSI enable, which the model obeys. vfio-pci
+    /// shows the user a virtual message control instead: `SET_IRQS` turns
+    /// the function's enable on and off without touching it, and a user
+    /// write reaches the function only while MSI is routed.
+    msi_function_enable: bool,
+    /// MSI was routed (`SET_IRQS`) at the last sync.
+    msi_routed: bool,
 }
 
 fn bad_layout(reason: &'static str) -> Error {
@@ -232,8 +242,9 @@ impl PciFunction {
                 let mmc = msi.vectors.trailing_zeros() as u16;
                 let ctrl = (mmc << 1) | if msi.addr64 { MSI_CTRL_64BIT } else { 0 };
                 config.set_u16(at + 2, ctrl);
-                // Multiple Message Enable is the user's; Enable follows SET_IRQS.
-                config.writable_u16(at + 2, 0x0070);
+                // vfio-pci virtualizes the whole word and lets the user
+                // write all of it (see `config_write`).
+                config.writable_u16(at + 2, 0xffff);
                 config.writable_u32(at + 4, 0xffff_fffc);
                 if msi.addr64 {
                     config.writable_u32(at + 8, 0xffff_ffff);
@@ -250,8 +261,9 @@ impl PciFunction {
                 let at = config
                     .add_capability(cfg::CAP_ID_MSIX, 12)
                     .ok_or(bad_layout("capabilities do not fit in config space"))?;
+                // Read-only to the user: vfio-pci reads the MSI-X
+                // capability from the function and drops writes to it.
                 config.set_u16(at + 2, x.vectors - 1);
-                config.writable_u16(at + 2, MSIX_CTRL_MASKALL);
                 config.set_u32(at + 4, x.table_offset | u32::from(x.table_bar));
                 config.set_u32(at + 8, x.pba_offset | u32::from(x.pba_bar));
                 Some(at)
@@ -282,6 +294,8 @@ impl PciFunction {
             roles,
             msi_cap,
             msix_cap,
+            msi_function_enable: false,
+            msi_routed: false,
         })
     }
 
@@ -437,6 +451,8 @@ impl PciFunction {
         self.config = self.initial_config.clone();
         self.irqs.teardown();
         self.irqs.device_reset();
+        self.msi_routed = false;
+        self.msi_function_enable = false;
     }
 
     // ---- Config space ------------------------------------------------------
@@ -454,21 +470,41 @@ impl PciFunction {
             let cmd = self.config.u16(cfg::COMMAND as usize);
             self.irqs.set_intx_disable(cmd & cfg::CMD_INTX_DISABLE != 0);
         }
-        if let Some(cap) = self.msix_cap {
+        if let Some(cap) = self.msi_cap {
             if touches(cap + 2, 2) {
-                let ctrl = self.config.u16(cap + 2);
-                self.irqs
-                    .set_msix_function_mask(ctrl & MSIX_CTRL_MASKALL != 0);
+                self.msi_control_written(cap + 2);
             }
+        }
+    }
+
+    /// vfio-pci's `vfio_msi_config_write`: the word is kept as written,
+    /// except that Enable stays clear while MSI is not routed and Multiple
+    /// Message Enable is capped at what the function is capable of; the
+    /// result also goes to the function.
+    fn msi_control_written(&mut self, at: usize) {
+        let mut ctrl = self.config.u16(at);
+        if !self.msi_routed {
+            ctrl &= !MSI_CTRL_ENABLE;
+        }
+        let capable = (self.initial_config.u16(at) & MSI_CTRL_QMASK) >> 1;
+        if (ctrl & MSI_CTRL_QSIZE) >> 4 > capable {
+            ctrl = (ctrl & !MSI_CTRL_QSIZE) | (capable << 4);
+        }
+        self.config.set_u16(at, ctrl);
+        if self.msi_routed {
+            self.msi_function_enable = ctrl & MSI_CTRL_ENABLE != 0;
         }
     }
 
     /// Makes config space reflect the interrupt state (enable bits, INTx status).
     pub(crate) fn sync_irq_state(&mut self) {
         let mode = self.irqs.mode();
-        if let Some(cap) = self.msi_cap {
-            self.config
-                .set_bits16(cap + 2, MSI_CTRL_ENABLE, mode == IrqMode::Msi);
+        // Routing and unrouting MSI enables and disables it in the
+        // function; re-routing its eventfds does not.
+        let routed = mode == IrqMode::Msi;
+        if routed != self.msi_routed {
+            self.msi_routed = routed;
+            self.msi_function_enable = routed;
         }
         if let Some(cap) = self.msix_cap {
             self.config
@@ -518,10 +554,10 @@ impl PciFunction {
         self.config.u16(cfg::COMMAND as usize)
     }
 
-    /// Whether the MSI capability's enable bit is set.
+    /// Whether the function's MSI is enabled (not what config space shows
+    /// the user: see `msi_function_enable`).
     pub(crate) fn msi_enabled(&self) -> bool {
-        self.msi_cap
-            .is_some_and(|cap| self.config.u16(cap + 2) & MSI_CTRL_ENABLE != 0)
+        self.msi_cap.is_some() && self.msi_function_enable
     }
 
     /// Whether the MSI-X capability's enable bit is set.

@@ -31,7 +31,8 @@ const REFUSED: &[ErrorKind] = &[
 ];
 
 /// The irq indices edu reports: INTx (one maskable, automasked line where
-/// present), one MSI vector (eventfd-capable), no MSI-X, and REQ.
+/// present), one MSI vector (eventfd-capable), no MSI-X, and REQ (one
+/// eventfd, not resizable).
 pub fn irq_info_sane<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
     let dev = edu_device(f, &c)?;
@@ -59,7 +60,14 @@ pub fn irq_info_sane<F: Fixture>(f: &F) -> CaseResult {
     let msix = dev.irq(irq_index::MSIX).context("irq(MSI-X)")?.info();
     expect_eq("MSI-X count of edu", 0, msix.count)?;
     let req = dev.irq(irq_index::REQ).context("irq(REQ)")?.info();
-    expect_eq("REQ count", 1, req.count)
+    expect_eq("REQ count", 1, req.count)?;
+    // vfio-pci: every index but INTx (and MSI-X with dynamic allocation)
+    // is NORESIZE.
+    expect_eq(
+        "REQ flags",
+        irq_flags::EVENTFD | irq_flags::NORESIZE,
+        req.flags,
+    )
 }
 
 /// Each write to edu's raise register fires the MSI eventfd exactly once.
