@@ -388,20 +388,32 @@ where
     fn release(&mut self) -> Option<Result<DmaBuffer, UnmapError>> {
         let buffer = self.buffer.take()?;
         let len = buffer.len() as u64;
-        Some(match self.container.unmap_dma(self.iova, len) {
-            Ok(_) => Ok(buffer),
-            Err(error) if error.kind() == ErrorKind::NotMapped => Err(UnmapError {
-                error,
-                buffer: Some(buffer),
-            }),
-            Err(error) => {
-                std::mem::forget(buffer);
-                Err(UnmapError {
-                    error,
-                    buffer: None,
-                })
-            }
-        })
+        Some(
+            unmap_or_leak(&*self.container, self.iova, len, buffer)
+                .map_err(|(error, buffer)| UnmapError { error, buffer }),
+        )
+    }
+}
+
+/// Unmaps `[iova, iova + len)` and hands `memory` back when the device can
+/// no longer reach it: unmapped, or [`ErrorKind::NotMapped`] (nothing of
+/// the range is mapped any more; the memory comes back beside the error).
+/// On any other failure `memory` is leaked on purpose, because the IOMMU
+/// may still point at it and freeing it would let the device write into
+/// reused memory. The one rule of every mapping guard's release.
+pub(crate) fn unmap_or_leak<C: Container + ?Sized, M>(
+    container: &C,
+    iova: u64,
+    len: u64,
+    memory: M,
+) -> std::result::Result<M, (Error, Option<M>)> {
+    match container.unmap_dma(iova, len) {
+        Ok(_) => Ok(memory),
+        Err(error) if error.kind() == ErrorKind::NotMapped => Err((error, Some(memory))),
+        Err(error) => {
+            std::mem::forget(memory);
+            Err((error, None))
+        }
     }
 }
 

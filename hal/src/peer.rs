@@ -48,8 +48,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::container::{Container, DmaAccess};
-use crate::error::{ErrorKind, Result};
+use crate::container::{unmap_or_leak, Container, DmaAccess};
+use crate::error::Result;
 use crate::memory::MmapArea;
 
 /// A peer device's mmapped window ([`MmapArea`]) mapped at an IOVA;
@@ -140,16 +140,12 @@ where
 {
     fn drop(&mut self) {
         let Some(area) = self.area.take() else { return };
-        match self.container.unmap_dma(self.iova, area.len()) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotMapped => {}
-            Err(e) => {
-                log::warn!(
-                    "peer mapping at {:#x}: unmap failed ({e}); its window stays mapped",
-                    self.iova
-                );
-                std::mem::forget(area);
-            }
+        let len = area.len();
+        if let Err((e, None)) = unmap_or_leak(&*self.container, self.iova, len, area) {
+            log::warn!(
+                "peer mapping at {:#x}: unmap failed ({e}); its window stays mapped",
+                self.iova
+            );
         }
     }
 }
