@@ -27,7 +27,11 @@ LOGS = ROOT / "target" / "vm" / "logs"
 KEEP = ROOT / "target" / "vm" / "repeat"
 
 BINARY_RE = re.compile(r"^=== RUN (\S+)$(.*?)^=== END \1 rc=\d+$", re.M | re.S)
-RESULT_RE = re.compile(r"^(?:test|case) (\S+) \.\.\. (ok|FAILED|ignored|skipped)\b", re.M)
+HEAD_RE = re.compile(r"^(test|case) (\S+) \.\.\. ", re.M)
+# The outcome follows the head on its line, or, when the test printed
+# something first, stands alone on a later line.
+SAME_LINE_RE = re.compile(r"(ok|FAILED|ignored|skipped)\b")
+OWN_LINE_RE = re.compile(r"^(ok|FAILED|ignored|skipped)\s*$", re.M)
 
 
 def boot_logs(run_dir: Path) -> dict[str, str]:
@@ -48,7 +52,16 @@ def outcomes(text: str) -> dict[tuple[str, str], str]:
     seen = {}
     for binary, body in BINARY_RE.findall(text):
         times: dict[str, int] = defaultdict(int)
-        for name, result in RESULT_RE.findall(body):
+        heads = list(HEAD_RE.finditer(body))
+        for i, head in enumerate(heads):
+            kind, name = head.group(1), head.group(2)
+            # A test's outcome may come after the cases it runs; a case's
+            # comes before the next head of either kind.
+            later = (h for h in heads[i + 1:] if kind == "case" or h.group(1) == "test")
+            end = next((h.start() for h in later), len(body))
+            tail = body[head.end():end]
+            found = SAME_LINE_RE.match(tail) or OWN_LINE_RE.search(tail)
+            result = found.group(1) if found else "FAILED"
             times[name] += 1
             key = name if times[name] == 1 else f"{name}#{times[name]}"
             seen[(binary, key)] = result
