@@ -24,6 +24,7 @@ use spin::relax::Yield;
 
 use vfio_hal::device::flags as dflags;
 use vfio_hal::error::check_index;
+use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
 use vfio_hal::{
@@ -32,6 +33,7 @@ use vfio_hal::{
 };
 
 use crate::container::Shared;
+use crate::migration::{self, Migration};
 use crate::mirror::{Held, Mirror};
 use crate::model::{DeviceContext, DeviceModel};
 use crate::pci::{Backing, PciFunction, Role};
@@ -54,6 +56,7 @@ fn piece(offset: u64, remaining: usize) -> usize {
 pub(crate) struct DeviceState {
     model: Box<dyn DeviceModel>,
     pci: PciFunction,
+    migration: Migration,
     open: bool,
     gone: bool,
 }
@@ -140,6 +143,110 @@ impl DeviceState {
         result
     }
 
+    fn saved_state(&mut self, name: &str, shared: &Shared) -> Option<Vec<u8>> {
+        let ctx = DeviceContext {
+            name,
+            pci: &mut self.pci,
+            shared,
+        };
+        self.model.save_state(&ctx)
+    }
+
+    /// `MIGRATION`, `MIG_DEVICE_STATE` and `MIG_DATA_SIZE` as vfio answers
+    /// them (`vfio_check_feature`: a direction the feature lacks, or a
+    /// short payload, is `EINVAL`); `None` for any other feature, or when
+    /// the model cannot migrate (vfio-pci then answers `ENOTTY`).
+    fn migration_feature(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        op: FeatureOp,
+        feature: u32,
+        data: &mut [u8],
+    ) -> Option<Result<()>> {
+        use vfio_hal::device::feature as f;
+        let (get, set) = match feature {
+            f::MIGRATION | f::MIG_DATA_SIZE => (true, false),
+            f::MIG_DEVICE_STATE => (true, true),
+            _ => return None,
+        };
+        let state = self.saved_state(name, shared)?;
+        let refuse = |errno| {
+            Some(Err(Error::sys(
+                "VFIO_DEVICE_FEATURE",
+                Target::Feature(feature),
+                errno,
+            )))
+        };
+        let wanted = matches!(op, FeatureOp::Get | FeatureOp::ProbeGet);
+        if (wanted && !get) || (!wanted && !set) {
+            return refuse(libc::EINVAL);
+        }
+        if matches!(op, FeatureOp::ProbeGet | FeatureOp::ProbeSet) {
+            return Some(Ok(()));
+        }
+        if op == FeatureOp::Set {
+            // MIG_DEVICE_STATE SET answers with a data fd: only the typed
+            // call can hand it back.
+            return Some(Err(Error::NotSupported {
+                op: "VFIO_DEVICE_FEATURE",
+                target: Target::Feature(feature),
+                reason: "setting the migration state answers with a data stream: use \
+                         Device::set_migration_state",
+            }));
+        }
+        let Some(payload) = data.get_mut(..8) else {
+            return refuse(libc::EINVAL);
+        };
+        let value = match feature {
+            f::MIGRATION => migration::migration_flags().bits(),
+            f::MIG_DATA_SIZE => Migration::data_size(state.len()),
+            // struct vfio_device_feature_mig_state: state, then data_fd -1.
+            _ => u64::from(self.migration.state().raw()) | (u64::from(u32::MAX) << 32),
+        };
+        payload.copy_from_slice(&value.to_ne_bytes());
+        Some(Ok(()))
+    }
+
+    fn set_migration_state(
+        &mut self,
+        name: &str,
+        shared: &Shared,
+        to: MigrationState,
+    ) -> Result<Option<MigrationData>> {
+        const OP: &str = "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE";
+        let target = Target::Feature(vfio_hal::device::feature::MIG_DEVICE_STATE);
+        if self.saved_state(name, shared).is_none() {
+            return Err(Error::sys(OP, target, libc::ENOTTY));
+        }
+        let mut handed = None;
+        for next in self.migration.plan(to)? {
+            let (work, data) = self.migration.step(next);
+            match work {
+                migration::Work::None => {}
+                migration::Work::Save => {
+                    let state = self.saved_state(name, shared).unwrap_or_default();
+                    self.migration.append(&state);
+                }
+                migration::Work::Load(bytes) => {
+                    let loaded = migration::last_frame(&bytes).and_then(|frame| {
+                        self.with_ctx(name, shared, |m, ctx| m.load_state(ctx, frame))
+                            .map_err(|reason| {
+                                log::warn!("{name}: migration data refused: {reason}");
+                                Error::sys(OP, target.clone(), libc::EINVAL)
+                            })
+                    });
+                    if let Err(e) = loaded {
+                        self.migration.fail();
+                        return Err(e);
+                    }
+                }
+            }
+            handed = data;
+        }
+        Ok(handed)
+    }
+
     fn with_ctx<R>(
         &mut self,
         name: &str,
@@ -160,7 +267,7 @@ impl DeviceState {
     /// dynamic call to the model.
     #[inline]
     fn settle(&mut self, name: &str, shared: &Shared) {
-        if !self.gone && (*self.model).deadline().is_some() {
+        if !self.gone && (*self.model).deadline().is_some() && !self.migration.frozen() {
             self.run_scheduled(name, shared);
         }
     }
@@ -323,6 +430,7 @@ impl DeviceCore {
             state: DeviceLock::new(DeviceState {
                 model,
                 pci,
+                migration: Migration::default(),
                 open: false,
                 gone: false,
             }),
@@ -355,6 +463,7 @@ impl DeviceCore {
         }
         st.open = true;
         st.pci.reopen();
+        st.migration.reset();
         st.with_ctx(&self.name, shared, |m, ctx| m.reset(ctx));
         let info = DeviceInfo {
             name: self.name.clone(),
@@ -384,6 +493,7 @@ impl DeviceCore {
             return;
         }
         st.open = false;
+        st.migration.reset();
         // vfio_pci_core_disable: out of low power, its eventfd let go unsignalled.
         st.pci.power.disable();
         st.pci.irqs.teardown();
@@ -692,6 +802,7 @@ impl Device for MockDevice {
             st.pci.irqs.device_reset();
             st.with_ctx(&core.name, &self.handle.shared, |m, ctx| m.reset(ctx));
             st.pci.sync_irq_state();
+            st.migration.reset();
         });
         Ok(())
     }
@@ -704,7 +815,26 @@ impl Device for MockDevice {
         st.live("VFIO_DEVICE_FEATURE", Target::Feature(feature))?;
         self.handle
             .live("VFIO_DEVICE_FEATURE", || Target::Feature(feature))?;
-        st.through_fd(|st| st.pci.feature(op, feature, data))
+        let shared = &self.handle.shared;
+        st.through_fd(
+            |st| match st.migration_feature(&core.name, shared, op, feature, data) {
+                Some(answer) => answer,
+                None => st.pci.feature(op, feature, data),
+            },
+        )
+    }
+
+    /// vfio's migration features for a model that saves its state (see
+    /// [`crate::migration`]); `ENOTTY` for one that does not.
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        const OP: &str = "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE";
+        let target = || Target::Feature(vfio_hal::device::feature::MIG_DEVICE_STATE);
+        let core = &self.handle.core;
+        let mut st = core.lock();
+        st.live(OP, target())?;
+        self.handle.live(OP, target)?;
+        let shared = &self.handle.shared;
+        st.through_fd(|st| st.set_migration_state(&core.name, shared, state))
     }
 
     /// None: the mock has no device, group or container file descriptors.

@@ -102,6 +102,7 @@ mod device;
 mod hypervisor;
 pub mod iommu;
 pub mod layout;
+pub mod migration;
 mod mirror;
 pub mod model;
 pub mod models;

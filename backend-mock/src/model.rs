@@ -121,6 +121,31 @@ pub trait DeviceModel: Send + fmt::Debug + 'static {
     fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
         let _ = ctx;
     }
+
+    /// The model's complete state, for VFIO migration
+    /// ([`crate::migration`]): registers, data, interrupt state and
+    /// scheduled work (as time left from [`DeviceContext::now`], so that
+    /// another device's clock can pick it up). `None`, the default, for a
+    /// model that cannot migrate: its device then has no migration
+    /// features (`ENOTTY`, as vfio-pci answers for a device without a
+    /// migration driver).
+    fn save_state(&self, ctx: &DeviceContext<'_>) -> Option<Vec<u8>> {
+        let _ = ctx;
+        None
+    }
+
+    /// Replaces the model's state with one [`save_state`](Self::save_state)
+    /// produced, on this or another device of the same model. Untrusted
+    /// bytes: a state the model does not accept is refused with a reason,
+    /// and the model is left as it was.
+    fn load_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        state: &[u8],
+    ) -> std::result::Result<(), String> {
+        let _ = (ctx, state);
+        Err("the model cannot migrate".into())
+    }
 }
 
 impl<M: DeviceModel + ?Sized> DeviceModel for Box<M> {
@@ -156,6 +181,16 @@ impl<M: DeviceModel + ?Sized> DeviceModel for Box<M> {
     }
     fn on_deadline(&mut self, ctx: &mut DeviceContext<'_>) {
         (**self).on_deadline(ctx)
+    }
+    fn save_state(&self, ctx: &DeviceContext<'_>) -> Option<Vec<u8>> {
+        (**self).save_state(ctx)
+    }
+    fn load_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        state: &[u8],
+    ) -> std::result::Result<(), String> {
+        (**self).load_state(ctx, state)
     }
 }
 

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use crate::caps::Capability;
 use crate::error::{Error, ErrorKind, Result, Target};
 use crate::irq::Irq;
+use crate::migration::{MigrationData, MigrationFlags, MigrationState};
 use crate::region::Region;
 use crate::revoke::Revoker;
 
@@ -296,6 +297,53 @@ pub trait Device {
     fn set_vf_token(&self, token: &VfToken) -> Result<()> {
         let mut payload = *token.as_bytes();
         self.feature(FeatureOp::Set, feature::PCI_VF_TOKEN, &mut payload)
+    }
+
+    /// The migration features the device offers (`MIGRATION`, GET);
+    /// `NotSupported` (`ENOTTY`) for a device that cannot migrate.
+    fn migration_flags(&self) -> Result<MigrationFlags> {
+        // struct vfio_device_feature_migration { __aligned_u64 flags; }
+        let mut payload = [0u8; 8];
+        self.feature(FeatureOp::Get, feature::MIGRATION, &mut payload)?;
+        Ok(MigrationFlags::from_bits(u64::from_ne_bytes(payload)))
+    }
+
+    /// The device's migration state (`MIG_DEVICE_STATE`, GET).
+    fn migration_state(&self) -> Result<MigrationState> {
+        // struct vfio_device_feature_mig_state { __u32 device_state; __s32 data_fd; }
+        let mut payload = [0u8; 8];
+        self.feature(FeatureOp::Get, feature::MIG_DEVICE_STATE, &mut payload)?;
+        let [a, b, c, d, ..] = payload;
+        MigrationState::from_raw(u32::from_ne_bytes([a, b, c, d]))
+    }
+
+    /// Moves the device to `state` (`MIG_DEVICE_STATE`, SET), through the
+    /// intermediate states [`migration::arcs`](crate::migration::arcs)
+    /// lists; returns the data stream when the last arc opens a session
+    /// (see [`MigrationData`]); moving between saving states keeps the
+    /// stream handed out before.
+    ///
+    /// `EINVAL` for a state the device lacks or an arc the uAPI blocks; a
+    /// device that fails a transition may be left in
+    /// [`MigrationState::Error`] ([`Device::migration_state`] tells), from
+    /// which only a reset brings it back. `NotSupported` from a backend
+    /// that cannot migrate devices (the default).
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        let _ = state;
+        Err(Error::NotSupported {
+            op: "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE",
+            target: Target::Feature(feature::MIG_DEVICE_STATE),
+            reason: "this backend cannot migrate devices",
+        })
+    }
+
+    /// The device's estimate of its STOP_COPY data, in bytes
+    /// (`MIG_DATA_SIZE`, GET).
+    fn migration_data_size(&self) -> Result<u64> {
+        // struct vfio_device_feature_mig_data_size { __aligned_u64 stop_copy_length; }
+        let mut payload = [0u8; 8];
+        self.feature(FeatureOp::Get, feature::MIG_DATA_SIZE, &mut payload)?;
+        Ok(u64::from_ne_bytes(payload))
     }
 }
 

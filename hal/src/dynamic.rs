@@ -17,6 +17,7 @@ use crate::container::{Container, DmaAccess, IommuInfo};
 use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
 use crate::error::Result;
 use crate::irq::Irq;
+use crate::migration::{MigrationData, MigrationFlags, MigrationState};
 use crate::region::Region;
 use crate::revoke::Revoker;
 
@@ -79,6 +80,18 @@ where
     }
     fn set_vf_token(&self, token: &VfToken) -> Result<()> {
         self.0.set_vf_token(token)
+    }
+    fn migration_flags(&self) -> Result<MigrationFlags> {
+        self.0.migration_flags()
+    }
+    fn migration_state(&self) -> Result<MigrationState> {
+        self.0.migration_state()
+    }
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        self.0.set_migration_state(state)
+    }
+    fn migration_data_size(&self) -> Result<u64> {
+        self.0.migration_data_size()
     }
 }
 

@@ -12,6 +12,7 @@ use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
 use crate::error::Result;
 use crate::irq::{Irq, IrqInfo, IrqSet};
 use crate::memory::MmapArea;
+use crate::migration::{MigrationData, MigrationFlags, MigrationState};
 use crate::region::{Protection, Region, RegionInfo};
 use crate::revoke::Revoker;
 
@@ -59,6 +60,10 @@ macro_rules! forward {
             fn low_power_entry_with_wakeup(&self, wakeup: BorrowedFd<'_>) -> Result<()> { (**self).low_power_entry_with_wakeup(wakeup) }
             fn low_power_exit(&self) -> Result<()> { (**self).low_power_exit() }
             fn set_vf_token(&self, token: &VfToken) -> Result<()> { (**self).set_vf_token(token) }
+            fn migration_flags(&self) -> Result<MigrationFlags> { (**self).migration_flags() }
+            fn migration_state(&self) -> Result<MigrationState> { (**self).migration_state() }
+            fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> { (**self).set_migration_state(state) }
+            fn migration_data_size(&self) -> Result<u64> { (**self).migration_data_size() }
         }
 
         // SAFETY: every call is forwarded unchanged, so each unmap answer is

@@ -25,7 +25,9 @@
 //! ```
 
 use std::fmt;
+use std::io::{self, Read, Write};
 use std::ops::BitOr;
+use std::os::fd::BorrowedFd;
 
 use crate::device::feature;
 use crate::error::{Error, Result, Target};
@@ -213,8 +215,100 @@ impl MigrationState {
     }
 }
 
+/// What `VFIO_MIG_GET_PRECOPY_INFO` reports on a pre-copy data stream:
+/// bytes of the initial state still to read, and bytes the device has
+/// dirtied since (an estimate; both shrink as the stream is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PrecopyInfo {
+    /// Initial state not yet read.
+    pub initial_bytes: u64,
+    /// State changed since, not yet read.
+    pub dirty_bytes: u64,
+}
+
+/// What a backend puts behind a [`MigrationData`]: the kernel's data fd,
+/// or a device model's stream.
+pub trait DataStream: Read + Write + Send + fmt::Debug {
+    /// `VFIO_MIG_GET_PRECOPY_INFO`; `EINVAL` outside the pre-copy states,
+    /// as the kernel answers.
+    fn precopy_info(&self) -> Result<PrecopyInfo>;
+
+    /// The data fd, where the stream is one (the kernel's).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+/// The data stream a migration session hands out: on the source, entering
+/// PRE_COPY (or PRE_COPY_P2P) from a running state, or STOP_COPY from
+/// STOP, opens one, which the saving states then share; read it to its
+/// end in STOP_COPY. On the destination, entering RESUMING opens one:
+/// write the source's bytes into it, then leave RESUMING. Closed on drop.
+///
+/// As the kernel's data fd: in a pre-copy state a read with nothing to
+/// hand out now fails with `ENOMSG`; in STOP_COPY the end of the state is
+/// end of stream (a read of 0); once its session ends (the device leaves
+/// the saving states, or RESUMING) reads and writes fail with `ENODEV`.
+pub struct MigrationData {
+    state: MigrationState,
+    stream: Box<dyn DataStream>,
+}
+
+impl MigrationData {
+    /// Wraps a backend's stream, handed out on entering `state`.
+    pub fn new(state: MigrationState, stream: Box<dyn DataStream>) -> Self {
+        Self { state, stream }
+    }
+
+    /// The state that handed this stream out.
+    pub fn state(&self) -> MigrationState {
+        self.state
+    }
+
+    /// How much pre-copy data is left (`VFIO_MIG_GET_PRECOPY_INFO`).
+    ///
+    /// # Errors
+    /// `EINVAL` when the device is not in a pre-copy state.
+    pub fn precopy_info(&self) -> Result<PrecopyInfo> {
+        self.stream.precopy_info()
+    }
+}
+
+impl fmt::Debug for MigrationData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigrationData")
+            .field("state", &self.state)
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl Read for MigrationData {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for MigrationData {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl MigrationData {
+    /// The kernel's data fd behind the stream (for `poll` or `splice`);
+    /// `None` for a device model's in-process stream.
+    pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stream.fd()
+    }
+}
+
 /// The refusal the kernel gives: `EINVAL` from the state feature.
-fn refused() -> Error {
+pub(crate) fn refused() -> Error {
     Error::sys(
         "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE",
         Target::Feature(feature::MIG_DEVICE_STATE),

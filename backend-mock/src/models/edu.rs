@@ -166,6 +166,8 @@ pub struct Edu {
     buffer: Box<[u8]>,
     factorial_due: Option<Duration>,
     dma_due: Option<Duration>,
+    /// Offers VFIO migration ([`Edu::migratable`]).
+    migratable: bool,
 }
 
 impl Default for Edu {
@@ -207,7 +209,18 @@ impl Edu {
             buffer: vec![0; reg::DMA_SIZE as usize].into_boxed_slice(),
             factorial_due: None,
             dma_due: None,
+            migratable: false,
         }
+    }
+
+    /// This edu with a migration driver: its device offers VFIO migration
+    /// (STOP_COPY, P2P, PRE_COPY; see [`crate::migration`]) and carries its
+    /// whole state, laid out as [`state`] says. QEMU's edu bound to
+    /// vfio-pci has none (its migration features are `ENOTTY`), which
+    /// `Edu::new()` keeps.
+    pub fn migratable(mut self) -> Self {
+        self.migratable = true;
+        self
     }
 
     fn raise_irq(&mut self, ctx: &mut DeviceContext<'_>, bits: u32) {
@@ -448,6 +461,29 @@ impl DeviceModel for Edu {
         ctx.set_intx(false);
     }
 
+    /// For a [`migratable`](Edu::migratable) edu: every register, the DMA
+    /// buffer, the interrupt status and the work in flight (as time left),
+    /// in the layout of [`state`].
+    fn save_state(&self, ctx: &DeviceContext<'_>) -> Option<Vec<u8>> {
+        self.migratable.then(|| state::save(self, ctx.now()))
+    }
+
+    /// Takes a state of an edu with the same DMA mask; the INTx line
+    /// follows the loaded interrupt status (as QEMU's PCI core restores
+    /// its level), MSI is the destination's own.
+    fn load_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        if !self.migratable {
+            return Err("this edu has no migration driver".into());
+        }
+        *self = state::load(bytes, self.dma_mask, ctx.now())?.migratable();
+        ctx.set_intx(self.irq_status != 0 && !ctx.msi_enabled());
+        Ok(())
+    }
+
     /// Every edu register: QEMU's `edu_mmio_read` only returns state.
     fn pure_registers(&self) -> Vec<(u32, u64)> {
         [
@@ -480,6 +516,104 @@ impl DeviceModel for Edu {
         if self.dma_due.is_some_and(|t| t <= now) {
             self.finish_dma(ctx);
         }
+    }
+}
+
+/// The migration layout of an edu's state, little endian: the magic
+/// `EDU1`, the DMA mask, liveness, factorial, status and interrupt status
+/// (`u32`s), DMA source, destination, count and command (`u64`s), the
+/// nanoseconds left until the factorial and the DMA finish (`u64::MAX`:
+/// none in flight), then the 4 KiB buffer.
+pub mod state {
+    use std::time::Duration;
+
+    use super::{reg, Edu};
+
+    const MAGIC: &[u8; 4] = b"EDU1";
+    /// The state's length in bytes.
+    pub const LEN: usize = 4 + 8 + 4 * 4 + 4 * 8 + 2 * 8 + reg::DMA_SIZE as usize;
+    const NONE: u64 = u64::MAX;
+
+    fn left(due: Option<Duration>, now: Duration) -> u64 {
+        due.map_or(NONE, |t| {
+            u64::try_from(t.saturating_sub(now).as_nanos()).unwrap_or(NONE - 1)
+        })
+    }
+
+    pub(super) fn save(edu: &Edu, now: Duration) -> Vec<u8> {
+        let mut out = Vec::with_capacity(LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&edu.dma_mask.to_le_bytes());
+        for v in [edu.liveness, edu.factorial, edu.status, edu.irq_status] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [edu.dma_src, edu.dma_dst, edu.dma_count, edu.dma_cmd] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for due in [edu.factorial_due, edu.dma_due] {
+            out.extend_from_slice(&left(due, now).to_le_bytes());
+        }
+        out.extend_from_slice(&edu.buffer);
+        out
+    }
+
+    /// The fields of a state, front to back.
+    struct Fields<'a>(&'a [u8]);
+
+    impl Fields<'_> {
+        fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+            let (head, tail) = self
+                .0
+                .split_first_chunk::<N>()
+                .ok_or_else(|| "the state ends early".to_owned())?;
+            self.0 = tail;
+            Ok(*head)
+        }
+
+        fn u32(&mut self) -> Result<u32, String> {
+            self.take().map(u32::from_le_bytes)
+        }
+
+        fn u64(&mut self) -> Result<u64, String> {
+            self.take().map(u64::from_le_bytes)
+        }
+    }
+
+    /// Parses a saved state for an edu whose DMA mask is `dma_mask`, its
+    /// work scheduled from `now`.
+    pub(super) fn load(bytes: &[u8], dma_mask: u64, now: Duration) -> Result<Edu, String> {
+        if bytes.len() != LEN {
+            return Err(format!("an edu state is {LEN} bytes, not {}", bytes.len()));
+        }
+        let mut f = Fields(bytes);
+        let magic = f.take::<4>()?;
+        if &magic != MAGIC {
+            return Err(format!("not an edu state (magic {magic:02x?})"));
+        }
+        let mask = f.u64()?;
+        if mask != dma_mask {
+            return Err(format!(
+                "saved by an edu with DMA mask {mask:#x}, this one has {dma_mask:#x}"
+            ));
+        }
+        let mut edu = Edu::with_dma_mask(dma_mask);
+        edu.liveness = f.u32()?;
+        edu.factorial = f.u32()?;
+        edu.status = f.u32()?;
+        edu.irq_status = f.u32()?;
+        edu.dma_src = f.u64()?;
+        edu.dma_dst = f.u64()?;
+        edu.dma_count = f.u64()?;
+        edu.dma_cmd = f.u64()?;
+        let due =
+            |left: u64| (left != NONE).then(|| now.saturating_add(Duration::from_nanos(left)));
+        edu.factorial_due = due(f.u64()?);
+        edu.dma_due = due(f.u64()?);
+        if f.0.len() != edu.buffer.len() {
+            return Err("the buffer is not 4 KiB".into());
+        }
+        edu.buffer.copy_from_slice(f.0);
+        Ok(edu)
     }
 }
 

@@ -33,6 +33,7 @@
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use crate::migration::{MigrationData, MigrationState};
 use crate::{
     Container, Device, DeviceInfo, DmaAccess, FeatureOp, FeatureSupport, IommuInfo, Irq, IrqAction,
     IrqData, IrqInfo, IrqSet, MmapArea, Protection, Region, RegionInfo, Result, Revoker,
@@ -113,6 +114,8 @@ ops! {
     LowPowerEntryWithWakeup = "low_power_entry_with_wakeup", Device;
     /// `Device::low_power_exit`.
     LowPowerExit = "low_power_exit", Device;
+    /// `Device::set_migration_state`.
+    SetMigrationState = "set_migration_state", Device;
     /// `Region::read`.
     RegionRead = "region.read", Region;
     /// `Region::write`.
@@ -200,6 +203,8 @@ pub enum Args {
         /// The wakeup eventfd.
         fd: RawFd,
     },
+    /// `set_migration_state(state)`.
+    MigrationState(MigrationState),
     /// Any irq call, as the `SET_IRQS` request it stands for.
     Irq(IrqCall),
 }
@@ -289,6 +294,7 @@ impl fmt::Display for Args {
             Self::Feature { op, feature, len } => write!(f, "{op:?}, feature {feature}, len {len}"),
             Self::Probe { feature } => write!(f, "feature {feature}"),
             Self::Wakeup { fd } => write!(f, "fd {fd}"),
+            Self::MigrationState(state) => write!(f, "{state:?}"),
             Self::Irq(call) => write!(f, "{call}"),
         }
     }
@@ -528,6 +534,12 @@ impl<D: Device, H: Hook> Device for Decorated<D, H> {
 
     fn low_power_exit(&self) -> Result<()> {
         self.call(Op::LowPowerExit, Args::None, || self.inner.low_power_exit())
+    }
+
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        self.call(Op::SetMigrationState, Args::MigrationState(state), || {
+            self.inner.set_migration_state(state)
+        })
     }
 }
 
