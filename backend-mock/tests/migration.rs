@@ -276,3 +276,38 @@ fn an_oversized_resume_stream_is_refused() {
         .expect("refused past the bound");
     assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
 }
+
+proptest::proptest! {
+    /// Any bytes fed to RESUMING either load (a well-formed edu state, here
+    /// a saved one with bytes flipped in its registers) or fail into ERROR
+    /// with EINVAL; nothing panics, and a reset always recovers.
+    #[test]
+    fn any_resume_bytes_load_or_fail_cleanly(
+        garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        flips in proptest::collection::vec((0usize..4 + state::LEN, proptest::num::u8::ANY), 0..8),
+        as_is in proptest::bool::ANY,
+    ) {
+        let (_c, src) = edu().expect("edu");
+        set(&src, S::Stop);
+        let mut saved = read_all(&mut set(&src, S::StopCopy).expect("STOP_COPY"));
+        for (at, x) in flips {
+            saved[at] ^= x;
+        }
+        let bytes = if as_is { saved } else { [saved, garbage].concat() };
+        let (_c2, dst) = edu().expect("edu");
+        set(&dst, S::Stop);
+        set(&dst, S::Resuming).expect("RESUMING").write_all(&bytes).expect("write");
+        match dst.set_migration_state(S::Stop) {
+            Ok(_) => proptest::prop_assert_eq!(dst.migration_state().expect("state"), S::Stop),
+            Err(e) => {
+                proptest::prop_assert_eq!(e.errno(), Some(libc::EINVAL));
+                proptest::prop_assert_eq!(dst.migration_state().expect("state"), S::Error);
+            }
+        }
+        dst.reset().expect("reset");
+        proptest::prop_assert_eq!(dst.migration_state().expect("state"), S::Running);
+        // The device works after either outcome.
+        set_reg32(&dst, reg::LIVENESS, 7);
+        proptest::prop_assert_eq!(reg32(&dst, reg::LIVENESS), !7);
+    }
+}

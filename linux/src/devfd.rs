@@ -720,6 +720,14 @@ impl Device for VfioDevice {
                          hand back (it would leak); it is only probed",
             });
         }
+        if op == FeatureOp::Set && feature == feature::MIG_DEVICE_STATE {
+            return Err(Error::NotSupported {
+                op: OP,
+                target,
+                reason: "setting the migration state answers with a data fd, which this \
+                         call cannot hand back (it would leak): use Device::set_migration_state",
+            });
+        }
         if !probe && !sys::feature_payload_is_plain(feature) {
             return Err(Error::NotSupported {
                 op: OP,
@@ -1792,6 +1800,27 @@ mod tests {
         // Probing asks the kernel (here /dev/null, which knows no ioctl).
         let e = device
             .feature(FeatureOp::ProbeSet, feature::DMA_BUF, &mut [])
+            .expect_err("not a VFIO fd");
+        assert_eq!(e.errno(), Some(libc::ENOTTY));
+    }
+
+    #[test]
+    fn setting_the_migration_state_raw_is_refused_before_the_ioctl() {
+        let region = region_over(
+            File::open("/dev/null").expect("open"),
+            RegionInfo::default(),
+        );
+        let device = VfioDevice {
+            shared: region.shared,
+            info: DeviceInfo::default(),
+        };
+        let e = device
+            .feature(FeatureOp::Set, feature::MIG_DEVICE_STATE, &mut [0; 8])
+            .expect_err("refused");
+        assert!(matches!(e, Error::NotSupported { .. }), "{e:?}");
+        // GET asks the kernel (here /dev/null, which knows no ioctl).
+        let e = device
+            .feature(FeatureOp::Get, feature::MIG_DEVICE_STATE, &mut [0; 8])
             .expect_err("not a VFIO fd");
         assert_eq!(e.errno(), Some(libc::ENOTTY));
     }
