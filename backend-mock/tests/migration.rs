@@ -311,3 +311,34 @@ proptest::proptest! {
         proptest::prop_assert_eq!(reg32(&dst, reg::LIVENESS), !7);
     }
 }
+
+#[test]
+fn save_and_load_walk_the_usual_sequence_and_refuse_a_device_already_saving() {
+    let (_c, src) = edu().expect("edu");
+    set_reg32(&src, reg::LIVENESS, 0x55);
+    let mut wire = Vec::new();
+    let n = vfio_hal::migration::save(&src, &mut wire).expect("save");
+    assert_eq!(n as usize, wire.len());
+    assert_eq!(src.migration_state().expect("state"), S::Stop);
+    let (_c2, dst) = edu().expect("edu");
+    vfio_hal::migration::load(&dst, &mut wire.as_slice()).expect("load");
+    assert_eq!(
+        dst.migration_state().expect("state"),
+        S::Stop,
+        "the VMM resumes it"
+    );
+    set(&dst, S::Running);
+    assert_eq!(reg32(&dst, reg::LIVENESS), !0x55);
+
+    set(&src, S::Running);
+    let _precopy = set(&src, S::PreCopy).expect("pre-copy stream");
+    let e = vfio_hal::migration::save(&src, &mut Vec::new()).expect_err("already saving");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        src.migration_state().expect("state"),
+        S::PreCopy,
+        "not moved"
+    );
+    einval(vfio_hal::migration::load(&dst, &mut [0u8; 3].as_slice()).map(drop));
+    assert_eq!(dst.migration_state().expect("state"), S::Error);
+}

@@ -29,7 +29,7 @@ use std::io::{self, Read, Write};
 use std::ops::BitOr;
 use std::os::fd::BorrowedFd;
 
-use crate::device::feature;
+use crate::device::{feature, Device};
 use crate::error::{Error, Result, Target};
 
 /// The migration features a device offers (`struct
@@ -305,6 +305,91 @@ impl MigrationData {
     pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
         self.stream.fd()
     }
+}
+
+/// The source half of a stop-and-copy migration, the usual VMM sequence
+/// once the guest is paused: moves `device` to STOP_COPY (the kernel
+/// quiesces peer DMA on the way where the device offers P2P), copies the
+/// stream into `out` to its end, and leaves the device in STOP. Returns
+/// the bytes copied.
+///
+/// # Errors
+/// `InvalidArgument` for a device already saving (pre-copy: finish from
+/// the stream its session handed out); the device's refusal of a
+/// transition (`EINVAL`, or `NotSupported` for a device that cannot
+/// migrate); a failed read of the stream or write to `out` (its errno
+/// where it has one). On an error the device is wherever it got to:
+/// [`Device::migration_state`] tells.
+///
+/// ```
+/// use vfio_hal::migration::{self, MigrationState};
+/// use vfio_hal::prelude::*;
+/// use vfio_hal_mock::{models::edu::{reg, Edu}, MockContainer};
+///
+/// let host = MockContainer::new();
+/// host.plug("src", Edu::new().migratable())?;
+/// host.plug("dst", Edu::new().migratable())?;
+/// let (src, dst) = (host.open_device("src")?, host.open_device("dst")?);
+/// src.region(0)?.write_at::<u32>(reg::LIVENESS, 0x1234)?;
+///
+/// let mut wire = Vec::new();
+/// migration::save(&src, &mut wire)?;
+/// migration::load(&dst, &mut wire.as_slice())?;
+/// dst.set_migration_state(MigrationState::Running)?;
+/// assert_eq!(dst.region(0)?.read_at::<u32>(reg::LIVENESS)?, !0x1234);
+/// # Ok::<(), vfio_hal::Error>(())
+/// ```
+pub fn save<D: Device + ?Sized>(device: &D, out: &mut impl Write) -> Result<u64> {
+    if matches!(
+        device.migration_state()?,
+        MigrationState::PreCopy | MigrationState::PreCopyP2p | MigrationState::StopCopy
+    ) {
+        return Err(Error::InvalidArgument {
+            op: "migration::save",
+            target: Target::Feature(feature::MIG_DEVICE_STATE),
+            reason: "the device is already saving: its session's stream was handed out \
+                     before; read the rest of it there",
+        });
+    }
+    let Some(mut stream) = device.set_migration_state(MigrationState::StopCopy)? else {
+        return Err(refused());
+    };
+    let copied = io::copy(&mut stream, out).map_err(|e| {
+        Error::from_io(
+            "migration data",
+            Target::Feature(feature::MIG_DEVICE_STATE),
+            &e,
+        )
+    })?;
+    device.set_migration_state(MigrationState::Stop)?;
+    Ok(copied)
+}
+
+/// The destination half: moves `device` to RESUMING, copies `input` to
+/// its end into the stream, and moves it to STOP, where the device checks
+/// and takes the state. Move it to RUNNING when the VMM resumes. Returns
+/// the bytes copied.
+///
+/// # Errors
+/// As [`save`]; a state the device refuses fails the move to STOP
+/// (`EINVAL` from the kernel's and the mock's drivers), after which the
+/// device may be in ERROR, from which only a reset brings it back.
+pub fn load<D: Device + ?Sized>(device: &D, input: &mut impl Read) -> Result<u64> {
+    if device.migration_state()? != MigrationState::Stop {
+        device.set_migration_state(MigrationState::Stop)?;
+    }
+    let Some(mut stream) = device.set_migration_state(MigrationState::Resuming)? else {
+        return Err(refused());
+    };
+    let copied = io::copy(input, &mut stream).map_err(|e| {
+        Error::from_io(
+            "migration data",
+            Target::Feature(feature::MIG_DEVICE_STATE),
+            &e,
+        )
+    })?;
+    device.set_migration_state(MigrationState::Stop)?;
+    Ok(copied)
 }
 
 /// The refusal the kernel gives: `EINVAL` from the state feature.
