@@ -9,6 +9,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::{Error, Result, Target};
 
 use crate::ioas::Ioas;
@@ -186,7 +187,8 @@ impl HwPagetable {
 
     /// Reads which `page_size` pages of `[iova, iova + len)` the device
     /// wrote since the last read, and clears those bits unless `keep` is set
-    /// (`IOMMU_HWPT_GET_DIRTY_BITMAP[_NO_CLEAR]`).
+    /// (`IOMMU_HWPT_GET_DIRTY_BITMAP[_NO_CLEAR]`). The range must be
+    /// page aligned ([`DirtyBitmap::new`]'s rules).
     pub fn read_dirty(
         &self,
         iova: u64,
@@ -211,8 +213,7 @@ impl HwPagetable {
                 reason: "bitmap larger than MAX_DIRTY_BITMAP_WORDS; read in pieces",
             });
         }
-        // Bounded above, so it fits usize.
-        let mut bits = vec![0u64; words as usize];
+        let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
         let flags = if keep {
             sys::GET_DIRTY_BITMAP_NO_CLEAR
         } else {
@@ -225,14 +226,9 @@ impl HwPagetable {
             len,
             page_size,
             flags,
-            &mut bits,
+            bitmap.words_mut(),
         )?;
-        Ok(DirtyBitmap {
-            iova,
-            len,
-            page_size,
-            bits,
-        })
+        Ok(bitmap)
     }
 }
 
@@ -244,62 +240,9 @@ fn not_tracking(op: &'static str) -> Error {
     }
 }
 
-/// One dirty-bitmap read: bit `n` stands for the page at `iova + n * page_size`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirtyBitmap {
-    iova: u64,
-    len: u64,
-    page_size: u64,
-    bits: Vec<u64>,
-}
-
-impl DirtyBitmap {
-    /// Whether the page containing `iova` was written (false outside the range).
-    pub fn is_dirty(&self, iova: u64) -> bool {
-        if iova < self.iova || iova - self.iova >= self.len {
-            return false;
-        }
-        let page = (iova - self.iova) / self.page_size;
-        let (word, bit) = ((page / 64) as usize, page % 64);
-        self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
-    }
-
-    /// The IOVAs of the dirty pages, ascending.
-    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        let pages = self.len.div_ceil(self.page_size);
-        (0..pages)
-            .filter(|&p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
-            .map(|p| self.iova + p * self.page_size)
-    }
-
-    /// The raw words, as the kernel wrote them.
-    pub fn words(&self) -> &[u64] {
-        &self.bits
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dirty_bitmap_indexing() {
-        let map = DirtyBitmap {
-            iova: 0x10_0000,
-            len: 70 * 4096,
-            page_size: 4096,
-            bits: vec![0b101, 1 << 5],
-        };
-        assert!(map.is_dirty(0x10_0000));
-        assert!(!map.is_dirty(0x10_1000));
-        assert!(map.is_dirty(0x10_2fff));
-        assert!(map.is_dirty(0x10_0000 + 69 * 4096));
-        assert!(!map.is_dirty(0x10_0000 + 70 * 4096));
-        assert!(!map.is_dirty(0));
-        assert!(!map.is_dirty(u64::MAX));
-        let pages: Vec<u64> = map.dirty_pages().collect();
-        assert_eq!(pages, vec![0x10_0000, 0x10_2000, 0x10_0000 + 69 * 4096]);
-    }
 
     #[test]
     fn hwpt_flags_and_iommu_types() {

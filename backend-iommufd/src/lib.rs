@@ -58,7 +58,7 @@ pub use cdev::{
     AttachError, AttachedDevice, BindError, BoundDevice, DetachError, PageTable, UnboundDevice,
 };
 pub use container::IoasContainer;
-pub use hwpt::{DirtyBitmap, HwInfo, HwPagetable, HwptOptions, IommuType};
+pub use hwpt::{HwInfo, HwPagetable, HwptOptions, IommuType};
 pub use ioas::Ioas;
 pub use iommufd::{Iommufd, RlimitMode};
 pub use sys::IovaRanges;
