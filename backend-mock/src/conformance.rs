@@ -92,7 +92,7 @@ impl Fixture for MockFixture {
                 SplitUnmap::Refused(ErrorKind::InvalidArgument)
             },
             unmap_all: true,
-            dirty_tracking: false,
+            dirty_tracking: true,
             region_mmap: true,
             iommu_faults_observable: true,
             // No thread watches the resample eventfd; the next access does.

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::{Container, DmaAccess, Error, IommuInfo, Result, Target};
 
 use crate::clock::{MockClock, VirtualTime};
@@ -330,6 +331,17 @@ unsafe impl Container for MockContainer {
 
     fn unmap_all(&self) -> Result<u64> {
         Ok(self.shared().iommu.unmap_all())
+    }
+
+    /// The mock IOMMU's dirty tracking ([`MockIommu::set_dirty_tracking`](crate::iommu::MockIommu::set_dirty_tracking)).
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        self.shared().iommu.set_dirty_tracking(enable);
+        Ok(())
+    }
+
+    /// See [`MockIommu::read_dirty`](crate::iommu::MockIommu::read_dirty).
+    fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> {
+        self.shared().iommu.read_dirty(iova, len, page_size, keep)
     }
 
     /// Opens a plugged device. Errors: `NotFound` (`ENOENT`) for an unknown

@@ -38,10 +38,11 @@
 //! flight to finish, as the kernel's unmap waits for the IOTLB flush.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use vfio_hal::dirty::{DirtyBitmap, MAX_BITMAP_BYTES};
 use vfio_hal::{
     shared_memory, Capability, DmaAccess, Error, ErrorKind, IommuInfo, IovaRange, Result, Target,
 };
@@ -347,6 +348,9 @@ pub struct MockIommu {
     config: IommuConfig,
     table: Mutex<Table>,
     faults: Mutex<FaultLog>,
+    /// While dirty tracking runs: the IOMMU pages (of the configured page
+    /// size) devices wrote, by IOVA.
+    dirty: Mutex<Option<BTreeSet<u64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -372,6 +376,7 @@ impl MockIommu {
             config,
             table: Mutex::new(Table::default()),
             faults: Mutex::new(FaultLog::default()),
+            dirty: Mutex::new(None),
         })
     }
 
@@ -393,6 +398,11 @@ impl MockIommu {
             dma_avail: Some(avail),
             caps: vec![
                 Capability::IovaRanges(self.config.iova_ranges.clone()),
+                Capability::Migration {
+                    flags: 0,
+                    pgsize_bitmap: self.config.page_size,
+                    max_dirty_bitmap_size: MAX_BITMAP_BYTES,
+                },
                 Capability::DmaAvail { avail },
             ],
         }
@@ -471,6 +481,16 @@ impl MockIommu {
 
     /// Unmaps every mapping inside `[iova, iova + len)`; returns the bytes unmapped.
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
+        let unmapped = self.unmap_table(iova, len)?;
+        // What was written there is no longer the device's to report.
+        if let Some(dirty) = lock(&self.dirty).as_mut() {
+            let last = iova.saturating_add(len - 1);
+            dirty.retain(|&page| page < iova || page > last);
+        }
+        Ok(unmapped)
+    }
+
+    fn unmap_table(&self, iova: u64, len: u64) -> Result<u64> {
         let err = |errno| iova_err(OP_UNMAP, iova, len, errno);
         let mask = self.config.page_size - 1;
         if len == 0 || (iova | len) & mask != 0 {
@@ -556,7 +576,74 @@ impl MockIommu {
         let mut table = lock(&self.table);
         let bytes = table.bytes;
         *table = Table::default();
+        if let Some(dirty) = lock(&self.dirty).as_mut() {
+            dirty.clear();
+        }
         bytes
+    }
+
+    /// Starts (forgetting earlier marks) or stops dirty tracking: while it
+    /// runs, every device write through a mapping marks the IOMMU pages it
+    /// touches.
+    pub fn set_dirty_tracking(&self, enable: bool) {
+        *lock(&self.dirty) = enable.then(BTreeSet::new);
+    }
+
+    /// Which `page_size` pages of `[iova, iova + len)` devices wrote since
+    /// tracking started or the last read; the read clears them unless
+    /// `keep` (iommufd's `NO_CLEAR`; type1 always clears). `page_size` is
+    /// a power of two no smaller than the IOMMU's page (type1 takes only
+    /// that page, iommufd any); the range follows [`DirtyBitmap::new`].
+    ///
+    /// # Errors
+    /// `EINVAL` while tracking is off (type1's answer) or for a page size
+    /// below the IOMMU's; [`DirtyBitmap::new`]'s errors for the range.
+    pub fn read_dirty(
+        &self,
+        iova: u64,
+        len: u64,
+        page_size: u64,
+        keep: bool,
+    ) -> Result<DirtyBitmap> {
+        const OP: &str = "VFIO_IOMMU_DIRTY_PAGES";
+        let err = || iova_err(OP, iova, len, libc::EINVAL);
+        if page_size < self.config.page_size {
+            return Err(err());
+        }
+        let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
+        let mut guard = lock(&self.dirty);
+        let dirty = guard.as_mut().ok_or_else(err)?;
+        let last = iova + (len - 1);
+        let written: Vec<u64> = dirty.range(iova..=last).copied().collect();
+        for &page in &written {
+            bitmap.mark(page, 1)?;
+        }
+        if !keep {
+            for page in written {
+                dirty.remove(&page);
+            }
+        }
+        Ok(bitmap)
+    }
+
+    /// Marks the IOMMU pages of a device write that went through.
+    fn mark_dirty(&self, iova: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if let Some(dirty) = lock(&self.dirty).as_mut() {
+            let page = self.config.page_size;
+            let first = iova & !(page - 1);
+            let last = iova.saturating_add(len - 1) & !(page - 1);
+            let mut at = first;
+            loop {
+                dirty.insert(at);
+                match at.checked_add(page) {
+                    Some(next) if next <= last => at = next,
+                    _ => break,
+                }
+            }
+        }
     }
 
     /// Checks a device access of `len` bytes at `iova` without copying.
@@ -655,6 +742,10 @@ impl MockIommu {
         match Self::check_locked(&table, iova, len, direction) {
             Ok(()) => {
                 Self::copy_locked(&table, iova, buf);
+                drop(table);
+                if direction.is_write() {
+                    self.mark_dirty(iova, len);
+                }
                 Ok(())
             }
             Err((at, reason)) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::caps::Capability;
 use crate::device::Device;
+use crate::dirty::DirtyBitmap;
 use crate::error::{Error, ErrorKind, Result, Target};
 use crate::memory::DmaBuffer;
 
@@ -170,6 +171,35 @@ pub unsafe trait Container {
     /// Opens the device with this name (a PCI address such as `0000:00:01.0`
     /// for vfio-pci) and attaches it to this address space.
     fn open_device(&self, name: &str) -> Result<Self::Device>;
+
+    /// Starts or stops tracking which pages devices write through this
+    /// address space (type1's `VFIO_IOMMU_DIRTY_PAGES` start and stop; the
+    /// mock IOMMU). Starting forgets what was marked before.
+    /// `NotSupported` where the address space cannot track (the default;
+    /// an iommufd IOAS tracks only through a HWPT allocated for it).
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        let _ = enable;
+        Err(Error::NotSupported {
+            op: "set_dirty_tracking",
+            target: Target::None,
+            reason: "this address space does not track dirty pages",
+        })
+    }
+
+    /// Which `page_size` pages of `[iova, iova + len)` devices wrote since
+    /// tracking started or since the last read, which clears them unless
+    /// `keep` is set. The range follows [`DirtyBitmap::new`]'s rules.
+    /// `InvalidArgument` for `keep` where reads always clear (type1) and
+    /// while tracking is off; `NotSupported` as for
+    /// [`set_dirty_tracking`](Self::set_dirty_tracking).
+    fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> {
+        let _ = (iova, len, page_size, keep);
+        Err(Error::NotSupported {
+            op: "read_dirty",
+            target: Target::Iova { iova, len },
+            reason: "this address space does not track dirty pages",
+        })
+    }
 
     /// Maps an owned buffer; the returned guard unmaps it when dropped.
     ///

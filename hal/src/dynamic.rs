@@ -15,6 +15,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use crate::container::{Container, DmaAccess, IommuInfo};
 use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
+use crate::dirty::DirtyBitmap;
 use crate::error::Result;
 use crate::irq::Irq;
 use crate::migration::{MigrationData, MigrationFlags, MigrationState};
@@ -123,6 +124,12 @@ where
     }
     fn unmap_all(&self) -> Result<u64> {
         self.0.unmap_all()
+    }
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        self.0.set_dirty_tracking(enable)
+    }
+    fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> {
+        self.0.read_dirty(iova, len, page_size, keep)
     }
     fn open_device(&self, name: &str) -> Result<DynDevice> {
         Ok(erase_device(self.0.open_device(name)?))

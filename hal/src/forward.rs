@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::container::{Container, DmaAccess, IommuInfo};
 use crate::device::{Device, DeviceInfo, FeatureOp, FeatureSupport, VfToken};
+use crate::dirty::DirtyBitmap;
 use crate::error::Result;
 use crate::irq::{Irq, IrqInfo, IrqSet};
 use crate::memory::MmapArea;
@@ -77,6 +78,8 @@ macro_rules! forward {
             }
             fn unmap_dma(&self, iova: u64, len: u64) -> Result<u64> { (**self).unmap_dma(iova, len) }
             fn unmap_all(&self) -> Result<u64> { (**self).unmap_all() }
+            fn set_dirty_tracking(&self, enable: bool) -> Result<()> { (**self).set_dirty_tracking(enable) }
+            fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> { (**self).read_dirty(iova, len, page_size, keep) }
             fn open_device(&self, name: &str) -> Result<Self::Device> { (**self).open_device(name) }
         }
     )*};

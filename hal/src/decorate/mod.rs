@@ -33,6 +33,7 @@
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use crate::dirty::DirtyBitmap;
 use crate::migration::{MigrationData, MigrationState};
 use crate::{
     Container, Device, DeviceInfo, DmaAccess, FeatureOp, FeatureSupport, IommuInfo, Irq, IrqAction,
@@ -98,6 +99,10 @@ ops! {
     UnmapAll = "unmap_all", Container;
     /// `Container::open_device`.
     OpenDevice = "open_device", Container;
+    /// `Container::set_dirty_tracking` (argument: 1 to start, 0 to stop).
+    SetDirtyTracking = "set_dirty_tracking", Container;
+    /// `Container::read_dirty`.
+    ReadDirty = "read_dirty", Container;
     /// `Device::region`.
     Region = "device.region", Device;
     /// `Device::irq`.
@@ -205,6 +210,17 @@ pub enum Args {
     },
     /// `set_migration_state(state)`.
     MigrationState(MigrationState),
+    /// `read_dirty(iova, len, page_size, keep)`.
+    Dirty {
+        /// IOVA.
+        iova: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Bytes per bit.
+        page_size: u64,
+        /// Bits are kept, not cleared.
+        keep: bool,
+    },
     /// Any irq call, as the `SET_IRQS` request it stands for.
     Irq(IrqCall),
 }
@@ -295,6 +311,16 @@ impl fmt::Display for Args {
             Self::Probe { feature } => write!(f, "feature {feature}"),
             Self::Wakeup { fd } => write!(f, "fd {fd}"),
             Self::MigrationState(state) => write!(f, "{state:?}"),
+            Self::Dirty {
+                iova,
+                len,
+                page_size,
+                keep,
+            } => write!(
+                f,
+                "iova {iova:#x}, len {len:#x}, page {page_size:#x}{}",
+                if *keep { ", keep" } else { "" }
+            ),
             Self::Irq(call) => write!(f, "{call}"),
         }
     }
@@ -457,6 +483,24 @@ unsafe impl<C: Container, H: Hook> Container for Decorated<C, H> {
             || self.inner.unmap_all(),
             |&n| Some(n),
         )
+    }
+
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        self.call(Op::SetDirtyTracking, Args::Index(u32::from(enable)), || {
+            self.inner.set_dirty_tracking(enable)
+        })
+    }
+
+    fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> {
+        let args = Args::Dirty {
+            iova,
+            len,
+            page_size,
+            keep,
+        };
+        self.call(Op::ReadDirty, args, || {
+            self.inner.read_dirty(iova, len, page_size, keep)
+        })
     }
 
     fn open_device(&self, name: &str) -> Result<Self::Device> {

@@ -1,0 +1,145 @@
+//! The mock IOMMU's dirty tracking through the `Container` trait: device
+//! writes through a mapping mark the pages they touch, device reads do
+//! not; a read clears unless it keeps (iommufd's `NO_CLEAR`); tracking off,
+//! a page size below the IOMMU's, and bad ranges are refused; unmapping
+//! forgets what was written there.
+//!
+//! Run: `cargo test -p vfio-hal-mock --test dirty`.
+
+use vfio_hal::prelude::*;
+use vfio_hal::{Capability, DmaAccess, DmaBuffer, ErrorKind};
+use vfio_hal_mock::models::edu::{reg, Edu};
+use vfio_hal_mock::MockContainer;
+
+const PAGE: u64 = 4096;
+const BASE: u64 = 0x10_0000;
+
+fn dirty(c: &MockContainer, len: u64, page: u64, keep: bool) -> Vec<u64> {
+    c.read_dirty(BASE, len, page, keep)
+        .expect("read dirty")
+        .dirty()
+        .collect()
+}
+
+/// edu's DMA engine moves `len` bytes between its buffer and `iova`,
+/// towards RAM when `to_ram`.
+fn edu_dma(edu: &impl Device, iova: u64, len: u64, to_ram: bool) {
+    let bar = edu.region(0).expect("BAR0");
+    let buffer = reg::DMA_START;
+    let (src, dst) = if to_ram {
+        (buffer, iova)
+    } else {
+        (iova, buffer)
+    };
+    bar.write_at::<u64>(reg::DMA_SRC, src).expect("src");
+    bar.write_at::<u64>(reg::DMA_DST, dst).expect("dst");
+    bar.write_at::<u64>(reg::DMA_CNT, len).expect("count");
+    let dir = if to_ram { reg::EDU_DMA_DIR } else { 0 };
+    bar.write_at::<u64>(reg::DMA_CMD, reg::EDU_DMA_RUN | dir)
+        .expect("go");
+    // The automatic clock completes the transfer on the next access.
+    assert_eq!(
+        bar.read_at::<u64>(reg::DMA_CMD).expect("cmd") & reg::EDU_DMA_RUN,
+        0
+    );
+}
+
+#[test]
+fn device_writes_mark_exactly_their_pages_and_reads_clear_them() {
+    let c = MockContainer::new();
+    c.plug("edu", Edu::new()).expect("plug");
+    let edu = c.open_device("edu").expect("edu");
+    edu.set_bus_master(true).expect("bus master");
+    let _ram = c
+        .map_buffer(
+            BASE,
+            DmaBuffer::new(4 * PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    c.set_dirty_tracking(true).expect("start");
+    assert!(
+        dirty(&c, 4 * PAGE, PAGE, false).is_empty(),
+        "clean at start"
+    );
+
+    edu_dma(&edu, BASE + 2 * PAGE + 0x10, 64, true);
+    edu_dma(&edu, BASE, 64, false);
+    assert_eq!(
+        dirty(&c, 4 * PAGE, PAGE, true),
+        [BASE + 2 * PAGE],
+        "only the write"
+    );
+    assert_eq!(
+        dirty(&c, 4 * PAGE, PAGE, false),
+        [BASE + 2 * PAGE],
+        "kept by the last read"
+    );
+    assert!(
+        dirty(&c, 4 * PAGE, PAGE, false).is_empty(),
+        "cleared by the last read"
+    );
+
+    // A write across a page boundary marks both; a larger page size
+    // reports the pages that contain them.
+    edu_dma(&edu, BASE + PAGE - 8, 16, true);
+    assert_eq!(dirty(&c, 4 * PAGE, 2 * PAGE, true), [BASE]);
+    assert_eq!(dirty(&c, 4 * PAGE, PAGE, false), [BASE, BASE + PAGE]);
+
+    c.set_dirty_tracking(false).expect("stop");
+    let e = c
+        .read_dirty(BASE, 4 * PAGE, PAGE, false)
+        .expect_err("not tracking");
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::InvalidArgument, Some(libc::EINVAL))
+    );
+}
+
+#[test]
+fn bad_reads_are_refused_and_unmapping_forgets() {
+    let c = MockContainer::new();
+    c.set_dirty_tracking(true).expect("start");
+    let e = c
+        .read_dirty(BASE, 4 * PAGE, PAGE / 2, false)
+        .expect_err("below the IOMMU page");
+    assert_eq!(e.errno(), Some(libc::EINVAL));
+    for (iova, len) in [(BASE + 1, PAGE), (BASE, PAGE + 1), (BASE, 0)] {
+        let e = c
+            .read_dirty(iova, len, PAGE, false)
+            .expect_err("unaligned or empty");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{iova:#x}+{len:#x}");
+    }
+    let e = c
+        .read_dirty(u64::MAX - PAGE + 1, 2 * PAGE, PAGE, false)
+        .expect_err("wraps");
+    assert_eq!(e.kind(), ErrorKind::Overflow);
+
+    c.plug("edu", Edu::new()).expect("plug");
+    let edu = c.open_device("edu").expect("edu");
+    edu.set_bus_master(true).expect("bus master");
+    let ram = c
+        .map_buffer(
+            BASE,
+            DmaBuffer::new(PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    edu_dma(&edu, BASE, 4, true);
+    drop(ram);
+    assert!(
+        dirty(&c, PAGE, PAGE, false).is_empty(),
+        "unmapped: forgotten"
+    );
+}
+
+#[test]
+fn the_iommu_info_reports_dirty_tracking_for_its_page_size() {
+    let c = MockContainer::new();
+    let info = c.iommu_info().expect("info");
+    let migration = info.caps.iter().find_map(|cap| match cap {
+        Capability::Migration { pgsize_bitmap, .. } => Some(*pgsize_bitmap),
+        _ => None,
+    });
+    assert_eq!(migration, Some(info.page_sizes));
+}
