@@ -35,6 +35,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IOMMU_INFO_PGSIZES, VFIO_TYPE1_IOMMU, VFIO_UNMAP_ALL,
 };
 use vfio_hal::caps::ChainKind;
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::error::Buffer;
 use vfio_hal::{
     Capability, Container, DmaAccess, Error, IommuInfo, IovaRange, Result, Target, VfToken,
@@ -569,6 +570,36 @@ unsafe impl Container for LegacyContainer {
             Err(_) if !self.inner.has_groups() => Ok(0),
             r => r,
         }
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` start or stop. Needs an attached group.
+    /// iommufd's compat container has no type1 dirty tracking:
+    /// `NotSupported` (`ENOTTY`).
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        const OP: &str = "VFIO_IOMMU_DIRTY_PAGES";
+        sys::dirty_pages_start_stop(self.fd(), enable)
+            .map_err(|e| self.no_iommu_yet(OP, Target::None, e))
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP`; `page_size` must be the
+    /// IOMMU's smallest page (the kernel's rule, `EINVAL` otherwise), and
+    /// the range must not split a mapping. type1 clears what it reports,
+    /// so `keep` is `InvalidArgument`. For a group whose devices do not
+    /// pin pages (vfio-pci's), type1 cannot tell what a device wrote and
+    /// reports every page of every mapping in the range dirty.
+    fn read_dirty(&self, iova: u64, len: u64, page_size: u64, keep: bool) -> Result<DirtyBitmap> {
+        const OP: &str = "VFIO_IOMMU_DIRTY_PAGES";
+        if keep {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                target: Target::Iova { iova, len },
+                reason: "type1 clears the dirty bitmap on every read",
+            });
+        }
+        let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
+        sys::dirty_pages_get(self.fd(), iova, len, page_size, bitmap.words_mut())
+            .map_err(|e| self.no_iommu_yet(OP, Target::Iova { iova, len }, e))?;
+        Ok(bitmap)
     }
 
     /// Finds the device's group in sysfs, attaches it if needed (see

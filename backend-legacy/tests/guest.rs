@@ -628,6 +628,71 @@ fn peer_to_peer_dma_into_another_devices_bar() {
     );
 }
 
+/// type1 dirty tracking on edu: while it runs, a DMA write by edu shows in
+/// the bitmap. vfio-pci does not pin pages, so type1 cannot tell which
+/// pages the device wrote and reports every page of the mapping dirty, on
+/// every read; with tracking stopped a read is refused. iommufd's compat
+/// container has no type1 dirty tracking: `NotSupported`.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn type1_dirty_pages_report_the_mapping_edu_wrote() {
+    const PAGE: u64 = 4096;
+    let (container, edu) = open_edu();
+    if lane::kernel_flavour() == lane::KernelFlavour::Compat {
+        let e = container.set_dirty_tracking(true).expect_err("compat");
+        assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+        return;
+    }
+    edu.set_bus_master(true).expect("bus master");
+    let ram = container
+        .map_buffer(
+            IOVA,
+            DmaBuffer::new(4 * PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    let bar0 = edu.region(0).expect("BAR0");
+    container.set_dirty_tracking(true).expect("start");
+    bar0.write_at(0x80, 0x40000u64).expect("src");
+    bar0.write_at(0x88, IOVA + 2 * PAGE).expect("dst");
+    bar0.write_at(0x90, 64u64).expect("count");
+    bar0.write_at(0x98, 3u64).expect("device buffer -> RAM");
+    let deadline = Instant::now() + TIMEOUT;
+    while bar0.read_at::<u64>(0x98).expect("cmd") & 1 != 0 {
+        assert!(Instant::now() < deadline, "edu DMA did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let every_page: Vec<u64> = (0..4).map(|p| IOVA + p * PAGE).collect();
+    for read in ["first", "second"] {
+        let bitmap = container
+            .read_dirty(IOVA, 4 * PAGE, PAGE, false)
+            .expect("read dirty");
+        assert!(
+            bitmap.is_dirty(IOVA + 2 * PAGE).expect("in range"),
+            "{read} read: {:x?}",
+            bitmap.words()
+        );
+        assert_eq!(
+            bitmap.dirty().collect::<Vec<_>>(),
+            every_page,
+            "{read} read"
+        );
+    }
+    let e = container
+        .read_dirty(IOVA, 4 * PAGE, PAGE, true)
+        .expect_err("type1 always clears");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    container.set_dirty_tracking(false).expect("stop");
+    let e = container
+        .read_dirty(IOVA, 4 * PAGE, PAGE, false)
+        .expect_err("not tracking");
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    drop(ram);
+}
+
 /// A bus reset behind the igb's root port, owned through the container's
 /// groups: igb's registers read their reset values afterwards, its config
 /// space is restored and its BAR serves again; without the groups the

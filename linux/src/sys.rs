@@ -122,6 +122,8 @@ pub const VFIO_IOMMU_GET_INFO: Request = Request::vfio("VFIO_IOMMU_GET_INFO", 12
 pub const VFIO_IOMMU_MAP_DMA: Request = Request::vfio("VFIO_IOMMU_MAP_DMA", 13);
 /// `VFIO_IOMMU_UNMAP_DMA`, `VFIO_BASE + 14`.
 pub const VFIO_IOMMU_UNMAP_DMA: Request = Request::vfio("VFIO_IOMMU_UNMAP_DMA", 14);
+/// `VFIO_IOMMU_DIRTY_PAGES`, `VFIO_BASE + 17` (on the container fd).
+pub const VFIO_IOMMU_DIRTY_PAGES: Request = Request::vfio("VFIO_IOMMU_DIRTY_PAGES", 17);
 
 // Group (/dev/vfio/N) requests.
 /// `VFIO_GROUP_GET_STATUS`, `VFIO_BASE + 3`.
@@ -446,6 +448,63 @@ pub fn unmap_dma(container: BorrowedFd<'_>, iova: u64, size: u64, all: bool) -> 
     Ok(unmap.size)
 }
 
+const DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
+const DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
+const DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
+
+/// `VFIO_IOMMU_DIRTY_PAGES` with `START` (`start`) or `STOP`.
+pub fn dirty_pages_start_stop(container: BorrowedFd<'_>, start: bool) -> SysResult<()> {
+    // struct vfio_iommu_type1_dirty_bitmap { __u32 argsz; __u32 flags; __u8 data[]; }
+    let mut header = [0u32; 2];
+    header[0] = 8;
+    header[1] = if start {
+        DIRTY_PAGES_FLAG_START
+    } else {
+        DIRTY_PAGES_FLAG_STOP
+    };
+    // SAFETY: without GET_BITMAP the kernel reads only the 8-byte header.
+    unsafe { ioctl_with_mut_ref(container, VFIO_IOMMU_DIRTY_PAGES, &mut header) }.map(drop)
+}
+
+/// `struct vfio_iommu_type1_dirty_bitmap` with the
+/// `vfio_iommu_type1_dirty_bitmap_get` payload and its `vfio_bitmap`.
+#[repr(C)]
+struct DirtyBitmapGet {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+    pgsize: u64,
+    bitmap_bytes: u64,
+    data: u64,
+}
+
+/// `VFIO_IOMMU_DIRTY_PAGES` with `GET_BITMAP`: which `pgsize` pages of
+/// `[iova, iova + size)` were dirtied, one bit each into `bitmap` (the
+/// kernel wants at least one bit per page, in whole `u64`s, and clears
+/// what it reports).
+pub fn dirty_pages_get(
+    container: BorrowedFd<'_>,
+    iova: u64,
+    size: u64,
+    pgsize: u64,
+    bitmap: &mut [u64],
+) -> SysResult<()> {
+    let bytes = u64::try_from(std::mem::size_of_val(bitmap)).map_err(|_| Errno(libc::EINVAL))?;
+    let mut get = DirtyBitmapGet {
+        argsz: std::mem::size_of::<DirtyBitmapGet>() as u32,
+        flags: DIRTY_PAGES_FLAG_GET_BITMAP,
+        iova,
+        size,
+        pgsize,
+        bitmap_bytes: bytes,
+        data: bitmap.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel reads the struct and writes at most `bitmap_bytes`
+    // bytes at `data`, which is `bitmap`, exclusively borrowed for the call.
+    unsafe { ioctl_with_mut_ref(container, VFIO_IOMMU_DIRTY_PAGES, &mut get) }.map(drop)
+}
+
 /// crosvm's `VFIO_DEVICE_ACPI_DSM` (`VFIO_BASE + 18`) with `args` after the
 /// `{argsz, padding}` header; `args` receives what the kernel wrote back.
 /// Only for kernels with crosvm's patches (`crate::crosvm` checks the opt-in).
@@ -596,6 +655,7 @@ mod tests {
             (VFIO_IOMMU_GET_INFO, 12),
             (VFIO_IOMMU_MAP_DMA, 13),
             (VFIO_IOMMU_UNMAP_DMA, 14),
+            (VFIO_IOMMU_DIRTY_PAGES, 17),
             (VFIO_DEVICE_FEATURE, 17),
             (VFIO_DEVICE_BIND_IOMMUFD, 18),
             (VFIO_DEVICE_ATTACH_IOMMUFD_PT, 19),
