@@ -1,5 +1,6 @@
 //! The mock as a fixture of the conformance suite (feature `conformance`):
-//! QEMU's edu model and the MSI-X copy engine plugged into every container.
+//! QEMU's edu model, the MSI-X copy engine and two migratable edus plugged
+//! into every container.
 //!
 //! Everything mock-specific of the suite lives here; the cases only see
 //! [`Fixture`], and the generic suite does not depend on this crate.
@@ -38,6 +39,10 @@ impl MockFixture {
     pub const EDU: &'static str = "edu";
     /// The name the copy engine is plugged under.
     pub const COPY_ENGINE: &'static str = "copy-engine";
+    /// The names the migratable edus are plugged under: the source and the
+    /// destination of the migration cases.
+    pub const MIGRATABLE: (&'static str, &'static str) =
+        ("edu-migration-source", "edu-migration-destination");
     /// Where the cases' IOVA window starts: 1 MiB, clear of page 0.
     pub const IOVA_BASE: u64 = 0x10_0000;
 
@@ -68,6 +73,8 @@ impl Fixture for MockFixture {
         let c = MockContainer::with_config(self.config.clone())?;
         c.plug(Self::EDU, Edu::new())?;
         c.plug(Self::COPY_ENGINE, CopyEngine::new())?;
+        c.plug(Self::MIGRATABLE.0, Edu::new().migratable())?;
+        c.plug(Self::MIGRATABLE.1, Edu::new().migratable())?;
         Ok(c)
     }
 
@@ -83,6 +90,10 @@ impl Fixture for MockFixture {
         Some(Self::COPY_ENGINE)
     }
 
+    fn migratable_pair(&self) -> Option<(&str, &str)> {
+        Some(Self::MIGRATABLE)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             split_unmap: if self.config.allow_split_unmap {
@@ -93,6 +104,7 @@ impl Fixture for MockFixture {
             },
             unmap_all: true,
             dirty_tracking: true,
+            dirty_pages_exact: true,
             region_mmap: true,
             iommu_faults_observable: true,
             // No thread watches the resample eventfd; the next access does.

@@ -56,6 +56,14 @@ pub trait Fixture {
         None
     }
 
+    /// Two devices of one model with VFIO migration, if the fixture has
+    /// them: the source and the destination of the migration cases (the
+    /// mock's migratable edus; in the real-kernel lane, mtty instances).
+    /// The cases leave both RUNNING.
+    fn migratable_pair(&self) -> Option<(&str, &str)> {
+        None
+    }
+
     /// What this backend does where backends legitimately differ.
     fn capabilities(&self) -> Capabilities;
 
@@ -140,8 +148,12 @@ pub struct Capabilities {
     /// [`ErrorKind::NotSupported`].
     pub unmap_all: bool,
     /// The IOMMU reports dirty-tracking support (type1's migration
-    /// capability in `IommuInfo::caps`).
+    /// capability in `IommuInfo::caps`) and `Container::read_dirty` works.
     pub dirty_tracking: bool,
+    /// Dirty tracking reports exactly the pages devices wrote (the mock).
+    /// type1 cannot tell for devices that pin no pages (vfio-pci's) and
+    /// reports every page of each mapping in the range instead.
+    pub dirty_pages_exact: bool,
     /// `Region::mmap` maps a region's mappable areas. When false (a backend
     /// that cannot map device memory at all) it is refused with
     /// [`ErrorKind::NotSupported`] even where areas are advertised.
@@ -177,6 +189,7 @@ impl Capabilities {
             split_unmap: SplitUnmap::Refused(split_refusal),
             unmap_all: true,
             dirty_tracking,
+            dirty_pages_exact: false,
             region_mmap: true,
             iommu_faults_observable: false,
             resample_lazy: false,

@@ -4,6 +4,7 @@
 
 use std::io::sink;
 
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::{Container, DmaAccess, Error, ErrorKind, IommuInfo, Result, Target};
 use vfio_hal_conformance::runner::run_cases_to;
 use vfio_hal_conformance::{cases, Capabilities, Fixture, Outcome, Unplug};
@@ -25,6 +26,8 @@ enum Bug {
     UnmapAllMissing,
     /// Every open_device leaks a file descriptor.
     LeakOnOpen,
+    /// Dirty reads report the mapping clean whatever the device wrote.
+    DirtyReadsClean,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,18 @@ unsafe impl Container for BuggyContainer {
             return Err(Error::sys("unmap_all", Target::None, libc::ENOTTY));
         }
         self.inner.unmap_all()
+    }
+
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        self.inner.set_dirty_tracking(enable)
+    }
+
+    fn read_dirty(&self, iova: u64, len: u64, page: u64, keep: bool) -> Result<DirtyBitmap> {
+        let bitmap = self.inner.read_dirty(iova, len, page, keep)?;
+        if self.bug == Bug::DirtyReadsClean {
+            return DirtyBitmap::new(iova, len, page);
+        }
+        Ok(bitmap)
     }
 
     fn open_device(&self, name: &str) -> Result<MockDevice> {
@@ -182,6 +197,11 @@ fn the_wrapper_alone_passes_the_whole_suite() {
     };
     let summary = run_cases_to(&fixture, &cases::all::<Buggy>(), &mut sink());
     assert_eq!(summary.failed(), 0, "{:#?}", summary.results);
+}
+
+#[test]
+fn dirty_tracking_must_report_the_written_page() {
+    caught(Bug::DirtyReadsClean, &["C20_dirty_pages_track_device_writes"]);
 }
 
 #[test]

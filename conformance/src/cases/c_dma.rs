@@ -519,6 +519,63 @@ pub fn dirty_tracking_declared<F: Fixture>(f: &F) -> CaseResult {
     }
 }
 
+/// While dirty tracking runs, a device write shows in the bitmap of its
+/// mapping: exactly the page written where the IOMMU can tell
+/// ([`Capabilities::dirty_pages_exact`](crate::fixture::Capabilities::dirty_pages_exact)),
+/// else (type1 with devices that pin no pages) every page of the mapping,
+/// on every read. A read clears exact bits; with tracking stopped a read
+/// is refused.
+pub fn dirty_pages_track_device_writes<F: Fixture>(f: &F) -> CaseResult {
+    if !f.capabilities().dirty_tracking {
+        return Err(not_applicable("the IOMMU does not track dirty pages"));
+    }
+    let c = fresh(f)?;
+    let dp = dma_page(&c)?;
+    let ram = c
+        .map_buffer(iova(f, dp, 0), filled(4 * dp, 0)?, DmaAccess::ReadWrite)
+        .context("map four pages")?;
+    let e = edu(f, &c)?;
+    c.set_dirty_tracking(true).context("start dirty tracking")?;
+    let read = |what: &str| {
+        c.read_dirty(ram.iova(), 4 * dp, dp, false)
+            .map(|b| b.dirty().collect::<Vec<u64>>())
+            .context(format_args!("read the dirty bitmap ({what})"))
+    };
+    let before = read("before any DMA")?;
+    let written = ram.iova() + 2 * dp;
+    e.dma(Direction::ToRam, written, 0, 64)
+        .context("DMA from the device into page 2")?;
+    let every: Vec<u64> = (0..4).map(|p| ram.iova() + p * dp).collect();
+    let (first, second) = (read("after the DMA")?, read("again")?);
+    if f.capabilities().dirty_pages_exact {
+        expect_eq("dirty pages before any DMA", Vec::<u64>::new(), before)?;
+        expect_eq("dirty pages after the DMA", vec![written], first)?;
+        expect_eq(
+            "dirty pages after a clearing read",
+            Vec::<u64>::new(),
+            second,
+        )?;
+    } else {
+        expect_eq(
+            "dirty pages after the DMA (the whole mapping)",
+            every.clone(),
+            first,
+        )?;
+        expect_eq(
+            "dirty pages on the next read (the whole mapping)",
+            every,
+            second,
+        )?;
+    }
+    c.set_dirty_tracking(false).context("stop dirty tracking")?;
+    expect_kind(
+        "a read with tracking stopped",
+        c.read_dirty(ram.iova(), 4 * dp, dp, false),
+        &[ErrorKind::InvalidArgument],
+    )?;
+    Ok(())
+}
+
 /// `map_buffer`'s guard: the mapping lives as long as the guard, a refused
 /// map hands the buffer back unharmed, and `unmap` returns it with its data.
 pub fn map_buffer_guard<F: Fixture>(f: &F) -> CaseResult {

@@ -1,4 +1,5 @@
-//! The cases, one module per group (A–G), plus the copy-engine group H.
+//! The cases, one module per group (A–G), the DMA-engine group H and the
+//! migration group M.
 //!
 //! Every case is a `pub fn name<F: Fixture>(f: &F) -> CaseResult`, takes a
 //! fresh container from the fixture, and cleans up by dropping what it made.
@@ -24,6 +25,7 @@ pub mod e_interrupts;
 pub mod f_device_dma;
 pub mod g_robustness;
 pub mod h_dma_engine;
+pub mod m_migration;
 
 /// The device type a fixture's container opens.
 pub type Dev<F> = <<F as Fixture>::Container as Container>::Device;
@@ -78,6 +80,7 @@ macro_rules! __for_each_case {
             C17_dma_avail_counts c_dma::dma_avail_counts [],
             C18_dirty_tracking_declared c_dma::dirty_tracking_declared [],
             C19_map_buffer_guard c_dma::map_buffer_guard [],
+            C20_dirty_pages_track_device_writes c_dma::dirty_pages_track_device_writes [DEVICE_DMA],
             D01_info_sane d_device::info_sane [],
             D02_config_ids d_device::config_ids [],
             D03_capability_walk_finds_msi d_device::capability_walk_finds_msi [],
@@ -118,6 +121,10 @@ macro_rules! __for_each_case {
             G06_sweep_msix_route g_robustness::sweep_msix_route [FAULT_SWEEP NEEDS_MSIX],
             G07_failed_unmap_keeps_mapping g_robustness::failed_unmap_keeps_mapping [FAULT_SWEEP],
             G08_sweep_inside g_robustness::sweep_inside [FAULT_SWEEP],
+            M01_migration_features m_migration::migration_features [],
+            M02_migration_refusals m_migration::migration_refusals [],
+            M03_migration_round_trip m_migration::migration_round_trip [],
+            M04_migration_precopy m_migration::migration_precopy [],
         ]
         // The DMA engines the H cases run on: `name kind [EFFECTS]`, one
         // line per engine (its driver implements `dma_engine::DmaEngine`).
