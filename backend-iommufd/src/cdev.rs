@@ -27,6 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::{Device, DeviceInfo, Error, FeatureOp, FeatureSupport, Result, Revoker, Target};
 use vfio_hal_linux::devfd::{Backing, VfioDevice, VfioIrq, VfioRegion};
 
@@ -587,6 +588,9 @@ impl Device for AttachedDevice {
     }
     fn low_power_exit(&self) -> Result<()> {
         self.device.low_power_exit()
+    }
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        self.device.set_migration_state(state)
     }
 }
 

@@ -628,6 +628,41 @@ fn peer_to_peer_dma_into_another_devices_bar() {
     );
 }
 
+/// vfio-pci has no migration driver for edu: every migration call is the
+/// kernel's `ENOTTY` (kind `NotSupported`), through the typed calls too,
+/// and a raw `MIG_DEVICE_STATE` SET is refused before the ioctl.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn migration_of_edu_is_not_supported_by_vfio_pci() {
+    use vfio_hal::migration::MigrationState;
+    let (_container, edu) = open_edu();
+    let not_supported = |what: &str, e: vfio_hal::Error| {
+        assert_eq!(
+            (e.kind(), e.errno()),
+            (ErrorKind::NotSupported, Some(libc::ENOTTY)),
+            "{what}: {e}"
+        );
+    };
+    not_supported("flags", edu.migration_flags().expect_err("no driver"));
+    not_supported("state", edu.migration_state().expect_err("no driver"));
+    not_supported(
+        "set",
+        edu.set_migration_state(MigrationState::Stop)
+            .expect_err("no driver"),
+    );
+    let e = edu
+        .feature(
+            vfio_hal::FeatureOp::Set,
+            feature::MIG_DEVICE_STATE,
+            &mut [1, 0, 0, 0, 0, 0, 0, 0],
+        )
+        .expect_err("raw SET");
+    assert!(e.errno().is_none(), "refused before the ioctl: {e}");
+}
+
 /// type1 dirty tracking on edu: while it runs, a DMA write by edu shows in
 /// the bitmap. vfio-pci does not pin pages, so type1 cannot tell which
 /// pages the device wrote and reports every page of the mapping dirty, on

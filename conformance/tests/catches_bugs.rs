@@ -201,7 +201,10 @@ fn the_wrapper_alone_passes_the_whole_suite() {
 
 #[test]
 fn dirty_tracking_must_report_the_written_page() {
-    caught(Bug::DirtyReadsClean, &["C20_dirty_pages_track_device_writes"]);
+    caught(
+        Bug::DirtyReadsClean,
+        &["C20_dirty_pages_track_device_writes"],
+    );
 }
 
 #[test]

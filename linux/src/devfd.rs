@@ -92,6 +92,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use vfio_hal::caps::ChainKind;
 use vfio_hal::device::{feature, flags as device_flags};
 use vfio_hal::error::{check_bounds, check_index, Buffer};
+use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::pci::{cfg, region as pci_region};
 use vfio_hal::region::not_permitted;
 use vfio_hal::revoke::{Revoke, RevokedFlag, Revoker};
@@ -763,6 +764,20 @@ impl Device for VfioDevice {
             }
         }
         result
+    }
+
+    /// `MIG_DEVICE_STATE` SET; the kernel's data fd, where the last arc
+    /// opens a session, as a [`KernelDataStream`](crate::migration::KernelDataStream).
+    fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
+        const OP: &str = "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE";
+        let target = || Target::Feature(feature::MIG_DEVICE_STATE);
+        self.shared.live(OP, target)?;
+        let result = sys::set_migration_state(self.fd(), state.raw())
+            .map_err(|e| e.into_error(OP, target()));
+        let fd = self.shared.unless_revoked(OP, target, result)?;
+        Ok(fd.map(|fd| {
+            MigrationData::new(state, Box::new(crate::migration::KernelDataStream::new(fd)))
+        }))
     }
 
     /// The device fd (not once revoked: it then names a placeholder) and

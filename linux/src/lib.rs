@@ -28,6 +28,7 @@ pub mod host;
 pub mod info;
 #[cfg(feature = "kvm")]
 pub mod kvm;
+pub mod migration;
 #[cfg(feature = "mshv")]
 pub mod mshv;
 pub mod sys;

@@ -448,6 +448,52 @@ pub fn unmap_dma(container: BorrowedFd<'_>, iova: u64, size: u64, all: bool) -> 
     Ok(unmap.size)
 }
 
+/// `VFIO_MIG_GET_PRECOPY_INFO`, `VFIO_BASE + 21` (on a migration data fd).
+pub const VFIO_MIG_GET_PRECOPY_INFO: Request = Request::vfio("VFIO_MIG_GET_PRECOPY_INFO", 21);
+
+/// `VFIO_DEVICE_FEATURE` SET of `MIG_DEVICE_STATE` to `state`: the data
+/// fd the kernel answers with when the last arc opens a session.
+pub fn set_migration_state(device: BorrowedFd<'_>, state: u32) -> SysResult<Option<OwnedFd>> {
+    const SET: u32 = 1 << 17;
+    const MIG_DEVICE_STATE: u32 = 2;
+    // struct vfio_device_feature_mig_state { __u32 device_state; __s32 data_fd; }
+    let mut payload = [0u8; 8];
+    payload[..4].copy_from_slice(&state.to_ne_bytes());
+    payload[4..].copy_from_slice(&(-1i32).to_ne_bytes());
+    device_feature(device, SET | MIG_DEVICE_STATE, &mut payload)?;
+    let [.., a, b, c, d] = payload;
+    let fd = i32::from_ne_bytes([a, b, c, d]);
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: on success the kernel installed `fd` in this process's table
+    // as a new file for this call's caller (`vfio_ioct_mig_return_fd`);
+    // nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `struct vfio_precopy_info`.
+#[repr(C)]
+struct PrecopyInfoArg {
+    argsz: u32,
+    flags: u32,
+    initial_bytes: u64,
+    dirty_bytes: u64,
+}
+
+/// `VFIO_MIG_GET_PRECOPY_INFO` on a data fd: `(initial_bytes, dirty_bytes)`.
+pub fn migration_precopy_info(data: BorrowedFd<'_>) -> SysResult<(u64, u64)> {
+    let mut info = PrecopyInfoArg {
+        argsz: std::mem::size_of::<PrecopyInfoArg>() as u32,
+        flags: 0,
+        initial_bytes: 0,
+        dirty_bytes: 0,
+    };
+    // SAFETY: the kernel reads and writes the 24-byte struct only.
+    unsafe { ioctl_with_mut_ref(data, VFIO_MIG_GET_PRECOPY_INFO, &mut info) }?;
+    Ok((info.initial_bytes, info.dirty_bytes))
+}
+
 const DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
 const DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
 const DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
@@ -656,6 +702,7 @@ mod tests {
             (VFIO_IOMMU_MAP_DMA, 13),
             (VFIO_IOMMU_UNMAP_DMA, 14),
             (VFIO_IOMMU_DIRTY_PAGES, 17),
+            (VFIO_MIG_GET_PRECOPY_INFO, 21),
             (VFIO_DEVICE_FEATURE, 17),
             (VFIO_DEVICE_BIND_IOMMUFD, 18),
             (VFIO_DEVICE_ATTACH_IOMMUFD_PT, 19),
