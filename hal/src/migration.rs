@@ -354,13 +354,7 @@ pub fn save<D: Device + ?Sized>(device: &D, out: &mut impl Write) -> Result<u64>
     let Some(mut stream) = device.set_migration_state(MigrationState::StopCopy)? else {
         return Err(refused());
     };
-    let copied = io::copy(&mut stream, out).map_err(|e| {
-        Error::from_io(
-            "migration data",
-            Target::Feature(feature::MIG_DEVICE_STATE),
-            &e,
-        )
-    })?;
+    let copied = copy_data(&mut stream, out)?;
     device.set_migration_state(MigrationState::Stop)?;
     Ok(copied)
 }
@@ -381,15 +375,20 @@ pub fn load<D: Device + ?Sized>(device: &D, input: &mut impl Read) -> Result<u64
     let Some(mut stream) = device.set_migration_state(MigrationState::Resuming)? else {
         return Err(refused());
     };
-    let copied = io::copy(input, &mut stream).map_err(|e| {
+    let copied = copy_data(input, &mut stream)?;
+    device.set_migration_state(MigrationState::Stop)?;
+    Ok(copied)
+}
+
+/// Copies a migration stream to its end, errors typed with their errno.
+fn copy_data(from: &mut impl Read, to: &mut impl Write) -> Result<u64> {
+    io::copy(from, to).map_err(|e| {
         Error::from_io(
             "migration data",
             Target::Feature(feature::MIG_DEVICE_STATE),
             &e,
         )
-    })?;
-    device.set_migration_state(MigrationState::Stop)?;
-    Ok(copied)
+    })
 }
 
 /// The refusal the kernel gives: `EINVAL` from the state feature.

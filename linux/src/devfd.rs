@@ -1787,14 +1787,7 @@ mod tests {
 
     #[test]
     fn dma_buf_is_refused_before_the_ioctl_so_no_fd_can_leak() {
-        let region = region_over(
-            File::open("/dev/null").expect("open"),
-            RegionInfo::default(),
-        );
-        let device = VfioDevice {
-            shared: region.shared,
-            info: DeviceInfo::default(),
-        };
+        let device = device_over_dev_null();
         let mut payload = [0u8; 16];
         for op in [FeatureOp::Set, FeatureOp::Get] {
             let e = device
@@ -1819,16 +1812,22 @@ mod tests {
         assert_eq!(e.errno(), Some(libc::ENOTTY));
     }
 
-    #[test]
-    fn setting_the_migration_state_raw_is_refused_before_the_ioctl() {
+    /// A device whose fd is /dev/null, which knows no ioctl: a call that
+    /// reaches the kernel fails with `ENOTTY`.
+    fn device_over_dev_null() -> VfioDevice {
         let region = region_over(
             File::open("/dev/null").expect("open"),
             RegionInfo::default(),
         );
-        let device = VfioDevice {
+        VfioDevice {
             shared: region.shared,
             info: DeviceInfo::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn setting_the_migration_state_raw_is_refused_before_the_ioctl() {
+        let device = device_over_dev_null();
         let e = device
             .feature(FeatureOp::Set, feature::MIG_DEVICE_STATE, &mut [0; 8])
             .expect_err("refused");
