@@ -99,7 +99,7 @@ ops! {
     UnmapAll = "unmap_all", Container;
     /// `Container::open_device`.
     OpenDevice = "open_device", Container;
-    /// `Container::set_dirty_tracking` (argument: 1 to start, 0 to stop).
+    /// `Container::set_dirty_tracking`.
     SetDirtyTracking = "set_dirty_tracking", Container;
     /// `Container::read_dirty`.
     ReadDirty = "read_dirty", Container;
@@ -210,6 +210,8 @@ pub enum Args {
     },
     /// `set_migration_state(state)`.
     MigrationState(MigrationState),
+    /// `set_dirty_tracking(enable)`.
+    Enable(bool),
     /// `read_dirty(iova, len, page_size, keep)`.
     Dirty {
         /// IOVA.
@@ -311,6 +313,7 @@ impl fmt::Display for Args {
             Self::Probe { feature } => write!(f, "feature {feature}"),
             Self::Wakeup { fd } => write!(f, "fd {fd}"),
             Self::MigrationState(state) => write!(f, "{state:?}"),
+            Self::Enable(on) => write!(f, "{}", if *on { "start" } else { "stop" }),
             Self::Dirty {
                 iova,
                 len,
@@ -486,7 +489,7 @@ unsafe impl<C: Container, H: Hook> Container for Decorated<C, H> {
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
-        self.call(Op::SetDirtyTracking, Args::Index(u32::from(enable)), || {
+        self.call(Op::SetDirtyTracking, Args::Enable(enable), || {
             self.inner.set_dirty_tracking(enable)
         })
     }
