@@ -27,6 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::{Device, DeviceInfo, Error, FeatureOp, FeatureSupport, Result, Revoker, Target};
 use vfio_hal_linux::devfd::{Backing, VfioDevice, VfioIrq, VfioRegion};
@@ -591,6 +592,12 @@ impl Device for AttachedDevice {
     }
     fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
         self.device.set_migration_state(state)
+    }
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        self.device.dma_logging_start(page_size, ranges)
+    }
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        self.device.dma_logging_report(iova, len, page_size)
     }
 }
 

@@ -628,9 +628,10 @@ fn peer_to_peer_dma_into_another_devices_bar() {
     );
 }
 
-/// vfio-pci has no migration driver for edu: every migration call is the
-/// kernel's `ENOTTY` (kind `NotSupported`), through the typed calls too,
-/// and a raw `MIG_DEVICE_STATE` SET is refused before the ioctl.
+/// vfio-pci has no migration driver for edu: every migration and DMA
+/// logging call is the kernel's `ENOTTY` (kind `NotSupported`), through the
+/// typed calls too, and a raw `MIG_DEVICE_STATE` SET is refused before the
+/// ioctl.
 #[test]
 #[cfg_attr(
     not(vfio_hal_guest),
@@ -661,6 +662,17 @@ fn migration_of_edu_is_not_supported_by_vfio_pci() {
         )
         .expect_err("raw SET");
     assert!(e.errno().is_none(), "refused before the ioctl: {e}");
+    // Nor has it device DMA logging (a variant driver's).
+    not_supported(
+        "logging start",
+        edu.dma_logging_start(4096, &[(IOVA, 4096)])
+            .expect_err("no logging"),
+    );
+    not_supported(
+        "logging report",
+        edu.dma_logging_report(IOVA, 4096, 4096)
+            .expect_err("no logging"),
+    );
 }
 
 /// type1 dirty tracking on edu: while it runs, a DMA write by edu shows in

@@ -23,6 +23,7 @@ use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::relax::Yield;
 
 use vfio_hal::device::flags as dflags;
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::error::check_index;
 use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::region::not_permitted;
@@ -33,6 +34,7 @@ use vfio_hal::{
 };
 
 use crate::container::Shared;
+use crate::dma_log::DmaLog;
 use crate::migration::{self, Migration};
 use crate::mirror::{Held, Mirror};
 use crate::model::{DeviceContext, DeviceModel};
@@ -57,6 +59,7 @@ pub(crate) struct DeviceState {
     model: Box<dyn DeviceModel>,
     pci: PciFunction,
     migration: Migration,
+    dma_log: DmaLog,
     open: bool,
     gone: bool,
 }
@@ -68,6 +71,29 @@ pub(crate) struct DeviceState {
 /// against 16 ns on the benchmark machine, most of a register read);
 /// a waiter yields its CPU between tries.
 type DeviceLock = SpinMutex<DeviceState, Yield>;
+
+impl MockDevice {
+    /// `f` on the device's DMA log, through the device fd; `ENOTTY` for a
+    /// model that cannot migrate (no logging driver).
+    fn with_dma_log<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut DmaLog) -> Result<R>,
+    ) -> Result<R> {
+        let core = &self.handle.core;
+        let target = || Target::Feature(vfio_hal::device::feature::DMA_LOGGING_START);
+        let mut st = core.lock();
+        st.live(op, target())?;
+        self.handle.live(op, target)?;
+        let shared = &self.handle.shared;
+        st.through_fd(|st| {
+            if st.saved_state(&core.name, shared).is_none() {
+                return Err(Error::sys(op, target(), libc::ENOTTY));
+            }
+            f(&mut st.dma_log)
+        })
+    }
+}
 
 /// One plugged device.
 #[derive(Debug)]
@@ -148,6 +174,7 @@ impl DeviceState {
             name,
             pci: &mut self.pci,
             shared,
+            dma_log: &mut self.dma_log,
         };
         self.model.save_state(&ctx)
     }
@@ -166,8 +193,9 @@ impl DeviceState {
     ) -> Option<Result<()>> {
         use vfio_hal::device::feature as f;
         let (get, set) = match feature {
-            f::MIGRATION | f::MIG_DATA_SIZE => (true, false),
+            f::MIGRATION | f::MIG_DATA_SIZE | f::DMA_LOGGING_REPORT => (true, false),
             f::MIG_DEVICE_STATE => (true, true),
+            f::DMA_LOGGING_START | f::DMA_LOGGING_STOP => (false, true),
             _ => return None,
         };
         let state = self.saved_state(name, shared)?;
@@ -184,6 +212,19 @@ impl DeviceState {
         }
         if matches!(op, FeatureOp::ProbeGet | FeatureOp::ProbeSet) {
             return Some(Ok(()));
+        }
+        if feature == f::DMA_LOGGING_STOP {
+            self.dma_log.stop();
+            return Some(Ok(()));
+        }
+        if matches!(feature, f::DMA_LOGGING_START | f::DMA_LOGGING_REPORT) {
+            // Their payloads carry addresses: only the typed calls.
+            return Some(Err(Error::NotSupported {
+                op: "VFIO_DEVICE_FEATURE",
+                target: Target::Feature(feature),
+                reason: "DMA logging payloads hold addresses: use Device::dma_logging_start \
+                         and dma_logging_report",
+            }));
         }
         if op == FeatureOp::Set {
             // MIG_DEVICE_STATE SET answers with a data fd: only the typed
@@ -257,6 +298,7 @@ impl DeviceState {
             name,
             pci: &mut self.pci,
             shared,
+            dma_log: &mut self.dma_log,
         };
         f(&mut *self.model, &mut ctx)
     }
@@ -431,6 +473,7 @@ impl DeviceCore {
                 model,
                 pci,
                 migration: Migration::default(),
+                dma_log: DmaLog::default(),
                 open: false,
                 gone: false,
             }),
@@ -464,6 +507,7 @@ impl DeviceCore {
         st.open = true;
         st.pci.reopen();
         st.migration.reset();
+        st.dma_log.stop();
         st.with_ctx(&self.name, shared, |m, ctx| m.reset(ctx));
         let info = DeviceInfo {
             name: self.name.clone(),
@@ -494,6 +538,7 @@ impl DeviceCore {
         }
         st.open = false;
         st.migration.reset();
+        st.dma_log.stop();
         // vfio_pci_core_disable: out of low power, its eventfd let go unsignalled.
         st.pci.power.disable();
         st.pci.irqs.teardown();
@@ -822,6 +867,20 @@ impl Device for MockDevice {
                 None => st.pci.feature(op, feature, data),
             },
         )
+    }
+
+    /// Device DMA logging, for a model that saves its state (as migration
+    /// drivers offer it); `ENOTTY` for one that does not.
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        self.with_dma_log("VFIO_DEVICE_FEATURE_DMA_LOGGING_START", |log| {
+            log.start(page_size, ranges).map(|()| page_size)
+        })
+    }
+
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        self.with_dma_log("VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT", |log| {
+            log.report(iova, len, page_size)
+        })
     }
 
     /// vfio's migration features for a model that saves its state (see

@@ -99,6 +99,7 @@ pub mod clock;
 pub mod conformance;
 mod container;
 mod device;
+mod dma_log;
 mod hypervisor;
 pub mod iommu;
 pub mod layout;

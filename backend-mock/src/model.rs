@@ -57,6 +57,7 @@ use vfio_hal::pci::cfg;
 use vfio_hal::{Error, ErrorKind, Result, Target};
 
 use crate::container::Shared;
+use crate::dma_log::DmaLog;
 use crate::iommu::{DmaDirection, IommuFault};
 use crate::layout::PciLayout;
 use crate::pci::interrupts::IrqMode;
@@ -252,6 +253,7 @@ pub struct DeviceContext<'a> {
     pub(crate) name: &'a str,
     pub(crate) pci: &'a mut PciFunction,
     pub(crate) shared: &'a Shared,
+    pub(crate) dma_log: &'a mut DmaLog,
 }
 
 impl fmt::Debug for DeviceContext<'_> {
@@ -370,7 +372,9 @@ impl DeviceContext<'_> {
         self.shared
             .iommu
             .dma_write(self.name, iova, data)
-            .map_err(DmaError::Fault)
+            .map_err(DmaError::Fault)?;
+        self.dma_log.wrote(iova, data.len() as u64);
+        Ok(())
     }
 
     /// Reads the RAM area of `bar` at `offset` (BAR-relative; must lie in

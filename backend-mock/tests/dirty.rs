@@ -143,3 +143,76 @@ fn the_iommu_info_reports_dirty_tracking_for_its_page_size() {
     });
     assert_eq!(migration, Some(info.page_sizes));
 }
+
+/// A migratable edu logs its own DMA writes (`DMA_LOGGING_*`, as migration
+/// drivers offer); plain edu, like vfio-pci's, has no logging.
+#[test]
+fn device_dma_logging_reports_the_pages_the_device_wrote() {
+    use vfio_hal::device::feature::{DMA_LOGGING_REPORT, DMA_LOGGING_START, DMA_LOGGING_STOP};
+    use vfio_hal::FeatureSupport;
+    let c = MockContainer::new();
+    c.plug("plain", Edu::new()).expect("plug");
+    c.plug("edu", Edu::new().migratable()).expect("plug");
+    let plain = c.open_device("plain").expect("plain edu");
+    let e = plain
+        .dma_logging_start(PAGE, &[(BASE, 4 * PAGE)])
+        .expect_err("no logging");
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::NotSupported, Some(libc::ENOTTY))
+    );
+
+    let edu = c.open_device("edu").expect("edu");
+    let probe = |f| edu.probe_feature(f).expect("probe");
+    assert_eq!(
+        probe(DMA_LOGGING_START),
+        FeatureSupport {
+            get: false,
+            set: true
+        }
+    );
+    assert_eq!(
+        probe(DMA_LOGGING_STOP),
+        FeatureSupport {
+            get: false,
+            set: true
+        }
+    );
+    assert_eq!(
+        probe(DMA_LOGGING_REPORT),
+        FeatureSupport {
+            get: true,
+            set: false
+        }
+    );
+    edu.set_bus_master(true).expect("bus master");
+    let _ram = c
+        .map_buffer(
+            BASE,
+            DmaBuffer::new(4 * PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    let e = edu.dma_logging_start(PAGE, &[]).expect_err("no range");
+    assert_eq!(e.errno(), Some(libc::EINVAL));
+    assert_eq!(
+        edu.dma_logging_start(PAGE, &[(BASE, 2 * PAGE)])
+            .expect("start"),
+        PAGE
+    );
+    edu_dma(&edu, BASE + PAGE + 8, 8, true);
+    edu_dma(&edu, BASE + 3 * PAGE, 8, true); // outside the logged range
+    let report = |what| {
+        edu.dma_logging_report(BASE, 4 * PAGE, PAGE)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .dirty()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(report("first"), [BASE + PAGE]);
+    assert!(report("second").is_empty(), "a report clears");
+    edu.dma_logging_stop().expect("stop");
+    let e = edu
+        .dma_logging_report(BASE, 4 * PAGE, PAGE)
+        .expect_err("stopped");
+    assert_eq!(e.errno(), Some(libc::EINVAL));
+}

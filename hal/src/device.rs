@@ -4,6 +4,7 @@ use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::caps::Capability;
+use crate::dirty::DirtyBitmap;
 use crate::error::{Error, ErrorKind, Result, Target};
 use crate::irq::Irq;
 use crate::migration::{MigrationData, MigrationFlags, MigrationState};
@@ -335,6 +336,39 @@ pub trait Device {
             target: Target::Feature(feature::MIG_DEVICE_STATE),
             reason: "this backend cannot migrate devices",
         })
+    }
+
+    /// Starts the device's own dirty logging of its DMA writes
+    /// (`DMA_LOGGING_START`) over `ranges` (`(iova, length)` pairs, page
+    /// aligned, disjoint) in pages of `page_size`; returns the page size the
+    /// device logs in (its driver may pick another). `NotSupported`
+    /// (`ENOTTY`) for a device without logging (vfio-pci's own; the
+    /// default).
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        let _ = (page_size, ranges);
+        Err(Error::NotSupported {
+            op: "VFIO_DEVICE_FEATURE_DMA_LOGGING_START",
+            target: Target::Feature(feature::DMA_LOGGING_START),
+            reason: "this backend has no device DMA logging",
+        })
+    }
+
+    /// Which `page_size` pages of `[iova, iova + len)` the device wrote
+    /// since logging started or the last report, which clears them
+    /// (`DMA_LOGGING_REPORT`). `NotSupported` as for
+    /// [`dma_logging_start`](Self::dma_logging_start).
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        let _ = (iova, len, page_size);
+        Err(Error::NotSupported {
+            op: "VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT",
+            target: Target::Feature(feature::DMA_LOGGING_REPORT),
+            reason: "this backend has no device DMA logging",
+        })
+    }
+
+    /// Stops the device's DMA logging (`DMA_LOGGING_STOP`).
+    fn dma_logging_stop(&self) -> Result<()> {
+        self.feature(FeatureOp::Set, feature::DMA_LOGGING_STOP, &mut [])
     }
 
     /// The device's estimate of its STOP_COPY data, in bytes

@@ -94,6 +94,15 @@ where
     fn migration_data_size(&self) -> Result<u64> {
         self.0.migration_data_size()
     }
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        self.0.dma_logging_start(page_size, ranges)
+    }
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        self.0.dma_logging_report(iova, len, page_size)
+    }
+    fn dma_logging_stop(&self) -> Result<()> {
+        self.0.dma_logging_stop()
+    }
 }
 
 // SAFETY: every call is forwarded unchanged (only the device type is

@@ -65,6 +65,9 @@ macro_rules! forward {
             fn migration_state(&self) -> Result<MigrationState> { (**self).migration_state() }
             fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> { (**self).set_migration_state(state) }
             fn migration_data_size(&self) -> Result<u64> { (**self).migration_data_size() }
+            fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> { (**self).dma_logging_start(page_size, ranges) }
+            fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> { (**self).dma_logging_report(iova, len, page_size) }
+            fn dma_logging_stop(&self) -> Result<()> { (**self).dma_logging_stop() }
         }
 
         // SAFETY: every call is forwarded unchanged, so each unmap answer is

@@ -91,6 +91,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use vfio_hal::caps::ChainKind;
 use vfio_hal::device::{feature, flags as device_flags};
+use vfio_hal::dirty::DirtyBitmap;
 use vfio_hal::error::{check_bounds, check_index, Buffer};
 use vfio_hal::migration::{MigrationData, MigrationState};
 use vfio_hal::pci::{cfg, region as pci_region};
@@ -778,6 +779,29 @@ impl Device for VfioDevice {
         Ok(fd.map(|fd| {
             MigrationData::new(state, Box::new(crate::migration::KernelDataStream::new(fd)))
         }))
+    }
+
+    /// `DMA_LOGGING_START`; vfio-pci itself has no logging (`ENOTTY`),
+    /// variant drivers (mlx5, pds) do.
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        const OP: &str = "VFIO_DEVICE_FEATURE_DMA_LOGGING_START";
+        let target = || Target::Feature(feature::DMA_LOGGING_START);
+        self.shared.live(OP, target)?;
+        let result = sys::dma_logging_start(self.fd(), page_size, ranges)
+            .map_err(|e| e.into_error(OP, target()));
+        self.shared.unless_revoked(OP, target, result)
+    }
+
+    /// `DMA_LOGGING_REPORT` into the shared bitmap type.
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        const OP: &str = "VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT";
+        let target = || Target::Feature(feature::DMA_LOGGING_REPORT);
+        self.shared.live(OP, target)?;
+        let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
+        let result = sys::dma_logging_report(self.fd(), iova, len, page_size, bitmap.words_mut())
+            .map_err(|e| e.into_error(OP, target()));
+        self.shared.unless_revoked(OP, target, result)?;
+        Ok(bitmap)
     }
 
     /// The device fd (not once revoked: it then names a placeholder) and

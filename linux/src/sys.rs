@@ -322,18 +322,82 @@ pub fn device_feature(fd: BorrowedFd<'_>, flags: u32, payload: &mut [u8]) -> Sys
     if flags & PROBE == 0 && !feature_payload_is_plain(flags & FEATURE_MASK) {
         return Err(Errno(libc::EPERM));
     }
+    // SAFETY: the payload of the allowed features holds no address the
+    // kernel follows (probes do not touch the payload at all).
+    unsafe { device_feature_raw(fd, flags, payload) }
+}
+
+/// `VFIO_DEVICE_FEATURE` with `payload` after the `{argsz, flags}` header,
+/// copied back after the call.
+///
+/// # Safety
+/// Every address inside `payload` must be valid for what the feature lets
+/// the kernel do there for the call's duration.
+unsafe fn device_feature_raw(fd: BorrowedFd<'_>, flags: u32, payload: &mut [u8]) -> SysResult<i32> {
     let mut buf = Vec::with_capacity(8 + payload.len());
     buf.extend_from_slice(&0u32.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
     buf.extend_from_slice(payload);
     let argsz = u32::try_from(buf.len()).map_err(|_| Errno(libc::EINVAL))?;
     buf[..4].copy_from_slice(&argsz.to_ne_bytes());
-    // SAFETY: the kernel accesses at most argsz (= buf.len()) bytes, and the
-    // payload of the allowed features holds no address the kernel follows
-    // (probes do not touch the payload at all).
+    // SAFETY: the kernel accesses at most argsz (= buf.len()) bytes of the
+    // buffer; addresses in the payload are the caller's contract.
     let ret = unsafe { ioctl_with_bytes(fd, VFIO_DEVICE_FEATURE, &mut buf) }?;
     payload.copy_from_slice(&buf[8..]);
     Ok(ret)
+}
+
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_START` of `ranges` (`(iova, length)`)
+/// in pages of `page_size`; returns the page size the driver logs in.
+pub fn dma_logging_start(
+    device: BorrowedFd<'_>,
+    page_size: u64,
+    ranges: &[(u64, u64)],
+) -> SysResult<u64> {
+    const SET: u32 = 1 << 17;
+    const START: u32 = 6;
+    // struct vfio_device_feature_dma_logging_range { __aligned_u64 iova, length; }
+    let table: Vec<[u64; 2]> = ranges.iter().map(|&(iova, len)| [iova, len]).collect();
+    let num = u32::try_from(table.len()).map_err(|_| Errno(libc::E2BIG))?;
+    // struct vfio_device_feature_dma_logging_control { __aligned_u64 page_size;
+    // __u32 num_ranges; __u32 __reserved; __aligned_u64 ranges; }
+    let mut control = [0u8; 24];
+    control[..8].copy_from_slice(&page_size.to_ne_bytes());
+    control[8..12].copy_from_slice(&num.to_ne_bytes());
+    control[16..].copy_from_slice(&(table.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: the kernel reads `num_ranges` 16-byte entries at `ranges`:
+    // `table`, alive and unchanged for the call.
+    unsafe { device_feature_raw(device, SET | START, &mut control) }?;
+    let [a, b, c, d, e, f, g, h, ..] = control;
+    Ok(u64::from_ne_bytes([a, b, c, d, e, f, g, h]))
+}
+
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT` of `[iova, iova + len)` in
+/// pages of `page_size` into `bitmap` (one bit a page, whole `u64`s).
+pub fn dma_logging_report(
+    device: BorrowedFd<'_>,
+    iova: u64,
+    len: u64,
+    page_size: u64,
+    bitmap: &mut [u64],
+) -> SysResult<()> {
+    const GET: u32 = 1 << 16;
+    const REPORT: u32 = 8;
+    let pages = len.checked_div(page_size).ok_or(Errno(libc::EINVAL))?;
+    if (bitmap.len() as u64) < pages.div_ceil(64) {
+        return Err(Errno(libc::EINVAL));
+    }
+    // struct vfio_device_feature_dma_logging_report { __aligned_u64 iova,
+    // length, page_size, bitmap; }
+    let mut report = [0u8; 32];
+    report[..8].copy_from_slice(&iova.to_ne_bytes());
+    report[8..16].copy_from_slice(&len.to_ne_bytes());
+    report[16..24].copy_from_slice(&page_size.to_ne_bytes());
+    report[24..].copy_from_slice(&(bitmap.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: the kernel writes one bit per page of the range, in whole
+    // u64s, at `bitmap`, which holds at least that many and is exclusively
+    // borrowed for the call.
+    unsafe { device_feature_raw(device, GET | REPORT, &mut report) }.map(drop)
 }
 
 /// `VFIO_GET_API_VERSION`.

@@ -121,6 +121,10 @@ ops! {
     LowPowerExit = "low_power_exit", Device;
     /// `Device::set_migration_state`.
     SetMigrationState = "set_migration_state", Device;
+    /// `Device::dma_logging_start`.
+    DmaLoggingStart = "dma_logging_start", Device;
+    /// `Device::dma_logging_report`.
+    DmaLoggingReport = "dma_logging_report", Device;
     /// `Region::read`.
     RegionRead = "region.read", Region;
     /// `Region::write`.
@@ -212,6 +216,14 @@ pub enum Args {
     MigrationState(MigrationState),
     /// `set_dirty_tracking(enable)`.
     Enable(bool),
+    /// `dma_logging_start(page_size, ranges)`: the page size and how many
+    /// ranges.
+    LogRanges {
+        /// Bytes per bit.
+        page_size: u64,
+        /// Number of ranges.
+        count: usize,
+    },
     /// `read_dirty(iova, len, page_size, keep)`.
     Dirty {
         /// IOVA.
@@ -314,6 +326,9 @@ impl fmt::Display for Args {
             Self::Wakeup { fd } => write!(f, "fd {fd}"),
             Self::MigrationState(state) => write!(f, "{state:?}"),
             Self::Enable(on) => write!(f, "{}", if *on { "start" } else { "stop" }),
+            Self::LogRanges { page_size, count } => {
+                write!(f, "page {page_size:#x}, {count} ranges")
+            }
             Self::Dirty {
                 iova,
                 len,
@@ -586,6 +601,28 @@ impl<D: Device, H: Hook> Device for Decorated<D, H> {
     fn set_migration_state(&self, state: MigrationState) -> Result<Option<MigrationData>> {
         self.call(Op::SetMigrationState, Args::MigrationState(state), || {
             self.inner.set_migration_state(state)
+        })
+    }
+
+    fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        let args = Args::LogRanges {
+            page_size,
+            count: ranges.len(),
+        };
+        self.call(Op::DmaLoggingStart, args, || {
+            self.inner.dma_logging_start(page_size, ranges)
+        })
+    }
+
+    fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        let args = Args::Dirty {
+            iova,
+            len,
+            page_size,
+            keep: false,
+        };
+        self.call(Op::DmaLoggingReport, args, || {
+            self.inner.dma_logging_report(iova, len, page_size)
         })
     }
 }
