@@ -1,4 +1,5 @@
-//! The kernel's migration data fd behind a [`MigrationData`]: reads and
+//! The kernel's migration data fd behind a
+//! [`MigrationData`](vfio_hal::migration::MigrationData): reads and
 //! writes go to the fd (the driver's stream), `VFIO_MIG_GET_PRECOPY_INFO`
 //! is an ioctl on it.
 
