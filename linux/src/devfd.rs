@@ -614,17 +614,6 @@ impl VfioDevice {
         self.shared.forget_decode();
         Ok(())
     }
-
-    /// The migration flags (`VFIO_MIGRATION_*`) when the device supports
-    /// migration, `None` when it does not (the `MIGRATION` feature GET).
-    pub fn migration_flags(&self) -> Result<Option<u64>> {
-        if !self.probe_feature(feature::MIGRATION)?.get {
-            return Ok(None);
-        }
-        let mut payload = [0u8; 8];
-        self.feature(FeatureOp::Get, feature::MIGRATION, &mut payload)?;
-        Ok(Some(u64::from_ne_bytes(payload)))
-    }
 }
 
 impl Device for VfioDevice {
