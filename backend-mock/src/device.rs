@@ -78,10 +78,11 @@ impl MockDevice {
     fn with_dma_log<R>(
         &self,
         op: &'static str,
+        feature: u32,
         f: impl FnOnce(&mut DmaLog) -> Result<R>,
     ) -> Result<R> {
         let core = &self.handle.core;
-        let target = || Target::Feature(vfio_hal::device::feature::DMA_LOGGING_START);
+        let target = || Target::Feature(feature);
         let mut st = core.lock();
         st.live(op, target())?;
         self.handle.live(op, target)?;
@@ -872,15 +873,19 @@ impl Device for MockDevice {
     /// Device DMA logging, for a model that saves its state (as migration
     /// drivers offer it); `ENOTTY` for one that does not.
     fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
-        self.with_dma_log("VFIO_DEVICE_FEATURE_DMA_LOGGING_START", |log| {
-            log.start(page_size, ranges).map(|()| page_size)
-        })
+        self.with_dma_log(
+            "VFIO_DEVICE_FEATURE_DMA_LOGGING_START",
+            vfio_hal::device::feature::DMA_LOGGING_START,
+            |log| log.start(page_size, ranges).map(|()| page_size),
+        )
     }
 
     fn dma_logging_report(&self, iova: u64, len: u64, page_size: u64) -> Result<DirtyBitmap> {
-        self.with_dma_log("VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT", |log| {
-            log.report(iova, len, page_size)
-        })
+        self.with_dma_log(
+            "VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT",
+            vfio_hal::device::feature::DMA_LOGGING_REPORT,
+            |log| log.report(iova, len, page_size),
+        )
     }
 
     /// vfio's migration features for a model that saves its state (see

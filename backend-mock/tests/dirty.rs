@@ -161,6 +161,13 @@ fn device_dma_logging_reports_the_pages_the_device_wrote() {
         (e.kind(), e.errno()),
         (ErrorKind::NotSupported, Some(libc::ENOTTY))
     );
+    let e = plain
+        .dma_logging_report(BASE, 4 * PAGE, PAGE)
+        .expect_err("no logging");
+    assert_eq!(
+        e.target(),
+        Some(&vfio_hal::Target::Feature(DMA_LOGGING_REPORT))
+    );
 
     let edu = c.open_device("edu").expect("edu");
     let probe = |f| edu.probe_feature(f).expect("probe");
