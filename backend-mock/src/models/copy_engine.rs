@@ -161,6 +161,8 @@ pub struct CopyEngine {
     completed: u64,
     failed: u64,
     scratch: Vec<u8>,
+    /// Offers VFIO migration ([`CopyEngine::migratable`]).
+    migratable: bool,
 }
 
 impl Default for CopyEngine {
@@ -189,7 +191,17 @@ impl CopyEngine {
             completed: 0,
             failed: 0,
             scratch: Vec::new(),
+            migratable: false,
         }
+    }
+
+    /// This engine with a migration driver: its device offers VFIO
+    /// migration (see [`crate::migration`]) and carries its registers,
+    /// counters, the request in flight (with the time left) and both SRAM
+    /// areas, laid out as [`state`] says.
+    pub fn migratable(mut self) -> Self {
+        self.migratable = true;
+        self
     }
 
     fn busy(&self) -> bool {
@@ -407,8 +419,50 @@ impl DeviceModel for CopyEngine {
 
     fn reset(&mut self, _ctx: &mut DeviceContext<'_>) {
         let scratch = std::mem::take(&mut self.scratch);
+        let migratable = self.migratable;
         *self = Self::with_vectors(self.vectors);
         self.scratch = scratch;
+        self.migratable = migratable;
+    }
+
+    /// For a [`migratable`](CopyEngine::migratable) engine, the layout of
+    /// [`state`].
+    fn save_state(&self, ctx: &DeviceContext<'_>) -> Option<Vec<u8>> {
+        if !self.migratable {
+            return None;
+        }
+        let mut sram = Vec::with_capacity(state::SRAM_BYTES);
+        for (offset, len) in SRAM_AREAS {
+            let mut area = vec![0; len as usize];
+            // The areas are the layout's own: reading them cannot fail.
+            ctx.ram_read(SRAM_BAR, offset, &mut area).ok()?;
+            sram.extend_from_slice(&area);
+        }
+        Some(state::save(self, ctx.now(), &sram))
+    }
+
+    /// Takes the state of an engine with as many vectors; the SRAM areas
+    /// are written back.
+    fn load_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        if !self.migratable {
+            return Err("this engine has no migration driver".into());
+        }
+        let (mut loaded, sram) = state::load(bytes, self.vectors, ctx.now())?;
+        let mut at = 0;
+        for (offset, len) in SRAM_AREAS {
+            let len = len as usize;
+            ctx.ram_write(SRAM_BAR, offset, &sram[at..at + len])
+                .map_err(|e| format!("write SRAM back: {e}"))?;
+            at += len;
+        }
+        loaded.scratch = std::mem::take(&mut self.scratch);
+        loaded.migratable = true;
+        *self = loaded;
+        Ok(())
     }
 
     fn deadline(&self) -> Option<Duration> {
@@ -420,5 +474,136 @@ impl DeviceModel for CopyEngine {
         if let Some(r) = self.running.take() {
             self.execute(ctx, r);
         }
+    }
+}
+
+/// The migration layout of a copy engine's state, little endian: the magic
+/// `CPE1`, the vector count (`u16`), the request registers (source and
+/// destination `u64`, length, vector and doorbell `u32`), a byte 1 and the
+/// same five fields for a request in flight (0 and zeros for none), the
+/// nanoseconds left until it finishes (`u64::MAX`: none), status and error
+/// (`u32`), the fault address, completed and failed counts (`u64`), then
+/// both SRAM areas, in order.
+pub mod state {
+    use std::time::Duration;
+
+    use super::{CopyEngine, Request, SRAM_AREAS};
+
+    const MAGIC: &[u8; 4] = b"CPE1";
+    /// Bytes of both SRAM areas.
+    pub const SRAM_BYTES: usize = (SRAM_AREAS[0].1 + SRAM_AREAS[1].1) as usize;
+    const REQUEST: usize = 8 + 8 + 4 + 4 + 4;
+    /// The state's length in bytes.
+    pub const LEN: usize = 4 + 2 + REQUEST + 1 + REQUEST + 8 + 4 + 4 + 8 + 8 + 8 + SRAM_BYTES;
+    const NONE: u64 = u64::MAX;
+
+    fn put_request(out: &mut Vec<u8>, r: &Request) {
+        out.extend_from_slice(&r.src.to_le_bytes());
+        out.extend_from_slice(&r.dst.to_le_bytes());
+        for v in [r.len, r.vector, r.doorbell] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    pub(super) fn save(engine: &CopyEngine, now: Duration, sram: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&engine.vectors.to_le_bytes());
+        put_request(&mut out, &engine.regs);
+        out.push(u8::from(engine.running.is_some()));
+        put_request(&mut out, &engine.running.unwrap_or_default());
+        let left = engine.due.map_or(NONE, |t| {
+            u64::try_from(t.saturating_sub(now).as_nanos()).unwrap_or(NONE - 1)
+        });
+        out.extend_from_slice(&left.to_le_bytes());
+        out.extend_from_slice(&engine.status.to_le_bytes());
+        out.extend_from_slice(&engine.error.to_le_bytes());
+        for v in [engine.fault_addr, engine.completed, engine.failed] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(sram);
+        out
+    }
+
+    /// The fields of a state, front to back.
+    struct Fields<'a>(&'a [u8]);
+
+    impl Fields<'_> {
+        fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+            let (head, tail) = self
+                .0
+                .split_first_chunk::<N>()
+                .ok_or_else(|| "the state ends early".to_owned())?;
+            self.0 = tail;
+            Ok(*head)
+        }
+
+        fn u32(&mut self) -> Result<u32, String> {
+            self.take().map(u32::from_le_bytes)
+        }
+
+        fn u64(&mut self) -> Result<u64, String> {
+            self.take().map(u64::from_le_bytes)
+        }
+
+        fn request(&mut self) -> Result<Request, String> {
+            Ok(Request {
+                src: self.u64()?,
+                dst: self.u64()?,
+                len: self.u32()?,
+                vector: self.u32()?,
+                doorbell: self.u32()?,
+            })
+        }
+    }
+
+    /// Parses a saved state for an engine with `vectors` MSI-X vectors,
+    /// its request in flight scheduled from `now`; the engine and the
+    /// SRAM bytes.
+    pub(super) fn load(
+        bytes: &[u8],
+        vectors: u16,
+        now: Duration,
+    ) -> Result<(CopyEngine, &[u8]), String> {
+        if bytes.len() != LEN {
+            return Err(format!(
+                "a copy engine state is {LEN} bytes, not {}",
+                bytes.len()
+            ));
+        }
+        let mut f = Fields(bytes);
+        let magic = f.take::<4>()?;
+        if &magic != MAGIC {
+            return Err(format!("not a copy engine state (magic {magic:02x?})"));
+        }
+        let saved_vectors = u16::from_le_bytes(f.take()?);
+        if saved_vectors != vectors {
+            return Err(format!(
+                "saved by an engine with {saved_vectors} vectors, this one has {vectors}"
+            ));
+        }
+        let mut engine = CopyEngine::with_vectors(vectors);
+        engine.regs = f.request()?;
+        let [running] = f.take::<1>()?;
+        let in_flight = f.request()?;
+        let left = f.u64()?;
+        engine.running = match running {
+            0 => None,
+            1 => Some(in_flight),
+            other => return Err(format!("bad in-flight flag {other}")),
+        };
+        engine.due = (left != NONE).then(|| now.saturating_add(Duration::from_nanos(left)));
+        if engine.running.is_some() != engine.due.is_some() {
+            return Err("a request in flight needs a finish time, and only one does".into());
+        }
+        engine.status = f.u32()?;
+        engine.error = f.u32()?;
+        engine.fault_addr = f.u64()?;
+        engine.completed = f.u64()?;
+        engine.failed = f.u64()?;
+        if f.0.len() != SRAM_BYTES {
+            return Err("the SRAM is not whole".into());
+        }
+        Ok((engine, f.0))
     }
 }
