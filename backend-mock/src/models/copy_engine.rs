@@ -488,6 +488,7 @@ pub mod state {
     use std::time::Duration;
 
     use super::{CopyEngine, Request, SRAM_AREAS};
+    use crate::models::fields::Fields;
 
     const MAGIC: &[u8; 4] = b"CPE1";
     /// Bytes of both SRAM areas.
@@ -525,27 +526,7 @@ pub mod state {
         out
     }
 
-    /// The fields of a state, front to back.
-    struct Fields<'a>(&'a [u8]);
-
     impl Fields<'_> {
-        fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-            let (head, tail) = self
-                .0
-                .split_first_chunk::<N>()
-                .ok_or_else(|| "the state ends early".to_owned())?;
-            self.0 = tail;
-            Ok(*head)
-        }
-
-        fn u32(&mut self) -> Result<u32, String> {
-            self.take().map(u32::from_le_bytes)
-        }
-
-        fn u64(&mut self) -> Result<u64, String> {
-            self.take().map(u64::from_le_bytes)
-        }
-
         fn request(&mut self) -> Result<Request, String> {
             Ok(Request {
                 src: self.u64()?,

@@ -528,6 +528,7 @@ pub mod state {
     use std::time::Duration;
 
     use super::{reg, Edu};
+    use crate::models::fields::Fields;
 
     const MAGIC: &[u8; 4] = b"EDU1";
     /// The state's length in bytes.
@@ -555,28 +556,6 @@ pub mod state {
         }
         out.extend_from_slice(&edu.buffer);
         out
-    }
-
-    /// The fields of a state, front to back.
-    struct Fields<'a>(&'a [u8]);
-
-    impl Fields<'_> {
-        fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-            let (head, tail) = self
-                .0
-                .split_first_chunk::<N>()
-                .ok_or_else(|| "the state ends early".to_owned())?;
-            self.0 = tail;
-            Ok(*head)
-        }
-
-        fn u32(&mut self) -> Result<u32, String> {
-            self.take().map(u32::from_le_bytes)
-        }
-
-        fn u64(&mut self) -> Result<u64, String> {
-            self.take().map(u64::from_le_bytes)
-        }
     }
 
     /// Parses a saved state for an edu whose DMA mask is `dma_mask`, its

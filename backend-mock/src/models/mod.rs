@@ -7,6 +7,7 @@
 
 pub mod copy_engine;
 pub mod edu;
+mod fields;
 
 pub use copy_engine::CopyEngine;
 pub use edu::Edu;
