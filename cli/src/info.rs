@@ -6,8 +6,10 @@
 
 use serde_json::{json, Value};
 use vfio_hal::device::DeviceKind;
+use vfio_hal::migration::{MigrationFlags, MigrationState};
 use vfio_hal::prelude::*;
 use vfio_hal::{IommuInfo, IrqInfo, RegionInfo};
+use vfio_hal_facade::host::{Bus, MdevType};
 use vfio_hal_facade::Opened;
 
 use crate::describe::{self, capabilities_text, capability_json};
@@ -86,9 +88,34 @@ fn iommu_json(r: &vfio_hal::Result<IommuInfo>) -> Value {
     }
 }
 
+/// The mediated device's type and parent, when the device is one (sysfs
+/// says; VFIO itself describes an mdev as the bus it emulates).
+fn mdev_type(ctx: &Ctx, opened: &Opened) -> Option<MdevType> {
+    match ctx.host.device(&opened.name).ok()?.bus {
+        Bus::Mdev(t) => Some(t),
+        Bus::Pci => None,
+    }
+}
+
+fn mdev_text(t: &MdevType) -> String {
+    match &t.name {
+        Some(name) => format!("type {} ({name}), parent {}", t.id, t.parent),
+        None => format!("type {}, parent {}", t.id, t.parent),
+    }
+}
+
+/// The device's migration features and state; `NotSupported` without a
+/// migration driver.
+fn migration(opened: &Opened) -> vfio_hal::Result<(MigrationFlags, MigrationState)> {
+    let flags = opened.device.migration_flags()?;
+    Ok((flags, opened.device.migration_state()?))
+}
+
 /// Runs `info`.
 pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
     let opened = ctx.open(dev)?;
+    let mdev = mdev_type(ctx, &opened);
+    let migration = migration(&opened);
     let info = opened.device.info().clone();
     let pci = info.kind() == DeviceKind::Pci;
     let identity = pci.then(|| pci_identity(&opened));
@@ -116,6 +143,17 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
                 "num_regions": info.num_regions,
                 "num_irqs": info.num_irqs,
                 "caps": info.caps.iter().map(capability_json).collect::<Vec<_>>(),
+                "mdev": mdev.as_ref().map(|t| json!({
+                    "type": t.id, "type_name": t.name, "parent": t.parent,
+                })),
+            },
+            "migration": match &migration {
+                Ok((flags, state)) => json!({
+                    "flags": flags.bits(),
+                    "flag_names": format!("{flags:?}"),
+                    "state": format!("{state:?}"),
+                }),
+                Err(e) => error_json(e),
             },
             "pci": identity.as_ref().map(|r| match r {
                 Ok(p) => json!({
@@ -154,6 +192,17 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
             hex(u64::from(info.flags)),
             names(&describe::device_flags(info.flags))
         ),
+    ]);
+    if let Some(m) = &mdev {
+        t.row(vec!["mediated device".into(), mdev_text(m)]);
+    }
+    t.row(vec![
+        "migration".into(),
+        match &migration {
+            Ok((flags, state)) => format!("{flags:?}, state {state:?}"),
+            Err(e) if e.kind() == vfio_hal::ErrorKind::NotSupported => "none".into(),
+            Err(e) => format!("error: {e}"),
+        },
     ]);
     t.row(vec![
         "regions / irqs".into(),

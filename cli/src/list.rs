@@ -1,16 +1,17 @@
 //! `vfio-hal list`: the kernel's VFIO interfaces, the backends they make
-//! possible, and the devices bound to vfio-pci with their groups.
+//! possible, and the VFIO devices (PCI functions bound to vfio-pci, and
+//! mediated devices) with their groups.
 
 use serde_json::{json, Value};
-use vfio_hal_facade::host::Blocker;
-use vfio_hal_facade::{Backend, PciDevice, MOCK_DEVICES};
+use vfio_hal_facade::host::{Blocker, Bus};
+use vfio_hal_facade::{Backend, HostDevice, MOCK_DEVICES};
 
 use crate::output::say;
 use crate::table::Table;
 use crate::{CliError, Ctx};
 
 /// What `auto` would pick for a device, and why.
-fn auto_choice(ctx: &Ctx, device: &PciDevice) -> (String, String) {
+fn auto_choice(ctx: &Ctx, device: &HostDevice) -> (String, String) {
     match vfio_hal_facade::auto_choice(&ctx.host, device) {
         Some((backend, why)) => (backend.to_string(), why),
         None => (
@@ -20,10 +21,12 @@ fn auto_choice(ctx: &Ctx, device: &PciDevice) -> (String, String) {
     }
 }
 
-fn ids(d: &PciDevice) -> String {
-    match (d.vendor, d.device) {
-        (Some(v), Some(id)) => format!("{v:04x}:{id:04x}"),
-        _ => "?".to_owned(),
+/// A PCI function's vendor:device, a mediated device's `mdev:<type>`.
+fn ids(d: &HostDevice) -> String {
+    match (&d.bus, d.vendor, d.device) {
+        (Bus::Mdev(t), ..) => format!("mdev:{}", t.id),
+        (Bus::Pci, Some(v), Some(id)) => format!("{v:04x}:{id:04x}"),
+        (Bus::Pci, ..) => "?".to_owned(),
     }
 }
 
@@ -41,7 +44,7 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
     let host = &ctx.host;
     let nodes = vfio_hal_facade::host::nodes(host);
     let offers = vfio_hal_facade::host::offers(host);
-    let devices: Vec<(PciDevice, Vec<Blocker>, (String, String))> = host
+    let devices: Vec<(HostDevice, Vec<Blocker>, (String, String))> = host
         .vfio_devices()
         .into_iter()
         .map(|d| {
@@ -65,6 +68,11 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
             })).collect::<Vec<_>>(),
             "devices": devices.iter().map(|(d, blockers, (backend, reason))| json!({
                 "name": d.name,
+                "bus": match d.bus { Bus::Pci => "pci", Bus::Mdev(_) => "mdev" },
+                "mdev": match &d.bus {
+                    Bus::Mdev(t) => json!({"type": t.id, "type_name": t.name, "parent": t.parent}),
+                    Bus::Pci => Value::Null,
+                },
                 "vendor": d.vendor,
                 "device": d.device,
                 "driver": d.driver,

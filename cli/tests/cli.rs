@@ -365,6 +365,44 @@ fn list_shows_bound_devices_their_groups_and_viability() {
 }
 
 #[test]
+fn list_shows_mediated_devices_with_their_type() {
+    let h = fresh();
+    h.add_device("0000:00:04.0", Some("vfio-pci"), Some(4), Some("vfio0"))
+        .expect("edu");
+    let uuid = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+    h.add_mdev(
+        uuid,
+        "mtty",
+        "mtty-2",
+        "Dual port serial",
+        12,
+        Some("vfio1"),
+    )
+    .expect("mtty");
+    let v = json(&h, &["list"]);
+    let devices = v["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 2, "{v}");
+    assert_eq!(devices[0]["bus"], "pci");
+    let mdev = &devices[1];
+    assert_eq!(mdev["name"], uuid);
+    assert_eq!(mdev["bus"], "mdev");
+    assert_eq!(mdev["mdev"]["type"], "mtty-2");
+    assert_eq!(mdev["mdev"]["type_name"], "Dual port serial");
+    assert_eq!(mdev["mdev"]["parent"], "mtty");
+    assert_eq!(
+        (mdev["group"].as_u64(), mdev["viable"].as_bool()),
+        (Some(12), Some(true))
+    );
+    let text = ok(&h, &["list"]);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(uuid))
+        .unwrap_or_else(|| panic!("no row for {uuid}:\n{text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[1..5], ["mdev:mtty-2", "12", "yes", "vfio1"], "{row}");
+}
+
+#[test]
 fn a_device_on_another_driver_gets_the_rebind_commands() {
     let h = fresh();
     h.add_device("0000:00:03.0", Some("virtio-pci"), Some(3), None)

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use vfio_hal::dynamic::DynContainer;
 use vfio_hal::{Capability, ErrorKind, IommuInfo};
-use vfio_hal_linux::{Host, PciDevice};
+use vfio_hal_linux::{Host, HostDevice};
 
 /// A backend of `vfio-hal`, as a user names it (`--backend auto|mock|legacy|iommufd`).
 ///
@@ -68,10 +68,10 @@ pub struct Description {
     /// The nodes it needs on any host, whatever the device.
     pub host_nodes: fn(&Host) -> Vec<Need>,
     /// The nodes it needs for this device (its group node, its cdev node).
-    pub device_nodes: fn(&Host, &PciDevice) -> Vec<PathBuf>,
+    pub device_nodes: fn(&Host, &HostDevice) -> Vec<PathBuf>,
     /// Whether it can serve `device` on this host: why, or why not. The
     /// automatic choice takes the first real backend that says yes.
-    pub probe: fn(&Host, &PciDevice) -> Result<String, String>,
+    pub probe: fn(&Host, &HostDevice) -> Result<String, String>,
     /// Opens an empty container on `host`; `attach` names devices whose
     /// IOMMU context the container needs before any device is opened (type1
     /// has no IOMMU until a group is attached). `None` for the mock, whose
@@ -147,7 +147,7 @@ const IOMMUFD: Description = Description {
 
 /// iommufd serves a device that has a cdev whose node exists, on a host
 /// whose `/dev/iommu` opens.
-fn iommufd_probe(host: &Host, device: &PciDevice) -> Result<String, String> {
+fn iommufd_probe(host: &Host, device: &HostDevice) -> Result<String, String> {
     let loc = host
         .find_cdev(&device.name)
         .map_err(|e| format!("no VFIO device cdev ({e})"))?;
@@ -309,7 +309,7 @@ impl FromStr for Backend {
 /// [`DESCRIPTIONS`] whose probe says yes, and why — the refusals of the
 /// ones before it included, so that a VMM can log what it did not get.
 /// `None` when no real backend is built in.
-pub fn auto_choice(host: &Host, device: &PciDevice) -> Option<(Backend, String)> {
+pub fn auto_choice(host: &Host, device: &HostDevice) -> Option<(Backend, String)> {
     let mut refused = Vec::new();
     for d in DESCRIPTIONS
         .iter()
@@ -347,10 +347,10 @@ mod tests {
         }
     }
 
-    fn edu(t: &FakeHost, cdev: Option<&str>) -> PciDevice {
+    fn edu(t: &FakeHost, cdev: Option<&str>) -> HostDevice {
         t.add_device("0000:00:01.0", Some("vfio-pci"), Some(1), cdev)
             .expect("device");
-        t.host().pci_device("0000:00:01.0").expect("device")
+        t.host().device("0000:00:01.0").expect("device")
     }
 
     #[cfg(all(feature = "iommufd", feature = "legacy"))]

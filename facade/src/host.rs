@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 use vfio_hal::ErrorKind;
 pub use vfio_hal_linux::fake;
-pub use vfio_hal_linux::host::{is_pci_address, normalize_pci_address};
-pub use vfio_hal_linux::{Blocker, Host, LookupError, PciDevice};
+pub use vfio_hal_linux::host::{is_pci_address, normalize_pci_address, normalize_uuid};
+pub use vfio_hal_linux::{Blocker, Bus, Host, HostDevice, LookupError, MdevType};
 
 use crate::backend::{Backend, DESCRIPTIONS};
 
@@ -50,8 +50,8 @@ pub struct Offer {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Problem {
-    /// No PCI device has this address.
-    #[error("no PCI device {name} (looked for {})", path.display())]
+    /// No device has this address, UUID or path.
+    #[error("no device {name} (looked for {})", path.display())]
     NoSuchDevice {
         /// The address asked for.
         name: String,
@@ -112,8 +112,8 @@ pub enum Problem {
         /// The devices bound to vfio-pci.
         present: Vec<String>,
     },
-    /// The name is neither a PCI address, a sysfs path nor a mock model.
-    #[error("`{name}` is not a PCI address (0000:00:04.0) or a sysfs device path")]
+    /// The name is neither a PCI address, an mdev UUID, a sysfs path nor a mock model.
+    #[error("`{name}` is not a PCI address (0000:00:04.0), a mediated device's UUID or a sysfs device path")]
     BadName {
         /// The name given.
         name: String,
@@ -279,8 +279,8 @@ pub fn offers(host: &Host) -> Vec<Offer> {
 /// Checks, from sysfs alone, that `name` can be handed to VFIO: it
 /// exists, is bound to vfio-pci, has an IOMMU group and the group is
 /// viable. Returns the device.
-pub fn check_device(host: &Host, name: &str) -> Result<PciDevice, Problem> {
-    let device = host.pci_device(name)?;
+pub fn check_device(host: &Host, name: &str) -> Result<HostDevice, Problem> {
+    let device = host.device(name)?;
     if !device.bound_to_vfio() {
         return Err(Problem::NotBoundToVfio {
             name: device.name,
@@ -302,7 +302,7 @@ pub fn check_device(host: &Host, name: &str) -> Result<PciDevice, Problem> {
 }
 
 /// Checks that the nodes `backend` needs for `device` exist.
-pub fn check_nodes(host: &Host, backend: Backend, device: &PciDevice) -> Result<(), Problem> {
+pub fn check_nodes(host: &Host, backend: Backend, device: &HostDevice) -> Result<(), Problem> {
     let Some(d) = backend.description() else {
         return Ok(());
     };

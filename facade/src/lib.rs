@@ -81,5 +81,5 @@ pub use vfio_hal_linux as linux;
 
 pub use backend::Backend;
 pub use backend::{auto_choice, Description, DESCRIPTIONS};
-pub use host::{Host, PciDevice, Problem};
+pub use host::{Host, HostDevice, Problem};
 pub use open::{open, open_container, OpenError, OpenSpec, Opened, MOCK_DEVICES};

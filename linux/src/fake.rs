@@ -124,6 +124,42 @@ impl FakeHost {
         Ok(dir)
     }
 
+    /// Adds mediated device `uuid` the way the kernel lays one out: its
+    /// directory under its parent (`sys/devices/virtual/<parent>/<parent>/<uuid>`,
+    /// linked from `bus/mdev/devices`), its `mdev_type` link into the
+    /// parent's `mdev_supported_types/<type_id>` (whose `name` reads
+    /// `type_name`), bound to the parent's driver (`parent`), alone in
+    /// emulated IOMMU `group`, with VFIO cdev `cdev`. Returns its directory.
+    pub fn add_mdev(
+        &self,
+        uuid: &str,
+        parent: &str,
+        type_id: &str,
+        type_name: &str,
+        group: u32,
+        cdev: Option<&str>,
+    ) -> io::Result<PathBuf> {
+        let sys = self.path("sys");
+        let parent_dir = sys.join("devices/virtual").join(parent).join(parent);
+        let type_dir = parent_dir.join("mdev_supported_types").join(type_id);
+        write(&type_dir.join("name"), &format!("{type_name}\n"))?;
+        let dir = parent_dir.join(uuid);
+        std::fs::create_dir_all(&dir)?;
+        symlink(&type_dir, &dir.join("mdev_type"))?;
+        symlink(&dir, &sys.join("bus/mdev/devices").join(uuid))?;
+        let ddir = sys.join("bus/mdev/drivers").join(parent);
+        std::fs::create_dir_all(&ddir)?;
+        symlink(&ddir, &dir.join("driver"))?;
+        let gdir = sys.join("kernel/iommu_groups").join(group.to_string());
+        std::fs::create_dir_all(gdir.join("devices"))?;
+        symlink(&gdir, &dir.join("iommu_group"))?;
+        symlink(&dir, &gdir.join("devices").join(uuid))?;
+        if let Some(c) = cdev {
+            std::fs::create_dir_all(dir.join("vfio-dev").join(c))?;
+        }
+        Ok(dir)
+    }
+
     /// Creates the node `rel` under `dev` (an empty file), e.g. `iommu`,
     /// `vfio/vfio`, `vfio/devices/vfio0`.
     pub fn add_node(&self, rel: &str) -> io::Result<()> {

@@ -9,11 +9,18 @@
 //! opens a VFIO node. Both roots are injectable ([`Host::new`]) so that every
 //! lookup runs unchanged against a fake tree ([`crate::fake::FakeHost`]).
 //!
-//! A device is named either by its PCI address (`0000:00:01.0`, or the short
-//! `00:01.0`, looked up under `<sys>/bus/pci/devices/`) or by the absolute
-//! path of its sysfs directory (any bus). Its group is the last component
-//! of the `iommu_group` symlink in that directory; its VFIO cdev (Linux
-//! 6.6+) is the `vfioN` entry of its `vfio-dev` directory.
+//! A device is named by its PCI address (`0000:00:01.0`, or the short
+//! `00:01.0`, looked up under `<sys>/bus/pci/devices/`), by the UUID of a
+//! mediated device (looked up under `<sys>/bus/mdev/devices/`), or by the
+//! absolute path of its sysfs directory (any bus). Its group is the last
+//! component of the `iommu_group` symlink in that directory; its VFIO cdev
+//! (Linux 6.6+) is the `vfioN` entry of its `vfio-dev` directory.
+//!
+//! VFIO devices are of two kinds here: PCI functions bound to vfio-pci (or
+//! a vendor variant of it), and mediated devices, which their parent's
+//! driver carves out of it and registers with VFIO itself (the kernel's
+//! mtty sample, GVT-g, vfio-ccw, vfio-ap). A mediated device sits alone in
+//! an emulated IOMMU group that is always viable.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,18 +45,22 @@ impl Default for Host {
     }
 }
 
-/// One PCI device as sysfs describes it.
+/// One device as sysfs describes it: a PCI function or a mediated device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PciDevice {
-    /// The name VFIO knows it by: the PCI address, `0000:00:04.0`.
+pub struct HostDevice {
+    /// The name VFIO knows it by: the PCI address, `0000:00:04.0`, or a
+    /// mediated device's UUID.
     pub name: String,
+    /// The bus it is on, and for a mediated device its type and parent.
+    pub bus: Bus,
     /// Its sysfs directory.
     pub sysfs_dir: PathBuf,
-    /// PCI vendor id, where sysfs has it.
+    /// PCI vendor id, where sysfs has it (PCI functions only).
     pub vendor: Option<u16>,
-    /// PCI device id, where sysfs has it.
+    /// PCI device id, where sysfs has it (PCI functions only).
     pub device: Option<u16>,
-    /// The bound driver (`vfio-pci`), or `None` when unbound.
+    /// The bound driver (`vfio-pci`; a mediated device's parent driver,
+    /// `mtty`), or `None` when unbound.
     pub driver: Option<String>,
     /// The IOMMU group, or `None` when the device has none (IOMMU off).
     pub group: Option<u32>,
@@ -57,11 +68,38 @@ pub struct PciDevice {
     pub cdev: Option<String>,
 }
 
-impl PciDevice {
-    /// Whether a VFIO driver (vfio-pci or a vendor variant of it) owns the device.
+impl HostDevice {
+    /// Whether a VFIO driver owns the device: vfio-pci or a vendor variant
+    /// of it for a PCI function; for a mediated device, its parent's driver
+    /// (every mdev driver registers its devices with VFIO).
     pub fn bound_to_vfio(&self) -> bool {
-        self.driver.as_deref().is_some_and(is_vfio_driver)
+        match self.bus {
+            Bus::Pci => self.driver.as_deref().is_some_and(is_vfio_driver),
+            Bus::Mdev(_) => self.driver.is_some(),
+        }
     }
+}
+
+/// The bus a device is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bus {
+    /// A PCI function.
+    Pci,
+    /// A mediated device (`<sys>/bus/mdev/devices/<uuid>`).
+    Mdev(MdevType),
+}
+
+/// What a mediated device is: its type and the device it was carved from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdevType {
+    /// The type's id, the directory under the parent's
+    /// `mdev_supported_types` it was created through (`mtty-2`).
+    pub id: String,
+    /// The type's human-readable name, where the parent gives one
+    /// (`Dual port serial`).
+    pub name: Option<String>,
+    /// The parent device's name (`mtty`, a PCI address for GVT-g).
+    pub parent: String,
 }
 
 fn is_vfio_driver(driver: &str) -> bool {
@@ -102,13 +140,13 @@ pub struct CdevLocation {
 #[non_exhaustive]
 pub enum LookupError {
     /// The name is neither a PCI address nor an absolute sysfs path.
-    #[error("`{name}` is not a PCI address (0000:00:04.0) or a sysfs device path")]
+    #[error("`{name}` is not a PCI address (0000:00:04.0), an mdev UUID or a sysfs device path")]
     BadName {
         /// The name given.
         name: String,
     },
     /// No device lives where the name points.
-    #[error("no PCI device {name} (looked for {})", path.display())]
+    #[error("no device {name} (looked for {})", path.display())]
     NoSuchDevice {
         /// The name given.
         name: String,
@@ -124,7 +162,7 @@ impl From<LookupError> for Error {
             LookupError::BadName { name } => Error::InvalidArgument {
                 op: OP,
                 target: Target::Device(name),
-                reason: "a device is named by a PCI address such as 0000:00:01.0 or an absolute sysfs path",
+                reason: "a device is named by a PCI address such as 0000:00:01.0, a mediated device's UUID or an absolute sysfs path",
             },
             LookupError::NoSuchDevice { path, .. } => {
                 Error::sys("stat", Target::Path(path_string(&path)), libc::ENOENT)
@@ -183,12 +221,18 @@ impl Host {
         self.sys.join("bus/pci/drivers/vfio-pci")
     }
 
+    /// `<sys>/bus/mdev/devices`: the mediated devices, by UUID.
+    pub fn mdev_dir(&self) -> PathBuf {
+        self.sys.join("bus/mdev/devices")
+    }
+
     /// The sysfs directory of `device` and the name VFIO knows it by.
     ///
     /// `device` is a PCI address (full or short), resolved under
-    /// `<sys>/bus/pci/devices/`, or an absolute path to a device directory,
-    /// whose last component (after resolving symlinks) is the name. The
-    /// directory is not checked to exist.
+    /// `<sys>/bus/pci/devices/`, a mediated device's UUID, resolved under
+    /// `<sys>/bus/mdev/devices/`, or an absolute path to a device
+    /// directory, whose last component (after resolving symlinks) is the
+    /// name. The directory is not checked to exist.
     pub fn device_dir(&self, device: &str) -> Result<(PathBuf, String), LookupError> {
         let bad = || LookupError::BadName {
             name: device.to_owned(),
@@ -205,18 +249,22 @@ impl Host {
                 .ok_or_else(bad)?;
             return Ok((dir, name));
         }
+        if let Some(uuid) = normalize_uuid(device) {
+            return Ok((self.mdev_dir().join(&uuid), uuid));
+        }
         let name = normalize_pci_address(device).ok_or_else(bad)?;
         Ok((self.sys.join("bus/pci/devices").join(&name), name))
     }
 
-    /// The PCI device `name` (see [`Host::device_dir`]), as sysfs describes it.
-    pub fn pci_device(&self, name: &str) -> Result<PciDevice, LookupError> {
+    /// The device `name` (see [`Host::device_dir`]), as sysfs describes it.
+    pub fn device(&self, name: &str) -> Result<HostDevice, LookupError> {
         let (dir, name) = self.device_dir(name)?;
         if !dir.exists() {
             return Err(LookupError::NoSuchDevice { name, path: dir });
         }
         let cdev = cdev_in(&dir, &name).ok();
-        Ok(PciDevice {
+        Ok(HostDevice {
+            bus: mdev_type_of(&dir).map_or(Bus::Pci, Bus::Mdev),
             vendor: read_hex_u16(&dir.join("vendor")),
             device: read_hex_u16(&dir.join("device")),
             driver: link_name(&dir.join("driver")),
@@ -227,16 +275,22 @@ impl Host {
         })
     }
 
-    /// The devices bound to vfio-pci, sorted by address.
-    pub fn vfio_devices(&self) -> Vec<PciDevice> {
-        sorted_entries(&self.vfio_pci_driver_dir())
+    /// The VFIO devices: the PCI functions bound to vfio-pci, sorted by
+    /// address, then the mediated devices with a driver, sorted by UUID.
+    pub fn vfio_devices(&self) -> Vec<HostDevice> {
+        let pci = sorted_entries(&self.vfio_pci_driver_dir())
             .into_iter()
-            .filter(|n| is_pci_address(n))
-            .filter_map(|n| self.pci_device(&n).ok())
+            .filter(|n| is_pci_address(n));
+        let mdev = sorted_entries(&self.mdev_dir())
+            .into_iter()
+            .filter(|n| normalize_uuid(n).is_some());
+        pci.chain(mdev)
+            .filter_map(|n| self.device(&n).ok())
+            .filter(HostDevice::bound_to_vfio)
             .collect()
     }
 
-    /// The names of the devices bound to vfio-pci, sorted.
+    /// The names of the VFIO devices ([`Host::vfio_devices`]).
     pub fn vfio_device_names(&self) -> Vec<String> {
         self.vfio_devices().into_iter().map(|d| d.name).collect()
     }
@@ -251,9 +305,13 @@ impl Host {
         sorted_entries(&dir)
             .into_iter()
             .filter_map(|device| {
-                let driver = link_name(&dir.join(&device).join("driver"))?;
-                let harmless =
-                    is_vfio_driver(&driver) || DMA_SAFE_DRIVERS.contains(&driver.as_str());
+                let entry = dir.join(&device);
+                let driver = link_name(&entry.join("driver"))?;
+                // A mediated device's group is emulated: the kernel never
+                // checks its viability, and its driver is VFIO's.
+                let harmless = is_vfio_driver(&driver)
+                    || DMA_SAFE_DRIVERS.contains(&driver.as_str())
+                    || mdev_type_of(&entry).is_some();
                 (!harmless).then_some(Blocker { device, driver })
             })
             .collect()
@@ -318,6 +376,37 @@ pub fn normalize_pci_address(name: &str) -> Option<String> {
         && func.len() == 1
         && matches!(func.as_bytes()[0], b'0'..=b'7');
     ok.then(|| format!("{domain}:{bus}:{dev}.{func}").to_ascii_lowercase())
+}
+
+/// A mediated device's UUID (`8-4-4-4-12` hex digits), lower-cased, as
+/// sysfs names it; `None` if `name` is not one.
+pub fn normalize_uuid(name: &str) -> Option<String> {
+    let groups: Vec<&str> = name.split('-').collect();
+    let shaped = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    shaped.then(|| name.to_ascii_lowercase())
+}
+
+/// The type of the mediated device whose sysfs directory is `dir`, from
+/// its `mdev_type` link (`<parent>/mdev_supported_types/<id>`); `None`
+/// when `dir` is not a mediated device.
+fn mdev_type_of(dir: &Path) -> Option<MdevType> {
+    let type_dir = std::fs::canonicalize(dir.join("mdev_type")).ok()?;
+    let id = type_dir.file_name()?.to_str()?.to_owned();
+    let name = std::fs::read_to_string(type_dir.join("name"))
+        .ok()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    let parent = std::fs::canonicalize(dir)
+        .ok()?
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .to_owned();
+    Some(MdevType { id, name, parent })
 }
 
 /// Refuses names that would escape a devices directory or cannot be passed
@@ -465,11 +554,76 @@ mod tests {
     fn a_device_is_described_and_listed() {
         let t = tree();
         let host = t.host();
-        let d = host.pci_device("00:04.0").expect("edu");
+        let d = host.device("00:04.0").expect("edu");
         assert_eq!(d.name, EDU);
         assert_eq!((d.vendor, d.device), (Some(0x1234), Some(0x11e8)));
         assert_eq!((d.group, d.cdev.as_deref()), (Some(5), Some("vfio3")));
         assert!(d.bound_to_vfio());
+        assert_eq!(host.vfio_device_names(), vec![EDU.to_owned()]);
+    }
+
+    const MTTY: &str = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+
+    #[test]
+    fn uuids_are_recognised_and_lower_cased() {
+        assert_eq!(
+            normalize_uuid("83B8F4F2-509F-382F-3C1E-E6BFE0FA1001").as_deref(),
+            Some(MTTY)
+        );
+        for bad in [
+            "83b8f4f2-509f-382f-3c1e",
+            "83b8f4f2509f382f3c1ee6bfe0fa1001",
+            "83b8f4f2-509f-382f-3c1e-e6bfe0fa100g",
+            "83b8f4f2-509f-382f-3c1e-e6bfe0fa10011",
+            "",
+        ] {
+            assert_eq!(normalize_uuid(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_mediated_device_is_named_by_uuid_or_path_described_and_listed() {
+        let t = tree();
+        let dir = t
+            .add_mdev(MTTY, "mtty", "mtty-2", "Dual port serial", 9, Some("vfio4"))
+            .expect("mdev");
+        let host = t.host();
+        let by_path = dir.to_str().expect("utf-8").to_owned();
+        let upper = MTTY.to_ascii_uppercase();
+        for name in [MTTY, upper.as_str(), by_path.as_str()] {
+            let d = host.device(name).expect("mtty");
+            assert_eq!(d.name, MTTY);
+            assert_eq!(
+                d.bus,
+                Bus::Mdev(MdevType {
+                    id: "mtty-2".into(),
+                    name: Some("Dual port serial".into()),
+                    parent: "mtty".into(),
+                })
+            );
+            assert_eq!((d.vendor, d.device), (None, None));
+            assert_eq!((d.group, d.cdev.as_deref()), (Some(9), Some("vfio4")));
+            assert!(d.bound_to_vfio(), "{d:?}");
+            assert_eq!(host.iommu_group(name).expect("group"), 9);
+            assert_eq!(host.find_cdev(name).expect("cdev").cdev, "vfio4");
+        }
+        assert!(host.blockers(9).is_empty(), "{:?}", host.blockers(9));
+        assert_eq!(
+            host.vfio_device_names(),
+            vec![EDU.to_owned(), MTTY.to_owned()]
+        );
+        assert_eq!(host.device(EDU).expect("edu").bus, Bus::Pci);
+    }
+
+    #[test]
+    fn a_mediated_device_without_a_driver_is_not_listed() {
+        let t = tree();
+        let dir = t
+            .add_mdev(MTTY, "mtty", "mtty-1", "Single port serial", 9, None)
+            .expect("mdev");
+        std::fs::remove_file(dir.join("driver")).expect("unbind");
+        let host = t.host();
+        assert!(!host.device(MTTY).expect("mtty").bound_to_vfio());
         assert_eq!(host.vfio_device_names(), vec![EDU.to_owned()]);
     }
 
@@ -495,7 +649,7 @@ mod tests {
             e.to_string().contains("bus/pci/devices/0000:00:09.0"),
             "{e}"
         );
-        let l = t.host().pci_device("0000:00:1f.7").expect_err("absent");
+        let l = t.host().device("0000:00:1f.7").expect_err("absent");
         assert!(matches!(l, LookupError::NoSuchDevice { .. }), "{l:?}");
     }
 

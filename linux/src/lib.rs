@@ -34,4 +34,4 @@ pub mod mshv;
 pub mod sys;
 
 pub use devfd::{Backing, HotResetDevice, HotResetInfo, VfioDevice, VfioIrq, VfioRegion};
-pub use host::{Blocker, CdevLocation, Host, LookupError, PciDevice};
+pub use host::{Blocker, Bus, CdevLocation, Host, HostDevice, LookupError, MdevType};
