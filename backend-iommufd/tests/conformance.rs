@@ -1,6 +1,7 @@
 //! The whole conformance suite against native iommufd ([`IoasContainer`] and
 //! cdev devices) in the lane's guest (`bash tests/vm/lane.sh`), on edu, the
-//! MSI-X device and the igb NIC (a DMA engine of the H cases); ignored on
+//! MSI-X device, the igb NIC (a DMA engine of the H cases) and two
+//! instances of the kernel's mtty sample (the migration cases); ignored on
 //! the host. The report, one line per case and the summary
 //! `conformance: N passed, M failed, K skipped`, goes straight to stdout, so
 //! the lane's log shows it whether the test passes or not.
@@ -15,6 +16,7 @@ struct IommufdFixture {
     edu: String,
     msix: String,
     igb: String,
+    mtty: (String, String),
 }
 
 impl IommufdFixture {
@@ -28,6 +30,7 @@ impl IommufdFixture {
             edu: var("VFIO_HAL_EDU_BDF"),
             msix: var("VFIO_HAL_MSIX_BDF"),
             igb: var("VFIO_HAL_IGB_BDF"),
+            mtty: (var("VFIO_HAL_MTTY_SRC"), var("VFIO_HAL_MTTY_DST")),
         }
     }
 }
@@ -53,6 +56,12 @@ impl Fixture for IommufdFixture {
 
     fn igb(&self) -> Option<&str> {
         Some(&self.igb)
+    }
+
+    /// The lane's two mtty instances: emulated devices, bound through
+    /// their cdevs to the IOAS like any other.
+    fn migratable_pair(&self) -> Option<(&str, &str)> {
+        Some((&self.mtty.0, &self.mtty.1))
     }
 
     fn capabilities(&self) -> Capabilities {

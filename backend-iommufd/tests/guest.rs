@@ -911,3 +911,27 @@ fn zz_device_del_in_use_req_revoke_device_gone_clean_drop() {
         .expect("map after the unplug");
     drop(m);
 }
+
+/// The kernel's mtty sample through its cdev, bound to an IOAS as an
+/// emulated device: opened by UUID and by sysfs path, with migration v2 and
+/// DMA logging, and its serial registers and FIFO migrated into a second
+/// instance.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn mtty_opens_through_its_cdev_and_its_serial_state_migrates() {
+    let (src, dst) = (lane_env("VFIO_HAL_MTTY_SRC"), lane_env("VFIO_HAL_MTTY_DST"));
+    let host = Host::default();
+    let cdev = host.find_cdev(&src).expect("mtty's cdev");
+    assert!(cdev.node.exists(), "{}", cdev.node.display());
+    let container = IoasContainer::open().expect("IOAS");
+    let seen =
+        vfio_hal_guest_tests::mtty::opens_by_path_with_migration_and_logging(&container, &src)
+            .unwrap_or_else(|e| panic!("{e}"));
+    println!("{seen} ({})", cdev.node.display());
+    let migrated = vfio_hal_guest_tests::mtty::serial_state_migrates(&container, &src, &dst)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{migrated}");
+}

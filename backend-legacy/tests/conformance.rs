@@ -1,6 +1,7 @@
 //! The whole conformance suite against the legacy backend in the lane's
-//! guest (`bash tests/vm/lane.sh`), on edu, the MSI-X device and the igb
-//! NIC (a DMA engine of the H cases); ignored on the host. The mode follows
+//! guest (`bash tests/vm/lane.sh`), on edu, the MSI-X device, the igb
+//! NIC (a DMA engine of the H cases) and two instances of the kernel's
+//! mtty sample (the migration cases); ignored on the host. The mode follows
 //! the booted kernel: `legacy-type1v2` on the default kernel (the type1
 //! container serves `/dev/vfio/vfio`), `legacy-iommufd-compat` on the
 //! compat kernel (iommufd serves it). The report, one line per case and the
@@ -18,6 +19,7 @@ struct LegacyFixture {
     edu: String,
     msix: String,
     igb: String,
+    mtty: (String, String),
 }
 
 impl LegacyFixture {
@@ -27,6 +29,10 @@ impl LegacyFixture {
             edu: lane::lane_env(lane::EDU_BDF),
             msix: lane::lane_env(lane::MSIX_BDF),
             igb: lane::lane_env(lane::IGB_BDF),
+            mtty: (
+                lane::lane_env(lane::MTTY_SRC),
+                lane::lane_env(lane::MTTY_DST),
+            ),
         }
     }
 }
@@ -62,6 +68,12 @@ impl Fixture for LegacyFixture {
 
     fn igb(&self) -> Option<&str> {
         Some(&self.igb)
+    }
+
+    /// The lane's two mtty instances, each in its own emulated group,
+    /// attached when the cases open them.
+    fn migratable_pair(&self) -> Option<(&str, &str)> {
+        Some((&self.mtty.0, &self.mtty.1))
     }
 
     fn capabilities(&self) -> Capabilities {

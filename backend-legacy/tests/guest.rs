@@ -959,3 +959,31 @@ fn low_power_suspends_the_device_and_an_access_wakes_it() {
     assert_eq!(power_state(), "D0");
     igb.low_power_exit().expect("leaving twice is fine");
 }
+
+/// The kernel's mtty sample through its (emulated) group: opened by UUID
+/// and by sysfs path, with migration v2 and DMA logging, and its serial
+/// registers and FIFO migrated into a second instance.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn mtty_opens_through_its_group_and_its_serial_state_migrates() {
+    let (src, dst) = (
+        lane::lane_env(lane::MTTY_SRC),
+        lane::lane_env(lane::MTTY_DST),
+    );
+    let container = LegacyContainer::open().expect("container");
+    let seen = lane::mtty::opens_by_path_with_migration_and_logging(&container, &src)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{seen}");
+    let group = container.group_of(&src).expect("mtty's group");
+    assert_ne!(
+        group.id(),
+        container.group_of(&dst).expect("group").id(),
+        "each mdev has its own group"
+    );
+    let migrated =
+        lane::mtty::serial_state_migrates(&container, &src, &dst).unwrap_or_else(|e| panic!("{e}"));
+    println!("{migrated}");
+}

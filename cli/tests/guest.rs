@@ -6,7 +6,9 @@
 //! vfio-pci in a viable group with its cdev, `info` reading its regions,
 //! irqs and features through the automatic backend and through each named
 //! one, `read`/`write` reaching the device's registers, and `conformance`
-//! passing its non-destructive selection; each in tables and in `--json`.
+//! passing its non-destructive selection; each in tables and in `--json`;
+//! and `list` and `info` showing the kernel's mtty instances as mediated
+//! devices with their type and migration features.
 
 use std::process::{Command, Output};
 
@@ -140,4 +142,56 @@ fn conformance_passes_its_non_destructive_selection_on_edu() {
         !v["left_out"].as_array().expect("left_out").is_empty(),
         "the destructive cases are left out: {v}"
     );
+}
+
+/// The lane's mtty instances, as the guest's /init created them.
+fn mttys() -> [String; 2] {
+    ["VFIO_HAL_MTTY_SRC", "VFIO_HAL_MTTY_DST"]
+        .map(|v| std::env::var(v).unwrap_or_else(|_| panic!("{v} (set by the lane's /init)")))
+}
+
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
+)]
+fn list_shows_the_mtty_instances_and_info_describes_one() {
+    let table = ok(&["list"]);
+    for uuid in mttys() {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&uuid))
+            .unwrap_or_else(|| panic!("no row for {uuid}:\n{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.get(1), Some(&"mdev:mtty-2"), "{row}");
+        assert_eq!(cells.get(3), Some(&"yes"), "viable: {row}");
+        assert!(
+            cells.get(4).is_some_and(|c| c.starts_with("vfio")),
+            "cdev: {row}"
+        );
+    }
+    let [uuid, _] = mttys();
+    let table = ok(&["info", &uuid]);
+    assert!(
+        table.lines().any(|l| l.starts_with("mediated device")
+            && l.contains("type mtty-2 (Dual port serial), parent mtty")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("migration")
+                && l.contains("STOP_COPY|P2P|PRE_COPY, state Running")),
+        "{table}"
+    );
+    for backend in ["legacy", "iommufd"] {
+        let v = json(&["--backend", backend, "info", &uuid]);
+        assert_eq!(v["device"]["backend"].as_str(), Some(backend), "{v}");
+        assert_eq!(v["device"]["mdev"]["type"].as_str(), Some("mtty-2"), "{v}");
+        assert_eq!(v["migration"]["flags"].as_u64(), Some(0b111), "{v}");
+        // Two 8-byte I/O BARs, one per port.
+        let regions = v["regions"].as_array().expect("regions");
+        assert_eq!(regions[0]["size"].as_u64(), Some(8), "{v}");
+        assert_eq!(regions[1]["size"].as_u64(), Some(8), "{v}");
+    }
 }

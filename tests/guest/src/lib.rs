@@ -17,6 +17,7 @@
 //! | [`IGB_BDF`] | QEMU's `igb` NIC (8086:10c9) alone behind a sixth root port: hot reset (its registers show the reset), PCIe with AER (the ERR interrupt), SR-IOV (VF tokens), a PCI PM capability |
 //! | [`EDU_ID`], [`MSIX_ID`], [`SPARE_ID`] … [`SPARE4_ID`], [`IGB_ID`] | their QEMU ids, for [`request_unplug`] and [`request_aer_inject`] |
 //! | [`IGB_PORT_ID`] | the QEMU id of the igb's root port, for [`request_aer_inject`] |
+//! | [`MTTY_SRC`], [`MTTY_DST`] | UUIDs of two instances of the kernel's mtty sample (`mtty-2`, a dual-port virtual serial card with VFIO migration v2), created through sysfs: the source and the destination of the migration tests |
 //! | [`KERNEL`] | `default` (type1 container + iommufd + cdev) or `compat` (iommufd serves `/dev/vfio/vfio`) |
 //!
 //! Tests that only make sense in the guest are marked
@@ -33,6 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub mod igb;
+pub mod mtty;
 pub mod peer;
 pub mod sys;
 pub mod unplug;
@@ -77,6 +79,11 @@ pub const EDU_ID: &str = "VFIO_HAL_EDU_ID";
 pub const MSIX_ID: &str = "VFIO_HAL_MSIX_ID";
 /// Environment variable: QEMU id of the spare `edu`.
 pub const SPARE_ID: &str = "VFIO_HAL_SPARE_ID";
+/// Environment variable: UUID of the first mtty instance (`mtty-2`, two
+/// ports): the source of the migration tests.
+pub const MTTY_SRC: &str = "VFIO_HAL_MTTY_SRC";
+/// Environment variable: UUID of the second mtty instance: the destination.
+pub const MTTY_DST: &str = "VFIO_HAL_MTTY_DST";
 /// Environment variable: the guest kernel's flavour, `default` or `compat`.
 pub const KERNEL: &str = "VFIO_HAL_KERNEL";
 
