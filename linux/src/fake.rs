@@ -71,6 +71,23 @@ fn symlink(target: &Path, link: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, link)
 }
 
+/// Binds the device `name` at `dir` to the driver at `driver_dir`: the
+/// device's `driver` link, and the driver's entry listing it back.
+fn bind(dir: &Path, name: &str, driver_dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(driver_dir)?;
+    symlink(driver_dir, &dir.join("driver"))?;
+    symlink(dir, &driver_dir.join(name))
+}
+
+/// Puts the device `name` at `dir` into IOMMU group `group`: its
+/// `iommu_group` link, and the group's `devices` entry listing it back.
+fn join_group(sys: &Path, dir: &Path, name: &str, group: u32) -> io::Result<()> {
+    let gdir = sys.join("kernel/iommu_groups").join(group.to_string());
+    std::fs::create_dir_all(gdir.join("devices"))?;
+    symlink(&gdir, &dir.join("iommu_group"))?;
+    symlink(dir, &gdir.join("devices").join(name))
+}
+
 impl FakeHost {
     /// An empty tree (`sys/bus/pci/devices` and `dev` exist, nothing else).
     pub fn new() -> io::Result<Self> {
@@ -107,16 +124,10 @@ impl FakeHost {
         write(&dir.join("vendor"), "0x1234\n")?;
         write(&dir.join("device"), "0x11e8\n")?;
         if let Some(d) = driver {
-            let ddir = sys.join("bus/pci/drivers").join(d);
-            std::fs::create_dir_all(&ddir)?;
-            symlink(&ddir, &dir.join("driver"))?;
-            symlink(&dir, &ddir.join(bdf))?;
+            bind(&dir, bdf, &sys.join("bus/pci/drivers").join(d))?;
         }
         if let Some(g) = group {
-            let gdir = sys.join("kernel/iommu_groups").join(g.to_string());
-            std::fs::create_dir_all(gdir.join("devices"))?;
-            symlink(&gdir, &dir.join("iommu_group"))?;
-            symlink(&dir, &gdir.join("devices").join(bdf))?;
+            join_group(&sys, &dir, bdf, g)?;
         }
         if let Some(c) = cdev {
             std::fs::create_dir_all(dir.join("vfio-dev").join(c))?;
@@ -128,7 +139,7 @@ impl FakeHost {
     /// directory under its parent (`sys/devices/virtual/<parent>/<parent>/<uuid>`,
     /// linked from `bus/mdev/devices`), its `mdev_type` link into the
     /// parent's `mdev_supported_types/<type_id>` (whose `name` reads
-    /// `type_name`), bound to the parent's driver (`parent`), alone in
+    /// `type_name`), bound to the parent's mdev driver (`parent`), alone in
     /// emulated IOMMU `group`, with VFIO cdev `cdev`. Returns its directory.
     pub fn add_mdev(
         &self,
@@ -147,13 +158,8 @@ impl FakeHost {
         std::fs::create_dir_all(&dir)?;
         symlink(&type_dir, &dir.join("mdev_type"))?;
         symlink(&dir, &sys.join("bus/mdev/devices").join(uuid))?;
-        let ddir = sys.join("bus/mdev/drivers").join(parent);
-        std::fs::create_dir_all(&ddir)?;
-        symlink(&ddir, &dir.join("driver"))?;
-        let gdir = sys.join("kernel/iommu_groups").join(group.to_string());
-        std::fs::create_dir_all(gdir.join("devices"))?;
-        symlink(&gdir, &dir.join("iommu_group"))?;
-        symlink(&dir, &gdir.join("devices").join(uuid))?;
+        bind(&dir, uuid, &sys.join("bus/mdev/drivers").join(parent))?;
+        join_group(&sys, &dir, uuid, group)?;
         if let Some(c) = cdev {
             std::fs::create_dir_all(dir.join("vfio-dev").join(c))?;
         }
