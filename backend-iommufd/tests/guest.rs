@@ -701,9 +701,12 @@ mod kernel_mock {
 /// node (`__iommu_probe_device` → `iommu_fwspec_ops(NULL)`), which with
 /// the emulated VT-d present is VT-d, so the mock device has no IOMMU and
 /// `IOMMU_TEST_OP_MOCK_DOMAIN` fails with EINVAL. The `nommu` boot (the
-/// same kernel, no VT-d) runs it with `--ignored`.
+/// same kernel, no VT-d) runs it; the other boots leave it out (`--skip`).
 #[test]
-#[ignore = "runs in the lane's nommu boot: the kernel's mock IOMMU cannot coexist with VT-d"]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane (its nommu boot): bash tests/vm/lane.sh"
+)]
 fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     let iommufd = Iommufd::open().expect("open /dev/iommu");
     let ioas = iommufd.alloc_ioas().expect("IOAS");
@@ -760,6 +763,113 @@ fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     assert_eq!(ioas.unmap_all().expect("unmap"), len);
     // The mock device holds the HWPT: destroy it first, then the handles go.
     iommufd.destroy(stdev).expect("destroy the mock device");
+}
+
+/// `Container::set_dirty_tracking`/`read_dirty` of an [`IoasContainer`]
+/// made `with_dirty_tracking`, on two kernel mock devices each attached to
+/// a HWPT of its own that the container covers: a read merges both HWPTs'
+/// bitmaps, `keep` is `NO_CLEAR`, a read with tracking off is refused, and
+/// a HWPT that cannot track is refused before the kernel sees it. The
+/// kernel mock IOMMU is the only one the lane has that tracks dirty pages,
+/// hence the `nommu` boot (see the test above); the other boots leave it out.
+#[test]
+#[cfg_attr(
+    not(vfio_hal_guest),
+    ignore = "needs the real-kernel lane (its nommu boot): bash tests/vm/lane.sh"
+)]
+fn ioas_container_reads_dirty_pages_of_its_hwpts_on_the_kernel_mock_iommu() {
+    let iommufd = Iommufd::open().expect("open /dev/iommu");
+    let ioas = iommufd.alloc_ioas().expect("IOAS");
+    let c = IoasContainer::with_ioas(ioas.clone(), Host::default()).with_dirty_tracking();
+    let migration = c
+        .iommu_info()
+        .expect("iommu info")
+        .caps
+        .into_iter()
+        .find_map(|cap| match cap {
+            vfio_hal::Capability::Migration { pgsize_bitmap, .. } => Some(pgsize_bitmap),
+            _ => None,
+        });
+    assert!(
+        migration.is_some_and(|sizes| sizes & PAGE != 0),
+        "a tracking container reports its page sizes: {migration:?}"
+    );
+    let mocks: Vec<(u32, vfio_hal_iommufd::HwPagetable)> = (0..2)
+        .map(|_| {
+            let (stdev, dev_id) = kernel_mock::mock_device(&iommufd, ioas.id());
+            let hwpt = vfio_hal_iommufd::HwPagetable::alloc(
+                dev_id,
+                &ioas,
+                HwptOptions {
+                    dirty_tracking: true,
+                    ..Default::default()
+                },
+            )
+            .expect("dirty-tracking HWPT");
+            kernel_mock::replace(&iommufd, stdev, hwpt.id());
+            c.add_dirty_hwpt(&hwpt).expect("cover the HWPT");
+            (stdev, hwpt)
+        })
+        .collect();
+
+    let base = kernel_mock::APERTURE_START;
+    let len = 16 * PAGE;
+    let ram = c
+        .map_buffer(
+            base,
+            DmaBuffer::new(len as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    let e = c
+        .read_dirty(base, len, PAGE, false)
+        .expect_err("read before tracking starts");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    c.set_dirty_tracking(true).expect("start");
+    let read = |keep| -> Vec<u64> {
+        c.read_dirty(base, len, PAGE, keep)
+            .expect("read")
+            .dirty()
+            .collect()
+    };
+    assert_eq!(read(false), Vec::<u64>::new(), "nothing written yet");
+    // Mock pages are half a host page: bit 2 is host page 1, bit 10 page 5.
+    assert_eq!(
+        kernel_mock::mark_dirty(&iommufd, mocks[0].1.id(), base, len, &[1 << 2]),
+        1
+    );
+    assert_eq!(
+        kernel_mock::mark_dirty(&iommufd, mocks[1].1.id(), base, len, &[1 << 10]),
+        1
+    );
+    let both = vec![base + PAGE, base + 5 * PAGE];
+    assert_eq!(read(true), both, "the bitmaps of both HWPTs, merged");
+    assert_eq!(read(false), both, "keep left the bits");
+    assert_eq!(read(false), Vec::<u64>::new(), "the previous read cleared");
+    c.set_dirty_tracking(false).expect("stop");
+    let e = c
+        .read_dirty(base, len, PAGE, false)
+        .expect_err("read after tracking stopped");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+    let (stdev, dev_id) = kernel_mock::mock_device(&iommufd, ioas.id());
+    let plain = vfio_hal_iommufd::HwPagetable::alloc(dev_id, &ioas, HwptOptions::default())
+        .expect("a HWPT without tracking");
+    let e = c
+        .add_dirty_hwpt(&plain)
+        .expect_err("a HWPT that cannot track");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let untracking = IoasContainer::with_ioas(ioas.clone(), Host::default());
+    let e = untracking
+        .set_dirty_tracking(true)
+        .expect_err("a container made without tracking");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+
+    drop(ram);
+    // The mock devices hold their HWPTs: destroy them first.
+    for stdev in mocks.iter().map(|(stdev, _)| *stdev).chain([stdev]) {
+        iommufd.destroy(stdev).expect("destroy a mock device");
+    }
 }
 
 // ---------------------------------------------------------------------------
