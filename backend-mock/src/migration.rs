@@ -19,9 +19,10 @@
 //! `EINVAL` and leave the device in ERROR; `VFIO_DEVICE_RESET` brings it
 //! back to RUNNING.
 //!
-//! Deviation from a kernel driver: PRE_COPY reports no dirty bytes (the
+//! Deviations from a kernel driver: PRE_COPY reports no dirty bytes (the
 //! models do not track what changed), so the whole state comes again at
-//! STOP_COPY.
+//! STOP_COPY. A failed load leaves the device in ERROR where mtty stays in
+//! RESUMING; the uAPI allows both ("optionally" ERROR).
 
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};

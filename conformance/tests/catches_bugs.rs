@@ -4,7 +4,9 @@
 
 use std::io::sink;
 
+use vfio_hal::decorate::{Args, Decorated, Hook, Op};
 use vfio_hal::dirty::DirtyBitmap;
+use vfio_hal::migration::MigrationState;
 use vfio_hal::{Container, DmaAccess, Error, ErrorKind, IommuInfo, Result, Target};
 use vfio_hal_conformance::runner::run_cases_to;
 use vfio_hal_conformance::{cases, Capabilities, Fixture, Outcome, Unplug};
@@ -259,4 +261,75 @@ fn a_leaked_fd_is_seen() {
             "G01_sweep_open",
         ],
     );
+}
+
+/// A device that refuses one request the uAPI allows: every
+/// `set_migration_state(PRE_COPY_P2P)`, whatever the state (`EINVAL`, as
+/// a driver with a wrong arc table would answer).
+#[derive(Debug, Clone)]
+struct RefusesPreCopyP2p;
+
+impl Hook for RefusesPreCopyP2p {
+    fn around<T>(
+        &self,
+        op: Op,
+        args: Args,
+        inner: impl FnOnce() -> Result<T>,
+        _value: impl FnOnce(&T) -> Option<u64>,
+    ) -> Result<T> {
+        match (op, args) {
+            (Op::SetMigrationState, Args::MigrationState(MigrationState::PreCopyP2p)) => Err(
+                Error::sys("set_migration_state", Target::None, libc::EINVAL),
+            ),
+            _ => inner(),
+        }
+    }
+}
+
+/// The mock's migratable pair behind [`RefusesPreCopyP2p`].
+#[derive(Debug)]
+struct MigrationBug(MockFixture);
+
+impl Fixture for MigrationBug {
+    type Container = Decorated<MockContainer, RefusesPreCopyP2p>;
+
+    fn mode(&self) -> &str {
+        "mock-refusing-an-arc"
+    }
+
+    fn container(&self) -> Result<Self::Container> {
+        Ok(Decorated::with_hook(self.0.container()?, RefusesPreCopyP2p))
+    }
+
+    fn edu(&self) -> &str {
+        self.0.edu()
+    }
+
+    fn migratable_pair(&self) -> Option<(&str, &str)> {
+        self.0.migratable_pair()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+}
+
+#[test]
+fn every_request_in_every_state_must_be_answered_as_the_uapi_says() {
+    let fixture = MigrationBug(MockFixture::new());
+    let cases: Vec<_> = cases::all::<MigrationBug>()
+        .into_iter()
+        .filter(|c| c.id.starts_with('M'))
+        .collect();
+    let results = run_cases_to(&fixture, &cases, &mut sink()).results;
+    for (id, outcome) in &results {
+        match *id {
+            "M05_migration_answers" => assert!(
+                matches!(outcome, Outcome::Failed(_)),
+                "{id} did not catch the refused arc: {outcome:?}"
+            ),
+            _ => assert_eq!(*outcome, Outcome::Passed, "{id} with the refused arc"),
+        }
+    }
+    assert!(results.iter().any(|(id, _)| *id == "M05_migration_answers"));
 }

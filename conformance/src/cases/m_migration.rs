@@ -1,10 +1,11 @@
 //! M: VFIO migration v2 on the fixture's migratable pair
 //! ([`Fixture::migratable_pair`]): the features, the refusals of the state
 //! machine, a stop-and-copy round trip whose state arrives byte for byte,
-//! and a pre-copy session that continues into STOP_COPY. Every case
-//! leaves both devices RUNNING.
+//! a pre-copy session that continues into STOP_COPY, and the device's
+//! answer to every request in every state it has. Every case leaves both
+//! devices RUNNING.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use vfio_hal::migration::{self, MigrationFlags, MigrationState as S};
 use vfio_hal::{Container, Device, ErrorKind};
@@ -13,7 +14,7 @@ use super::{edu_device, fresh, Dev};
 use crate::ensure;
 use crate::fixture::Fixture;
 use crate::outcome::{
-    expect_eq, expect_kind, fail, not_applicable, CaseError, CaseResult, Context,
+    expect_eq, expect_kind, fail, not_applicable, CaseError, CaseResult, Context, Describe,
 };
 
 /// The pair, opened.
@@ -177,4 +178,73 @@ pub fn migration_precopy<F: Fixture>(f: &F) -> CaseResult {
     migration::load(&dst, &mut wire.as_slice()).context("load the session into the destination")?;
     running(&src)?;
     running(&dst)
+}
+
+/// Every request in every state the device declares — each pair (from,
+/// to) of its states, and ERROR, which none may request — answered as the
+/// uAPI's state machine ([`migration::arcs`]) says: the device reaches
+/// `to`, with a new stream exactly when the last arc opens a session
+/// (enters STOP_COPY or RESUMING from STOP, a pre-copy state from a
+/// running one), or refuses with `EINVAL` and stays at `from`. Each
+/// `from` is reached from RUNNING; RESUMING is left holding a state the
+/// destination saved, as on a real destination (a device may refuse to
+/// leave RESUMING with no state — into ERROR or staying put, both allowed).
+pub fn migration_answers<F: Fixture>(f: &F) -> CaseResult {
+    let c = fresh(f)?;
+    let (src, dst) = pair(f, &c)?;
+    let flags = src.migration_flags().context("migration_flags")?;
+    let mut saved = Vec::new();
+    migration::save(&dst, &mut saved).context("save the destination")?;
+    running(&dst)?;
+    let states: Vec<S> = S::ALL.into_iter().filter(|s| s.offered_by(flags)).collect();
+    for &from in &states {
+        for to in states.iter().copied().chain([S::Error]) {
+            let what = format!("{from:?} -> {to:?}");
+            let entered = src
+                .set_migration_state(from)
+                .context(format_args!("{what}: reach {from:?} from RUNNING"))?;
+            if from == S::Resuming {
+                entered
+                    .ok_or_else(|| fail(format!("{what}: RESUMING handed out no stream")))?
+                    .write_all(&saved)
+                    .context(format_args!("{what}: write a saved state"))?;
+            }
+            let expected = migration::arcs(flags, from, to);
+            match (expected, src.set_migration_state(to)) {
+                (Ok(path), Ok(stream)) => {
+                    let last = path.len().checked_sub(2).map_or(from, |i| path[i]);
+                    let opens = !path.is_empty() && to.has_data_fd() && !last.has_data_fd();
+                    expect_eq(
+                        format_args!("{what}: a new stream handed out"),
+                        opens,
+                        stream.is_some(),
+                    )?;
+                    expect_eq(
+                        format_args!("{what}: the state reached"),
+                        to,
+                        src.migration_state().context("migration_state")?,
+                    )?;
+                }
+                (Err(_), Err(e)) => {
+                    expect_eq(format_args!("{what}: errno"), Some(libc::EINVAL), e.errno())?;
+                    expect_eq(
+                        format_args!("{what}: the state after the refusal"),
+                        from,
+                        src.migration_state().context("migration_state")?,
+                    )?;
+                }
+                (Ok(path), Err(e)) => {
+                    return Err(fail(format!(
+                        "{what}: refused ({}), but the uAPI walks {path:?}",
+                        e.describe()
+                    )))
+                }
+                (Err(_), Ok(_)) => {
+                    return Err(fail(format!("{what}: accepted, but the uAPI refuses it")))
+                }
+            }
+            running(&src).context(format_args!("{what}: back to RUNNING"))?;
+        }
+    }
+    Ok(())
 }

@@ -125,6 +125,7 @@ macro_rules! __for_each_case {
             M02_migration_refusals m_migration::migration_refusals [],
             M03_migration_round_trip m_migration::migration_round_trip [],
             M04_migration_precopy m_migration::migration_precopy [],
+            M05_migration_answers m_migration::migration_answers [],
         ]
         // The DMA engines the H cases run on: `name kind [EFFECTS]`, one
         // line per engine (its driver implements `dma_engine::DmaEngine`).
