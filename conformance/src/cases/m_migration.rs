@@ -31,6 +31,9 @@ fn pair<F: Fixture>(f: &F, c: &F::Container) -> Result<(Dev<F>, Dev<F>), CaseErr
     Ok((open(src)?, open(dst)?))
 }
 
+/// Bytes of a pre-copy stream read between two looks at its info.
+const CHUNK: usize = 512;
+
 /// Back to RUNNING, by a reset where a transition cannot get there.
 fn running<D: Device>(dev: &D) -> CaseResult {
     if dev.set_migration_state(S::Running).is_err() {
@@ -138,8 +141,9 @@ pub fn migration_round_trip<F: Fixture>(f: &F) -> CaseResult {
 }
 
 /// A pre-copy session: entering PRE_COPY hands out a stream whose
-/// initial bytes the pre-copy info counts; STOP_COPY continues the same
-/// session (no new stream) to its end; the concatenated stream loads.
+/// initial bytes the pre-copy info counts, never growing and reaching zero
+/// as they are read; STOP_COPY continues the same session (no new stream)
+/// to its end of stream (reads of 0 bytes); the concatenated stream loads.
 pub fn migration_precopy<F: Fixture>(f: &F) -> CaseResult {
     let c = fresh(f)?;
     let (src, dst) = pair(f, &c)?;
@@ -155,15 +159,25 @@ pub fn migration_precopy<F: Fixture>(f: &F) -> CaseResult {
         .context("to PRE_COPY")?
         .ok_or_else(|| fail("entering PRE_COPY handed out no stream"))?;
     let info = stream.precopy_info().context("precopy_info")?;
-    let mut wire = vec![
-        0;
-        usize::try_from(info.initial_bytes)
-            .unwrap_or(usize::MAX)
-            .min(1 << 26)
-    ];
-    stream
-        .read_exact(&mut wire)
-        .context("read the initial bytes")?;
+    ensure!(
+        info.initial_bytes > 0,
+        "PRE_COPY reports no initial bytes: {info:?}"
+    );
+    let initial = usize::try_from(info.initial_bytes)
+        .unwrap_or(usize::MAX)
+        .min(1 << 26);
+    let mut wire = vec![0; initial];
+    let mut left = info.initial_bytes;
+    for chunk in wire.chunks_mut(CHUNK) {
+        stream.read_exact(chunk).context("read the initial bytes")?;
+        let now = stream.precopy_info().context("precopy_info")?.initial_bytes;
+        ensure!(
+            now <= left,
+            "initial bytes grew from {left} to {now} while being read"
+        );
+        left = now;
+    }
+    expect_eq("initial bytes left once all were read", 0, left)?;
     let next = src
         .set_migration_state(S::StopCopy)
         .context("to STOP_COPY")?;
@@ -174,6 +188,11 @@ pub fn migration_precopy<F: Fixture>(f: &F) -> CaseResult {
     stream
         .read_to_end(&mut wire)
         .context("read the rest of the session")?;
+    expect_eq(
+        "a read after the end of stream",
+        0,
+        stream.read(&mut [0; 16]).context("read at the end")?,
+    )?;
     src.set_migration_state(S::Stop).context("to STOP")?;
     migration::load(&dst, &mut wire.as_slice()).context("load the session into the destination")?;
     running(&src)?;
