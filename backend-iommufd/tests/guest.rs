@@ -1032,7 +1032,10 @@ fn zz_device_del_in_use_req_revoke_device_gone_clean_drop() {
     ignore = "needs the real-kernel lane: bash tests/vm/lane.sh"
 )]
 fn mtty_opens_through_its_cdev_and_its_serial_state_migrates() {
-    let (src, dst) = (lane_env("VFIO_HAL_MTTY_SRC"), lane_env("VFIO_HAL_MTTY_DST"));
+    let (src, dst) = (
+        lane_env(vfio_hal_guest_tests::MTTY_SRC),
+        lane_env(vfio_hal_guest_tests::MTTY_DST),
+    );
     let host = Host::default();
     let cdev = host.find_cdev(&src).expect("mtty's cdev");
     assert!(cdev.node.exists(), "{}", cdev.node.display());
