@@ -36,6 +36,13 @@
 //! are recorded ([`MockIommu::faults`]) and returned to the model. The copy
 //! happens with the mapping table locked, so an unmap waits for a DMA in
 //! flight to finish, as the kernel's unmap waits for the IOTLB flush.
+//!
+//! # Dirty pages
+//! While tracking is on ([`MockIommu::set_dirty_tracking`]), every device
+//! write that goes through marks the IOMMU pages it touched, as a hardware
+//! IOMMU's dirty bit does. [`MockIommu::read_dirty`] answers by
+//! [`IommuConfig::dirty_reads`]: iommufd's rules by default, type1's
+//! stricter ones (one page size, always clear, whole mappings) on request.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -86,6 +93,23 @@ pub struct IommuConfig {
     /// Whether an unmap may cut a mapping in two (type1 v1 and hardware page
     /// tables allow it; type1v2 and iommufd refuse). Default false.
     pub allow_split_unmap: bool,
+    /// Which kernel interface's rules dirty-bitmap reads follow. Default
+    /// [`DirtyReads::Iommufd`], the more permissive.
+    pub dirty_reads: DirtyReads,
+}
+
+/// How [`MockIommu::read_dirty`] answers: type1 and iommufd differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DirtyReads {
+    /// iommufd's `IOMMU_HWPT_GET_DIRTY_BITMAP`: any power-of-two page size
+    /// from the IOMMU's up, `keep` honoured (`NO_CLEAR`), any aligned range.
+    #[default]
+    Iommufd,
+    /// type1's `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP`: only the IOMMU's
+    /// page size, every read clears (`keep` is `EINVAL`), and a range that
+    /// starts or ends inside a mapping is `EINVAL` ("must fully cover
+    /// vfio_dma mappings", `vfio_iova_dirty_bitmap`).
+    Type1,
 }
 
 /// An [`IommuConfig`] no IOMMU could have, as [`IommuConfig::validate`]
@@ -207,6 +231,7 @@ impl Default for IommuConfig {
             iova_ranges: Self::x86_iova_ranges(),
             max_mappings: 65535,
             allow_split_unmap: false,
+            dirty_reads: DirtyReads::default(),
         }
     }
 }
@@ -591,13 +616,14 @@ impl MockIommu {
 
     /// Which `page_size` pages of `[iova, iova + len)` devices wrote since
     /// tracking started or the last read; the read clears them unless
-    /// `keep` (iommufd's `NO_CLEAR`; type1 always clears). `page_size` is
-    /// a power of two no smaller than the IOMMU's page (type1 takes only
-    /// that page, iommufd any); the range follows [`DirtyBitmap::new`].
+    /// `keep`. The rules for `page_size`, `keep` and the range are
+    /// [`IommuConfig::dirty_reads`]'s; the range also follows
+    /// [`DirtyBitmap::new`].
     ///
     /// # Errors
-    /// `EINVAL` while tracking is off (type1's answer) or for a page size
-    /// below the IOMMU's; [`DirtyBitmap::new`]'s errors for the range.
+    /// `EINVAL` while tracking is off, for a page size below the IOMMU's,
+    /// and for what [`DirtyReads`] refuses; [`DirtyBitmap::new`]'s errors
+    /// for the range.
     pub fn read_dirty(
         &self,
         iova: u64,
@@ -611,6 +637,11 @@ impl MockIommu {
             return Err(err());
         }
         let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
+        if self.config.dirty_reads == DirtyReads::Type1
+            && (keep || page_size != self.config.page_size || self.bisects_a_mapping(iova, len))
+        {
+            return Err(err());
+        }
         let mut guard = lock(&self.dirty);
         let dirty = guard.as_mut().ok_or_else(err)?;
         let last = iova + (len - 1);
@@ -624,6 +655,22 @@ impl MockIommu {
             }
         }
         Ok(bitmap)
+    }
+
+    /// Whether `[iova, iova + len)` (not empty) starts or ends inside a mapping.
+    fn bisects_a_mapping(&self, iova: u64, len: u64) -> bool {
+        let last = iova.saturating_add(len - 1);
+        let table = lock(&self.table);
+        let containing = |at: u64| {
+            table
+                .maps
+                .range(..=at)
+                .next_back()
+                .filter(|(&start, m)| m.last(start) >= at)
+                .map(|(&start, m)| (start, m.last(start)))
+        };
+        containing(iova).is_some_and(|(start, _)| start != iova)
+            || containing(last).is_some_and(|(_, end)| end != last)
     }
 
     /// Marks the IOMMU pages of a device write that went through.

@@ -115,8 +115,8 @@ pub use container::{MockContainer, INCIDENT_LOG_CAPACITY};
 pub use device::{MockDevice, MockIrq, MockRegion};
 pub use hypervisor::MockHypervisor;
 pub use iommu::{
-    ConfigError, DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo, MockIommu,
-    FAULT_LOG_CAPACITY,
+    ConfigError, DirtyReads, DmaDirection, FaultReason, IommuConfig, IommuFault, MappingInfo,
+    MockIommu, FAULT_LOG_CAPACITY,
 };
 pub use layout::{BarKind, BarLayout, DeviceRegionLayout, MsiLayout, MsixLayout, PciLayout};
 pub use model::{model_error, DeviceContext, DeviceModel, DmaError, Incident, ModelRefusal};

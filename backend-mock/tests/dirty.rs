@@ -9,7 +9,7 @@
 use vfio_hal::prelude::*;
 use vfio_hal::{Capability, DmaAccess, DmaBuffer, ErrorKind};
 use vfio_hal_mock::models::edu::{reg, Edu};
-use vfio_hal_mock::MockContainer;
+use vfio_hal_mock::{DirtyReads, IommuConfig, MockContainer};
 
 const PAGE: u64 = 4096;
 const BASE: u64 = 0x10_0000;
@@ -130,6 +130,72 @@ fn bad_reads_are_refused_and_unmapping_forgets() {
     assert!(
         dirty(&c, PAGE, PAGE, false).is_empty(),
         "unmapped: forgotten"
+    );
+}
+
+/// type1's rules (`DirtyReads::Type1`): only the IOMMU page size, every
+/// read clears, and a range may not start or end inside a mapping.
+#[test]
+fn type1_flavoured_reads_follow_type1s_rules() {
+    let c = MockContainer::with_config(IommuConfig {
+        dirty_reads: DirtyReads::Type1,
+        ..IommuConfig::default()
+    })
+    .expect("container");
+    c.plug("edu", Edu::new()).expect("plug");
+    let edu = c.open_device("edu").expect("edu");
+    edu.set_bus_master(true).expect("bus master");
+    let _low = c
+        .map_buffer(
+            BASE,
+            DmaBuffer::new(2 * PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    let _high = c
+        .map_buffer(
+            BASE + 2 * PAGE,
+            DmaBuffer::new(2 * PAGE as usize).expect("buffer"),
+            DmaAccess::ReadWrite,
+        )
+        .expect("map");
+    c.set_dirty_tracking(true).expect("start");
+    edu_dma(&edu, BASE + 3 * PAGE, 8, true);
+    let refused = |iova, len, page, keep, what| {
+        let e = c.read_dirty(iova, len, page, keep).expect_err(what);
+        assert_eq!(
+            (e.kind(), e.errno()),
+            (ErrorKind::InvalidArgument, Some(libc::EINVAL)),
+            "{what}"
+        );
+    };
+    refused(BASE, 4 * PAGE, PAGE, true, "keep");
+    refused(
+        BASE,
+        4 * PAGE,
+        2 * PAGE,
+        false,
+        "a page size above the IOMMU's",
+    );
+    refused(
+        BASE + PAGE,
+        3 * PAGE,
+        PAGE,
+        false,
+        "starts inside a mapping",
+    );
+    refused(BASE, 3 * PAGE, PAGE, false, "ends inside a mapping");
+    assert_eq!(
+        dirty(&c, 4 * PAGE, PAGE, false),
+        [BASE + 3 * PAGE],
+        "both mappings whole: the write"
+    );
+    assert_eq!(
+        c.read_dirty(BASE + 2 * PAGE, 2 * PAGE, PAGE, false)
+            .expect("one mapping whole")
+            .count(),
+        0,
+        "the read cleared"
     );
 }
 

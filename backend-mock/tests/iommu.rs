@@ -626,6 +626,7 @@ proptest! {
             iova_ranges: RANGES.iter().map(|&(start, end)| IovaRange { start, end }).collect(),
             max_mappings: MAX_MAPPINGS as u32,
             allow_split_unmap: false,
+            ..IommuConfig::default()
         })
     .expect("valid configuration");
         let mut model = Model::default();
