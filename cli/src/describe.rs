@@ -6,6 +6,7 @@ use vfio_hal::caps::Capability;
 use vfio_hal::device::{feature, flags as device_flags};
 use vfio_hal::irq::flags as irq_flags;
 use vfio_hal::region::flags as region_flags;
+use vfio_hal_facade::host::MdevType;
 
 use crate::table::hex;
 
@@ -260,6 +261,11 @@ pub fn capabilities_text(caps: &[Capability]) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// A mediated device's type and parent, as `list` and `info` print them.
+pub fn mdev_json(t: &MdevType) -> Value {
+    json!({"type": t.id, "type_name": t.name, "parent": t.parent})
 }
 
 #[cfg(test)]

@@ -143,9 +143,7 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
                 "num_regions": info.num_regions,
                 "num_irqs": info.num_irqs,
                 "caps": info.caps.iter().map(capability_json).collect::<Vec<_>>(),
-                "mdev": mdev.as_ref().map(|t| json!({
-                    "type": t.id, "type_name": t.name, "parent": t.parent,
-                })),
+                "mdev": mdev.as_ref().map(describe::mdev_json),
             },
             "migration": match &migration {
                 Ok((flags, state)) => json!({

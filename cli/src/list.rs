@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use vfio_hal_facade::host::{Blocker, Bus};
 use vfio_hal_facade::{Backend, HostDevice, MOCK_DEVICES};
 
+use crate::describe;
 use crate::output::say;
 use crate::table::Table;
 use crate::{CliError, Ctx};
@@ -70,7 +71,7 @@ pub fn run(ctx: &Ctx) -> Result<(), CliError> {
                 "name": d.name,
                 "bus": match d.bus { Bus::Pci => "pci", Bus::Mdev(_) => "mdev" },
                 "mdev": match &d.bus {
-                    Bus::Mdev(t) => json!({"type": t.id, "type_name": t.name, "parent": t.parent}),
+                    Bus::Mdev(t) => describe::mdev_json(t),
                     Bus::Pci => Value::Null,
                 },
                 "vendor": d.vendor,

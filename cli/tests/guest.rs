@@ -54,6 +54,15 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_str(&ok(&with_json)).expect("valid JSON")
 }
 
+/// The row of `list`'s table that starts with `name`, and its cells.
+fn row_cells<'t>(table: &'t str, name: &str) -> (&'t str, Vec<&'t str>) {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+    (row, row.split_whitespace().collect())
+}
+
 #[test]
 #[cfg_attr(
     not(vfio_hal_guest),
@@ -62,11 +71,7 @@ fn json(args: &[&str]) -> Value {
 fn list_finds_edu_bound_viable_with_its_cdev() {
     let edu = edu();
     let table = ok(&["list"]);
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&edu))
-        .unwrap_or_else(|| panic!("no row for {edu}:\n{table}"));
-    let cells: Vec<&str> = row.split_whitespace().collect();
+    let (row, cells) = row_cells(&table, &edu);
     assert_eq!(cells.get(1), Some(&"1234:11e8"), "{row}");
     assert_eq!(cells.get(3), Some(&"yes"), "viable: {row}");
     assert!(
@@ -158,11 +163,7 @@ fn mttys() -> [String; 2] {
 fn list_shows_the_mtty_instances_and_info_describes_one() {
     let table = ok(&["list"]);
     for uuid in mttys() {
-        let row = table
-            .lines()
-            .find(|l| l.starts_with(&uuid))
-            .unwrap_or_else(|| panic!("no row for {uuid}:\n{table}"));
-        let cells: Vec<&str> = row.split_whitespace().collect();
+        let (row, cells) = row_cells(&table, &uuid);
         assert_eq!(cells.get(1), Some(&"mdev:mtty-2"), "{row}");
         assert_eq!(cells.get(3), Some(&"yes"), "viable: {row}");
         assert!(

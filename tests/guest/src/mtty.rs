@@ -5,8 +5,9 @@
 //! [`serial_state_migrates`] programs both ports of the source with values
 //! the destination does not hold, migrates it by stop-and-copy into the
 //! destination and reads the state back there: the line control and
-//! scratch registers, and the bytes waiting in each port's FIFO. It works on any backend that can open the lane's two
-//! instances ([`crate::MTTY_SRC`], [`crate::MTTY_DST`]).
+//! scratch registers, and the bytes waiting in each port's FIFO. It works
+//! on any backend that can open the lane's two instances
+//! ([`crate::MTTY_SRC`], [`crate::MTTY_DST`]).
 
 use vfio_hal::migration::{self, MigrationState};
 use vfio_hal::{Container, Device, Region, RegionExt};
