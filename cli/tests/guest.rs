@@ -32,7 +32,7 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {BIN} {args:?}: {e}"));
-    // Shown in the lane's console: what a user would have seen.
+    // What a user would have seen, in the failure report.
     println!(
         "$ vfio-hal {}\n{}{}",
         args.join(" "),
