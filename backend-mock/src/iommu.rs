@@ -109,6 +109,12 @@ pub enum DirtyReads {
     /// page size, every read clears (`keep` is `EINVAL`), and a range that
     /// starts or ends inside a mapping is `EINVAL` ("must fully cover
     /// vfio_dma mappings", `vfio_iova_dirty_bitmap`).
+    ///
+    /// Deliberate deviation: the mock still reports only the pages devices
+    /// wrote. The kernel's type1 knows those only for devices that pin
+    /// pages (mediated devices); behind a vfio-pci device it reports every
+    /// page of every mapping dirty on every read, which would leave a
+    /// caller's bitmap handling untested.
     Type1,
 }
 
