@@ -624,7 +624,7 @@ fn the_msix_device_opens_through_the_cdev() {
 mod kernel_mock {
     use std::os::fd::AsFd;
 
-    use vfio_hal_iommufd::Iommufd;
+    use vfio_hal_iommufd::{HwPagetable, HwptOptions, Ioas, Iommufd};
     use vfio_hal_linux::sys::{io, ioctl_with_mut_ref, Request};
 
     const IOMMU_TEST_CMD: Request = Request::new("IOMMU_TEST_CMD", io(b';', 0x80 + 32));
@@ -688,6 +688,19 @@ mod kernel_mock {
         );
     }
 
+    /// A mock device on `ioas` moved to a dirty-tracking HWPT of its own:
+    /// (selftest device object id, dev id, the HWPT).
+    pub fn on_dirty_hwpt(iommufd: &Iommufd, ioas: &Ioas) -> (u32, u32, HwPagetable) {
+        let (stdev, dev_id) = mock_device(iommufd, ioas.id());
+        let options = HwptOptions {
+            dirty_tracking: true,
+            ..Default::default()
+        };
+        let hwpt = HwPagetable::alloc(dev_id, ioas, options).expect("dirty-tracking HWPT");
+        replace(iommufd, stdev, hwpt.id());
+        (stdev, dev_id, hwpt)
+    }
+
     /// Marks mock pages dirty as the device would: bit `n` of `bits` is the
     /// `IO_PAGE` at `iova + n * IO_PAGE`. Returns how many were marked.
     pub fn mark_dirty(iommufd: &Iommufd, hwpt: u32, iova: u64, len: u64, bits: &[u64]) -> u64 {
@@ -710,23 +723,13 @@ mod kernel_mock {
 fn dirty_tracking_enable_and_read_on_the_kernel_mock_iommu() {
     let iommufd = Iommufd::open().expect("open /dev/iommu");
     let ioas = iommufd.alloc_ioas().expect("IOAS");
-    let (stdev, dev_id) = kernel_mock::mock_device(&iommufd, ioas.id());
+    let (stdev, dev_id, hwpt) = kernel_mock::on_dirty_hwpt(&iommufd, &ioas);
     let info = iommufd.hw_info(dev_id).expect("hw info of the mock");
     println!("mock hw info: {info:?}");
     assert!(
         info.dirty_tracking_supported(),
         "the mock IOMMU tracks dirty pages"
     );
-    let hwpt = vfio_hal_iommufd::HwPagetable::alloc(
-        dev_id,
-        &ioas,
-        HwptOptions {
-            dirty_tracking: true,
-            ..Default::default()
-        },
-    )
-    .expect("dirty-tracking HWPT");
-    kernel_mock::replace(&iommufd, stdev, hwpt.id());
 
     let base = kernel_mock::APERTURE_START;
     let len = 16 * PAGE;
@@ -796,17 +799,7 @@ fn ioas_container_reads_dirty_pages_of_its_hwpts_on_the_kernel_mock_iommu() {
     );
     let mocks: Vec<(u32, vfio_hal_iommufd::HwPagetable)> = (0..2)
         .map(|_| {
-            let (stdev, dev_id) = kernel_mock::mock_device(&iommufd, ioas.id());
-            let hwpt = vfio_hal_iommufd::HwPagetable::alloc(
-                dev_id,
-                &ioas,
-                HwptOptions {
-                    dirty_tracking: true,
-                    ..Default::default()
-                },
-            )
-            .expect("dirty-tracking HWPT");
-            kernel_mock::replace(&iommufd, stdev, hwpt.id());
+            let (stdev, _, hwpt) = kernel_mock::on_dirty_hwpt(&iommufd, &ioas);
             c.add_dirty_hwpt(&hwpt).expect("cover the HWPT");
             (stdev, hwpt)
         })
