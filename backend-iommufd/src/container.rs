@@ -279,10 +279,17 @@ unsafe impl Container for IoasContainer {
         Ok(bound.attach(&self.ioas)?)
     }
 
+    /// All HWPTs or none: on a failure the ones already switched are
+    /// switched back (best effort) and the error is returned.
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
         let mut dirty = self.tracking("set_dirty_tracking")?;
-        for hwpt in &dirty.hwpts {
-            hwpt.set_dirty_tracking(enable)?;
+        for (done, hwpt) in dirty.hwpts.iter().enumerate() {
+            if let Err(e) = hwpt.set_dirty_tracking(enable) {
+                for switched in &dirty.hwpts[..done] {
+                    let _ = switched.set_dirty_tracking(dirty.enabled);
+                }
+                return Err(e);
+            }
         }
         dirty.enabled = enable;
         Ok(())
