@@ -480,14 +480,15 @@ impl DeviceModel for CopyEngine {
 /// The migration layout of a copy engine's state, little endian: the magic
 /// `CPE1`, the vector count (`u16`), the request registers (source and
 /// destination `u64`, length, vector and doorbell `u32`), a byte 1 and the
-/// same five fields for a request in flight (0 and zeros for none), the
+/// same five fields for a request in flight (0 and zeros for none; one in
+/// flight has a length of 1 to [`MAX_LEN`] and a vector the engine has), the
 /// nanoseconds left until it finishes (`u64::MAX`: none), status and error
 /// (`u32`), the fault address, completed and failed counts (`u64`), then
 /// both SRAM areas, in order.
 pub mod state {
     use std::time::Duration;
 
-    use super::{CopyEngine, Request, SRAM_AREAS};
+    use super::{CopyEngine, Request, MAX_LEN, SRAM_AREAS};
     use crate::models::fields::Fields;
 
     const MAGIC: &[u8; 4] = b"CPE1";
@@ -576,6 +577,16 @@ pub mod state {
         engine.due = (left != NONE).then(|| now.saturating_add(Duration::from_nanos(left)));
         if engine.running.is_some() != engine.due.is_some() {
             return Err("a request in flight needs a finish time, and only one does".into());
+        }
+        // Only what a doorbell starts: a longer request would have the
+        // engine allocate its length (up to 4 GiB) when it runs.
+        if let Some(r) = engine.running {
+            if r.len == 0 || r.len > MAX_LEN || r.vector >= u32::from(vectors) {
+                return Err(format!(
+                    "a request in flight of {} bytes raising vector {} was never started",
+                    r.len, r.vector
+                ));
+            }
         }
         engine.status = f.u32()?;
         engine.error = f.u32()?;

@@ -523,7 +523,9 @@ impl DeviceModel for Edu {
 /// `EDU1`, the DMA mask, liveness, factorial, status and interrupt status
 /// (`u32`s), DMA source, destination, count and command (`u64`s), the
 /// nanoseconds left until the factorial and the DMA finish (`u64::MAX`:
-/// none in flight), then the 4 KiB buffer.
+/// none in flight; one is in flight exactly when the status says
+/// computing, the other exactly when the command says running), then the
+/// 4 KiB buffer.
 pub mod state {
     use std::time::Duration;
 
@@ -588,6 +590,14 @@ pub mod state {
             |left: u64| (left != NONE).then(|| now.saturating_add(Duration::from_nanos(left)));
         edu.factorial_due = due(f.u64()?);
         edu.dma_due = due(f.u64()?);
+        // As every edu keeps them: computing while a factorial is due, the
+        // DMA running while a transfer is (else the registers stay locked).
+        if (edu.status & reg::EDU_STATUS_COMPUTING != 0) != edu.factorial_due.is_some() {
+            return Err("computing needs a factorial due, and only it has one".into());
+        }
+        if edu.dma_running() != edu.dma_due.is_some() {
+            return Err("a running DMA needs a finish time, and only it has one".into());
+        }
         if f.0.len() != edu.buffer.len() {
             return Err("the buffer is not 4 KiB".into());
         }
