@@ -9,9 +9,13 @@
 
 use vfio_hal::caps::encode_chain;
 use vfio_hal::irq::flags as irq_flags;
+use vfio_hal::prelude::*;
 use vfio_hal::{Capability, ChainKind, IovaRange, SparseArea};
+use vfio_hal_mock::models::copy_engine::{self, reg as ce};
+use vfio_hal_mock::models::edu::reg as edu;
 
 use crate::input::Output;
+use crate::mig_resume::{Model, CE_IN_FLIGHT};
 
 /// One seed: its file name (after `seed-`) and its bytes.
 pub type Seed = (&'static str, Vec<u8>);
@@ -23,6 +27,7 @@ pub fn of(target: &str) -> Vec<Seed> {
         "irq_set" => irq(),
         "pci_config" => pci(),
         "iova_alloc" => iova(),
+        "mig_resume" => mig_resume(),
         _ => Vec::new(),
     }
 }
@@ -309,6 +314,153 @@ fn iova() -> Vec<Seed> {
     vec![("x86", x86.0), ("pages", pages.0), ("top", top.0)]
 }
 
+/// The `mig_resume` input ([`crate::mig_resume`]) writing `stream` to a
+/// `model` in chunks of `lens` bytes and then the rest.
+fn resume_input(model: Model, lens: &[u16], stream: &[u8]) -> Vec<u8> {
+    let selector = crate::mig_resume::MODELS
+        .iter()
+        .position(|&m| m == model)
+        .unwrap_or(0) as u8;
+    let o = Output::default().u8(selector).u8(lens.len() as u8);
+    lens.iter().fold(o, |o, &l| o.u16(l)).bytes(stream).0
+}
+
+/// What an edu streams after some work: liveness and the factorial's
+/// interrupt enable set, an interrupt raised; with `busy` (manual clock),
+/// a factorial and a DMA transfer still in flight.
+fn edu_saved(busy: bool) -> Vec<u8> {
+    let (c, dev) = Model::Edu.plug();
+    c.clock().set_manual(busy);
+    let bar0 = dev.region(0).expect("edu BAR0");
+    let w32 = |at, v| bar0.write_at::<u32>(at, v).expect("edu write");
+    w32(edu::LIVENESS, 0x1234_5678);
+    w32(edu::STATUS, edu::EDU_STATUS_IRQFACT);
+    w32(edu::FACTORIAL, 10);
+    w32(edu::IRQ_RAISE, 0x4000);
+    if busy {
+        let w64 = |at, v| bar0.write_at::<u64>(at, v).expect("edu write");
+        w64(edu::DMA_SRC, 0x10_0000);
+        w64(edu::DMA_DST, edu::DMA_START);
+        w64(edu::DMA_CNT, 64);
+        w64(edu::DMA_CMD, edu::EDU_DMA_RUN | edu::EDU_DMA_IRQ);
+    }
+    crate::mig_resume::save(&dev)
+}
+
+/// What a copy engine streams with data in both SRAM areas and an
+/// SRAM-to-SRAM copy in flight (manual clock).
+fn copy_engine_saved() -> Vec<u8> {
+    let (c, dev) = Model::CopyEngine.plug();
+    c.clock().set_manual(true);
+    dev.set_bus_master(true).expect("bus master");
+    let sram = dev.region(copy_engine::SRAM_BAR.into()).expect("BAR2");
+    sram.write(0x100, b"carried across").expect("SRAM");
+    sram.write(0x5000, b"second area").expect("SRAM");
+    let bar0 = dev.region(0).expect("BAR0");
+    bar0.write_at::<u64>(ce::SRC, 0x100).expect("src");
+    bar0.write_at::<u64>(ce::DST, 0x200).expect("dst");
+    bar0.write_at::<u32>(ce::LEN, 14).expect("len");
+    bar0.write_at::<u32>(ce::VECTOR, 1).expect("vector");
+    bar0.write_at::<u32>(
+        ce::DOORBELL,
+        ce::DOORBELL_GO | ce::DOORBELL_SRC_SRAM | ce::DOORBELL_DST_SRAM,
+    )
+    .expect("go");
+    crate::mig_resume::save(&dev)
+}
+
+/// Seeds of `mig_resume` that must be refused (the rest must load).
+pub const MIG_REFUSED: [&str; 9] = [
+    "edu-computing-nothing-due",
+    "copy-engine-huge-request",
+    "edu-torn",
+    "edu-trailing",
+    "edu-bad-magic",
+    "edu-other-dma-mask",
+    "edu-short-frame",
+    "empty",
+    "copy-engine-bad-flag",
+];
+
+fn mig_resume() -> Vec<Seed> {
+    let idle = edu_saved(false);
+    let busy = edu_saved(true);
+    let engine = copy_engine_saved();
+    // Stream offsets: a 4-byte frame length, then the state.
+    let flip = |s: &[u8], at: usize, x: u8| {
+        let mut v = s.to_vec();
+        v[4 + at] ^= x;
+        v
+    };
+    let mut two_frames = vec![3, 0, 0, 0, b'o', b'l', b'd'];
+    two_frames.extend_from_slice(&busy);
+    let mut trailing = idle.clone();
+    trailing.extend_from_slice(&[0, 0, 0]);
+    let mut short = idle[..idle.len() - 1].to_vec();
+    short[..4].copy_from_slice(&(idle.len() as u32 - 5).to_le_bytes());
+    // An engine with no request in flight but the in-flight fields left
+    // set: loads, and saves them as zeros.
+    // Computing with no factorial due: the edu would ignore every later
+    // factorial write, through resets too (edu keeps its registers).
+    let mut computing = flip(&idle, 4 + 8 + 8, edu::EDU_STATUS_COMPUTING as u8);
+    computing[4 + 4 + 8 + 16 + 32..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    // A request in flight no doorbell starts: 4 GiB - 1 bytes.
+    let mut huge = engine.clone();
+    let len = 4 + CE_IN_FLIGHT + 1 + 16;
+    huge[len..len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut stale = flip(&engine, CE_IN_FLIGHT, 1);
+    let left = 4 + CE_IN_FLIGHT + 1 + 28;
+    stale[left..left + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    vec![
+        ("edu-idle", resume_input(Model::Edu, &[], &idle)),
+        ("edu-busy", resume_input(Model::Edu, &[], &busy)),
+        (
+            // An empty write, a split length field, a split body.
+            "edu-busy-chunked",
+            resume_input(Model::Edu, &[0, 2, 1000], &busy),
+        ),
+        (
+            "edu-two-frames",
+            resume_input(Model::Edu, &[7], &two_frames),
+        ),
+        (
+            "edu-torn",
+            resume_input(Model::Edu, &[], &idle[..idle.len() - 1]),
+        ),
+        ("edu-trailing", resume_input(Model::Edu, &[], &trailing)),
+        (
+            "edu-bad-magic",
+            resume_input(Model::Edu, &[], &flip(&idle, 0, 0x20)),
+        ),
+        (
+            "edu-other-dma-mask",
+            resume_input(Model::Edu, &[], &flip(&idle, 7, 0x01)),
+        ),
+        ("edu-short-frame", resume_input(Model::Edu, &[], &short)),
+        ("empty", resume_input(Model::Edu, &[], &[])),
+        (
+            "edu-computing-nothing-due",
+            resume_input(Model::Edu, &[], &computing),
+        ),
+        (
+            "copy-engine-busy",
+            resume_input(Model::CopyEngine, &[], &engine),
+        ),
+        (
+            "copy-engine-huge-request",
+            resume_input(Model::CopyEngine, &[], &huge),
+        ),
+        (
+            "copy-engine-bad-flag",
+            resume_input(Model::CopyEngine, &[], &flip(&engine, CE_IN_FLIGHT, 3)),
+        ),
+        (
+            "copy-engine-stale-request",
+            resume_input(Model::CopyEngine, &[100], &stale),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -387,6 +539,11 @@ mod tests {
         assert_eq!(walked, 5);
         for (name, bytes) in iova() {
             assert!(bytes.len() > 20, "{name} has operations");
+        }
+        for (name, bytes) in mig_resume() {
+            let (model, chunks) = crate::mig_resume::decode(&bytes);
+            let loaded = crate::mig_resume::resume(model, &chunks);
+            assert_eq!(loaded, !MIG_REFUSED.contains(&name), "{name}");
         }
     }
 }
