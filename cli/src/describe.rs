@@ -157,6 +157,18 @@ pub fn page_sizes(bitmap: u64) -> Vec<String> {
         .collect()
 }
 
+/// Page sizes as table text: every size, or the smallest and "and up"
+/// where the bitmap holds every power of two from it on (iommufd's IOAS
+/// reports its granule that way).
+pub fn page_sizes_text(bitmap: u64) -> String {
+    let smallest = bitmap & bitmap.wrapping_neg();
+    if smallest != 0 && bitmap == !(smallest - 1) && bitmap.count_ones() > 4 {
+        format!("{} and up", page_sizes(smallest).join(""))
+    } else {
+        page_sizes(bitmap).join(" ")
+    }
+}
+
 /// One capability as table text.
 pub fn capability_text(cap: &Capability) -> String {
     match cap {
@@ -187,10 +199,7 @@ pub fn capability_text(cap: &Capability) -> String {
                 .join(",")
         ),
         Capability::Migration { pgsize_bitmap, .. } => {
-            format!(
-                "migration(dirty pages {})",
-                page_sizes(*pgsize_bitmap).join(" ")
-            )
+            format!("migration(dirty pages {})", page_sizes_text(*pgsize_bitmap))
         }
         Capability::DmaAvail { avail } => format!("dma-avail {avail}"),
         Capability::PciAtomicComp { flags } => {
@@ -294,6 +303,9 @@ mod tests {
         assert_eq!(capability_text(&cap), "sparse-mmap[0x0+0x4000]");
         assert_eq!(capability_json(&cap)["areas"][0]["size"], 0x4000);
         assert_eq!(page_sizes(0x4020_1000), vec!["4K", "2M", "1G"]);
+        assert_eq!(page_sizes_text(0x4020_1000), "4K 2M 1G");
+        assert_eq!(page_sizes_text(!0xfff), "4K and up");
+        assert_eq!(page_sizes_text(0xf000), "4K 8K 16K 32K");
         assert_eq!(
             flag_names(0x3, &[(1, "A"), (2, "B"), (4, "C")]),
             vec!["A", "B"]

@@ -241,7 +241,7 @@ pub fn run(ctx: &Ctx, dev: Option<&str>) -> Result<(), CliError> {
         Ok(i) => {
             t.row(vec![
                 "iommu page sizes".into(),
-                describe::page_sizes(i.page_sizes).join(" "),
+                describe::page_sizes_text(i.page_sizes),
             ]);
             t.row(vec![
                 "iommu iova ranges".into(),
