@@ -43,17 +43,34 @@ cargo +nightly miri setup
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation -Zmiri-permissive-provenance}"
 export PROPTEST_CASES="${PROPTEST_CASES:-8}"
 
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+# The two crates' runs take about as long as each other and Miri uses one
+# core: they run side by side, each in a target directory of its own (one
+# would serialise them on cargo's lock), their output shown one after the
+# other.
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+target="${CARGO_TARGET_DIR:-$root/target}"
 status=0
 run() {
-    echo "miri: cargo +nightly miri test $*"
-    cargo +nightly miri test "$@" 2>&1 | tee -a "$log" || status=1
+    local name="$1"
+    shift
+    echo "miri: cargo +nightly miri test $* (output in $name.log)"
+    CARGO_TARGET_DIR="$target/miri-$name" cargo +nightly miri test "$@" >"$logs/$name.log" 2>&1
 }
 # hal's doc tests run on the mock (memfd-backed BARs, eventfds, poll),
 # whose system calls Miri lacks; `cargo test` runs them.
-run -p vfio-hal --lib --tests
-run -p vfio-hal-mock --lib --test iommu --test bad_input --test concurrency --test dma_race
+run hal -p vfio-hal --lib --tests &
+hal=$!
+run mock -p vfio-hal-mock --lib --test iommu --test bad_input --test concurrency --test dma_race &
+mock=$!
+wait "$hal" || status=1
+wait "$mock" || status=1
+for name in hal mock; do
+    echo "miri: --- $name.log"
+    cat "$logs/$name.log"
+done
+log="$logs/all.log"
+cat "$logs/hal.log" "$logs/mock.log" >"$log"
 
 # Sum the harness summaries: "test result: ok. N passed; M failed; K ignored; ..."
 read -r passed failed ignored < <(
