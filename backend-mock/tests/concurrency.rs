@@ -515,9 +515,8 @@ fn run_case(plans: &[Vec<Op>]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Cases per run; Miri (which also checks the threads for data races, at
-/// about a minute a case) gets fewer.
-const CASES: u32 = if cfg!(miri) { 6 } else { 96 };
+/// Cases per run; Miri (which also checks the threads for data races) gets fewer.
+const CASES: u32 = if cfg!(miri) { 12 } else { 96 };
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
