@@ -7,9 +7,9 @@
 //! Run: `cargo test -p vfio-hal-mock --test dirty`.
 
 use vfio_hal::prelude::*;
-use vfio_hal::{Capability, DmaAccess, DmaBuffer, ErrorKind};
+use vfio_hal::{Capability, DmaAccess, DmaBuffer, DmaMapping, ErrorKind};
 use vfio_hal_mock::models::edu::{reg, Edu};
-use vfio_hal_mock::{DirtyReads, IommuConfig, MockContainer};
+use vfio_hal_mock::{DirtyReads, IommuConfig, MockContainer, MockDevice};
 
 const PAGE: u64 = 4096;
 const BASE: u64 = 0x10_0000;
@@ -19,6 +19,24 @@ fn dirty(c: &MockContainer, len: u64, page: u64, keep: bool) -> Vec<u64> {
         .expect("read dirty")
         .dirty()
         .collect()
+}
+
+/// An edu plugged into `c`, opened, with bus mastering on.
+fn edu_on(c: &MockContainer) -> MockDevice {
+    c.plug("edu", Edu::new()).expect("plug");
+    let edu = c.open_device("edu").expect("edu");
+    edu.set_bus_master(true).expect("bus master");
+    edu
+}
+
+/// `pages` pages of fresh RAM mapped read-write at `iova`.
+fn map_ram(c: &MockContainer, iova: u64, pages: u64) -> DmaMapping<'_, MockContainer> {
+    c.map_buffer(
+        iova,
+        DmaBuffer::new((pages * PAGE) as usize).expect("buffer"),
+        DmaAccess::ReadWrite,
+    )
+    .expect("map")
 }
 
 /// edu's DMA engine moves `len` bytes between its buffer and `iova`,
@@ -47,16 +65,8 @@ fn edu_dma(edu: &impl Device, iova: u64, len: u64, to_ram: bool) {
 #[test]
 fn device_writes_mark_exactly_their_pages_and_reads_clear_them() {
     let c = MockContainer::new();
-    c.plug("edu", Edu::new()).expect("plug");
-    let edu = c.open_device("edu").expect("edu");
-    edu.set_bus_master(true).expect("bus master");
-    let _ram = c
-        .map_buffer(
-            BASE,
-            DmaBuffer::new(4 * PAGE as usize).expect("buffer"),
-            DmaAccess::ReadWrite,
-        )
-        .expect("map");
+    let edu = edu_on(&c);
+    let _ram = map_ram(&c, BASE, 4);
     c.set_dirty_tracking(true).expect("start");
     assert!(
         dirty(&c, 4 * PAGE, PAGE, false).is_empty(),
@@ -115,16 +125,8 @@ fn bad_reads_are_refused_and_unmapping_forgets() {
         .expect_err("wraps");
     assert_eq!(e.kind(), ErrorKind::Overflow);
 
-    c.plug("edu", Edu::new()).expect("plug");
-    let edu = c.open_device("edu").expect("edu");
-    edu.set_bus_master(true).expect("bus master");
-    let ram = c
-        .map_buffer(
-            BASE,
-            DmaBuffer::new(PAGE as usize).expect("buffer"),
-            DmaAccess::ReadWrite,
-        )
-        .expect("map");
+    let edu = edu_on(&c);
+    let ram = map_ram(&c, BASE, 1);
     edu_dma(&edu, BASE, 4, true);
     drop(ram);
     assert!(
@@ -142,23 +144,9 @@ fn type1_flavoured_reads_follow_type1s_rules() {
         ..IommuConfig::default()
     })
     .expect("container");
-    c.plug("edu", Edu::new()).expect("plug");
-    let edu = c.open_device("edu").expect("edu");
-    edu.set_bus_master(true).expect("bus master");
-    let _low = c
-        .map_buffer(
-            BASE,
-            DmaBuffer::new(2 * PAGE as usize).expect("buffer"),
-            DmaAccess::ReadWrite,
-        )
-        .expect("map");
-    let _high = c
-        .map_buffer(
-            BASE + 2 * PAGE,
-            DmaBuffer::new(2 * PAGE as usize).expect("buffer"),
-            DmaAccess::ReadWrite,
-        )
-        .expect("map");
+    let edu = edu_on(&c);
+    let _low = map_ram(&c, BASE, 2);
+    let _high = map_ram(&c, BASE + 2 * PAGE, 2);
     c.set_dirty_tracking(true).expect("start");
     edu_dma(&edu, BASE + 3 * PAGE, 8, true);
     let refused = |iova, len, page, keep, what| {
@@ -259,13 +247,7 @@ fn device_dma_logging_reports_the_pages_the_device_wrote() {
         }
     );
     edu.set_bus_master(true).expect("bus master");
-    let _ram = c
-        .map_buffer(
-            BASE,
-            DmaBuffer::new(4 * PAGE as usize).expect("buffer"),
-            DmaAccess::ReadWrite,
-        )
-        .expect("map");
+    let _ram = map_ram(&c, BASE, 4);
     let e = edu.dma_logging_start(PAGE, &[]).expect_err("no range");
     assert_eq!(e.errno(), Some(libc::EINVAL));
     assert_eq!(
